@@ -1,0 +1,389 @@
+//! Typed, validated settings, loaded in layers: the built-in
+//! `config/default.toml`, then an optional file, then `ANAMNESIS__SECTION__KEY`
+//! environment variables.
+//!
+//! Everything that can be wrong with a configuration is found here, at start-up,
+//! with an error that names the key; nothing downstream re-checks it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The built-in defaults, compiled into the binary so it runs with no files.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Environment variable naming an optional configuration file.
+pub const CONFIG_FILE_ENV: &str = "ANAMNESIS_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be loaded: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: `{key}` {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    #[serde(default)]
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub telemetry: TelemetrySettings,
+    pub channels: ChannelSettings,
+    pub journey: JourneySettings,
+    pub answers: AnswerSettings,
+    pub traits: TraitSettings,
+    pub identifiers: IdentifierSettings,
+    pub phone: PhoneSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: String,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    pub max_body_bytes: usize,
+    pub max_batch_body_bytes: usize,
+    pub max_batch_signals: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub path: PathBuf,
+    /// Upper bound on writes applied between two flushes.
+    pub max_group_commit: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Unset: the service runs without Redis.
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    #[serde(default, skip_serializing)]
+    pub hs256_secret: Option<String>,
+    pub audience: String,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    // Secrets never print, not even in a debug dump of the settings.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("disabled", &self.disabled)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// Known channels, highest priority first.
+    pub priority: Vec<String>,
+    pub allow_unknown: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneySettings {
+    pub stages: Vec<String>,
+    /// Event type -> the stage it moves the customer to.
+    #[serde(default)]
+    pub event_stages: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerSettings {
+    /// Question key -> how long an answer stays fresh.
+    #[serde(default, with = "ttl_map")]
+    pub ttl: BTreeMap<String, Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraitSettings {
+    /// Trait names that hold personal data.
+    #[serde(default)]
+    pub pii: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifierSettings {
+    pub allow_unknown_types: bool,
+    /// Values that never identify anyone, for every type.
+    #[serde(default)]
+    pub placeholders: Vec<String>,
+    pub types: BTreeMap<String, IdentifierTypeSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormaliserKind {
+    /// Trim surrounding white space; case is kept.
+    Trim,
+    /// Trim and lower-case.
+    Lowercase,
+    /// Trim, lower-case and check the shape of an e-mail address.
+    Email,
+    /// Parse as a phone number and format it as E.164.
+    Phone,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifierTypeSettings {
+    pub normaliser: NormaliserKind,
+    /// Most values of this type on one profile; 0 means no limit.
+    pub limit: usize,
+    /// Lower wins when picking a merge survivor.
+    pub priority: u32,
+    pub pii: bool,
+    /// Whether a match on this type may fuse two existing profiles.
+    pub merge: bool,
+    /// Extra placeholder values for this type only.
+    #[serde(default)]
+    pub placeholders: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneSettings {
+    /// ISO 3166-1 alpha-2 region for numbers without a country code.
+    pub default_region: String,
+}
+
+mod ttl_map {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<String, Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        map.iter()
+            .map(|(k, v)| (k.clone(), humantime::format_duration(*v).to_string()))
+            .collect::<BTreeMap<_, _>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                humantime::parse_duration(&v)
+                    .map(|d| (k.clone(), d))
+                    .map_err(|e| {
+                        serde::de::Error::custom(format!(
+                            "answers.ttl.{k}: `{v}` is not a duration ({e})"
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
+impl Settings {
+    /// Loads the layers in order and validates the result. `file` wins over
+    /// the `ANAMNESIS_CONFIG` variable.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env_file = std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(env_file);
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = &file {
+            if !path.exists() {
+                return Err(invalid(
+                    "--config",
+                    format!("names `{}`, which does not exist", path.display()),
+                ));
+            }
+            builder = builder.add_source(config::File::from(path.as_path()).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("ANAMNESIS")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Loads only the built-in defaults (for tests and tools).
+    pub fn defaults() -> Settings {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("the built-in configuration is valid");
+        settings
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080",
+                    self.server.listen
+                ),
+            )
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", "must be at least 1024"));
+        }
+        if self.server.max_batch_body_bytes < self.server.max_body_bytes {
+            return Err(invalid(
+                "server.max_batch_body_bytes",
+                "must be at least server.max_body_bytes",
+            ));
+        }
+        if self.server.max_batch_signals == 0 || self.server.max_batch_signals > 100_000 {
+            return Err(invalid("server.max_batch_signals", "must be 1 to 100000"));
+        }
+        if self.storage.max_group_commit == 0 {
+            return Err(invalid("storage.max_group_commit", "must be at least 1"));
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            return Err(invalid("storage.path", "must not be empty"));
+        }
+        if let Some(url) = &self.redis.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis.url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+        }
+        if let Some(secret) = &self.auth.hs256_secret {
+            if secret.len() < 32 {
+                return Err(invalid(
+                    "auth.hs256_secret",
+                    "must be at least 32 bytes long",
+                ));
+            }
+        }
+        if self.auth.audience.trim().is_empty() {
+            return Err(invalid("auth.audience", "must not be empty"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.telemetry.level).is_err() {
+            return Err(invalid(
+                "telemetry.level",
+                format!("`{}` is not a log filter", self.telemetry.level),
+            ));
+        }
+        if self.channels.priority.is_empty() && !self.channels.allow_unknown {
+            return Err(invalid(
+                "channels.priority",
+                "must list at least one channel unless channels.allow_unknown is true",
+            ));
+        }
+        for (i, c) in self.channels.priority.iter().enumerate() {
+            if !crate::domain::is_valid_name(c, 32) {
+                return Err(invalid(
+                    format!("channels.priority[{i}]"),
+                    format!("`{c}` is not a channel name ([a-z][a-z0-9_]{{0,31}})"),
+                ));
+            }
+        }
+        if self.journey.stages.is_empty() {
+            return Err(invalid("journey.stages", "must list at least one stage"));
+        }
+        for (event, stage) in &self.journey.event_stages {
+            if !self.journey.stages.contains(stage) {
+                return Err(invalid(
+                    format!("journey.event_stages.{event}"),
+                    format!("names `{stage}`, which is not in journey.stages"),
+                ));
+            }
+        }
+        if self.identifiers.types.is_empty() {
+            return Err(invalid(
+                "identifiers.types",
+                "must configure at least one identifier type",
+            ));
+        }
+        for name in self.identifiers.types.keys() {
+            if !crate::domain::is_valid_name(name, 32) {
+                return Err(invalid(
+                    format!("identifiers.types.{name}"),
+                    "type names must match [a-z][a-z0-9_]{0,31}",
+                ));
+            }
+        }
+        if self
+            .phone
+            .default_region
+            .parse::<phonenumber::country::Id>()
+            .is_err()
+        {
+            return Err(invalid(
+                "phone.default_region",
+                format!(
+                    "`{}` is not an ISO 3166-1 region code like NL",
+                    self.phone.default_region
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,328 @@
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{IdentifierSettings, NormaliserKind};
+
+/// Longest identifier value accepted, before normalisation.
+pub const MAX_IDENTIFIER_CHARS: usize = 256;
+
+/// A normalised identifier: `{type, value}` where `value` is in the canonical
+/// spelling of its type (E.164 for phones, lower case for emails). Only
+/// [`IdentifierRules::normalise`] builds one from outside input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Identifier {
+    #[serde(rename = "type")]
+    kind: String,
+    value: String,
+}
+
+impl Identifier {
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// The index key: type names never contain `:`, so the split is unambiguous.
+    pub fn key(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.kind.len() + 1 + self.value.len());
+        key.extend_from_slice(self.kind.as_bytes());
+        key.push(b':');
+        key.extend_from_slice(self.value.as_bytes());
+        key
+    }
+
+    /// Rebuilds an identifier from a stored index key.
+    pub fn from_key(key: &[u8]) -> Option<Identifier> {
+        let text = std::str::from_utf8(key).ok()?;
+        let (kind, value) = text.split_once(':')?;
+        Some(Identifier {
+            kind: kind.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// Why a raw identifier could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentifierError {
+    #[error("identifier type `{0}` is not configured")]
+    UnknownType(String),
+    #[error("identifier value is longer than {MAX_IDENTIFIER_CHARS} characters")]
+    TooLong,
+    #[error("{kind} value is not valid: {reason}")]
+    Invalid { kind: String, reason: String },
+}
+
+/// An identifier that was recognised as a placeholder and left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IgnoredIdentifier {
+    /// Position in the signal's `identifiers` array.
+    pub index: usize,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+    pub reason: &'static str,
+}
+
+pub enum NormaliseOutcome {
+    Usable(Identifier),
+    /// A placeholder such as `unknown` or a withheld caller id: never links anyone.
+    Ignored(&'static str),
+}
+
+/// How one identifier type behaves, from configuration.
+#[derive(Debug, Clone)]
+pub struct TypeRule {
+    pub normaliser: NormaliserKind,
+    /// `None` means no limit.
+    pub limit: Option<usize>,
+    pub priority: u32,
+    pub pii: bool,
+    pub merge: bool,
+    placeholders: HashSet<String>,
+}
+
+/// The configured identifier types and the normalisers behind them.
+#[derive(Debug, Clone)]
+pub struct IdentifierRules {
+    types: HashMap<String, TypeRule>,
+    unknown: Option<TypeRule>,
+    placeholders: HashSet<String>,
+    region: phonenumber::country::Id,
+}
+
+impl IdentifierRules {
+    pub fn new(settings: &IdentifierSettings, default_region: &str) -> IdentifierRules {
+        let fold = |list: &[String]| -> HashSet<String> {
+            list.iter().map(|p| p.trim().to_lowercase()).collect()
+        };
+        let types = settings
+            .types
+            .iter()
+            .map(|(name, t)| {
+                let rule = TypeRule {
+                    normaliser: t.normaliser,
+                    limit: (t.limit > 0).then_some(t.limit),
+                    priority: t.priority,
+                    pii: t.pii,
+                    merge: t.merge,
+                    placeholders: fold(&t.placeholders),
+                };
+                (name.clone(), rule)
+            })
+            .collect();
+        let unknown = settings.allow_unknown_types.then(|| TypeRule {
+            normaliser: NormaliserKind::Trim,
+            limit: None,
+            priority: u32::MAX,
+            pii: true,
+            merge: true,
+            placeholders: HashSet::new(),
+        });
+        IdentifierRules {
+            types,
+            unknown,
+            placeholders: fold(&settings.placeholders),
+            // Validated with the settings; NL is the documented default.
+            region: default_region
+                .parse()
+                .unwrap_or(phonenumber::country::Id::NL),
+        }
+    }
+
+    pub fn rule(&self, kind: &str) -> Option<&TypeRule> {
+        self.types.get(kind).or(self.unknown.as_ref())
+    }
+
+    pub fn is_pii(&self, kind: &str) -> bool {
+        self.rule(kind).is_none_or(|r| r.pii)
+    }
+
+    pub fn priority(&self, kind: &str) -> u32 {
+        self.rule(kind).map_or(u32::MAX, |r| r.priority)
+    }
+
+    /// Turns a raw `{type, value}` into its canonical identifier, or says why not.
+    pub fn normalise(&self, kind: &str, raw: &str) -> Result<NormaliseOutcome, IdentifierError> {
+        let rule = self
+            .rule(kind)
+            .ok_or_else(|| IdentifierError::UnknownType(kind.chars().take(64).collect()))?;
+        if raw.chars().count() > MAX_IDENTIFIER_CHARS {
+            return Err(IdentifierError::TooLong);
+        }
+        let trimmed = raw.trim();
+        let folded = trimmed.to_lowercase();
+        if self.placeholders.contains(&folded) || rule.placeholders.contains(&folded) {
+            return Ok(NormaliseOutcome::Ignored("placeholder"));
+        }
+        let invalid = |reason: &str| IdentifierError::Invalid {
+            kind: kind.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if trimmed.chars().any(char::is_control) {
+            return Err(invalid("contains control characters"));
+        }
+        let value = match rule.normaliser {
+            NormaliserKind::Trim => trimmed.to_owned(),
+            NormaliserKind::Lowercase => folded,
+            NormaliserKind::Email => normalise_email(&folded).map_err(invalid)?,
+            NormaliserKind::Phone => {
+                let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
+                if !digits.is_empty() && digits.chars().all(|c| c == '0') {
+                    return Ok(NormaliseOutcome::Ignored("placeholder"));
+                }
+                self.normalise_phone(trimmed).map_err(invalid)?
+            }
+        };
+        Ok(NormaliseOutcome::Usable(Identifier {
+            kind: kind.to_owned(),
+            value,
+        }))
+    }
+
+    fn normalise_phone(&self, raw: &str) -> Result<String, &'static str> {
+        if !raw.chars().any(|c| c.is_ascii_digit()) {
+            return Err("is not a phone number");
+        }
+        let number =
+            phonenumber::parse(Some(self.region), raw).map_err(|_| "is not a phone number")?;
+        if !phonenumber::is_valid(&number) {
+            return Err("is not a valid phone number for its region");
+        }
+        Ok(number.format().mode(phonenumber::Mode::E164).to_string())
+    }
+}
+
+/// Lower-cased and trimmed by the caller; checks the shape only (one `@`, a
+/// local part, a dotted domain, no spaces), since only delivery proves an address.
+fn normalise_email(folded: &str) -> Result<String, &'static str> {
+    if folded.len() > 254 {
+        return Err("is longer than 254 characters");
+    }
+    let (local, domain) = folded.split_once('@').ok_or("has no @")?;
+    if local.is_empty() || local.len() > 64 {
+        return Err("has an empty or over-long local part");
+    }
+    if domain.contains('@') {
+        return Err("has more than one @");
+    }
+    if folded.chars().any(char::is_whitespace) {
+        return Err("contains white space");
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2
+        || labels
+            .iter()
+            .any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-') || l.len() > 63)
+    {
+        return Err("has no valid domain");
+    }
+    Ok(folded.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn rules() -> IdentifierRules {
+        let s = Settings::defaults();
+        IdentifierRules::new(&s.identifiers, &s.phone.default_region)
+    }
+
+    fn usable(kind: &str, raw: &str) -> String {
+        match rules().normalise(kind, raw) {
+            Ok(NormaliseOutcome::Usable(id)) => id.value().to_owned(),
+            Ok(NormaliseOutcome::Ignored(r)) => panic!("{raw} ignored: {r}"),
+            Err(e) => panic!("{raw}: {e}"),
+        }
+    }
+
+    #[test]
+    fn dutch_phone_spellings_are_one_identifier() {
+        for raw in [
+            "06 1234 5678",
+            "0031612345678",
+            "+31 6 12345678",
+            "+31-6-1234-5678",
+            "(06) 12345678",
+        ] {
+            assert_eq!(usable("phone", raw), "+31612345678", "{raw}");
+        }
+    }
+
+    #[test]
+    fn foreign_numbers_keep_their_country() {
+        assert_eq!(usable("phone", "+44 20 7946 0958"), "+442079460958");
+    }
+
+    #[test]
+    fn bad_phones_are_errors() {
+        for raw in ["hello", "12", "+31 6 123"] {
+            assert!(rules().normalise("phone", raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn withheld_callers_and_junk_are_ignored() {
+        for (kind, raw) in [
+            ("phone", "Withheld"),
+            ("phone", "0000000000"),
+            ("email", " NULL "),
+            ("web_cookie", "undefined"),
+            ("account_id", ""),
+            ("device_id", "-1"),
+        ] {
+            assert!(
+                matches!(
+                    rules().normalise(kind, raw),
+                    Ok(NormaliseOutcome::Ignored(_))
+                ),
+                "{kind}:{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn emails_are_trimmed_lowered_and_checked() {
+        assert_eq!(usable("email", "  Anna@Example.COM "), "anna@example.com");
+        for raw in [
+            "anna",
+            "anna@",
+            "@example.com",
+            "an na@example.com",
+            "anna@example",
+            "a@b@c.com",
+        ] {
+            assert!(rules().normalise("email", raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn unknown_types_are_refused_by_default() {
+        assert_eq!(
+            rules().normalise("shoe_size", "42").err(),
+            Some(IdentifierError::UnknownType("shoe_size".into()))
+        );
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let id = match rules().normalise("email", "a@b.nl").unwrap() {
+            NormaliseOutcome::Usable(id) => id,
+            NormaliseOutcome::Ignored(_) => unreachable!(),
+        };
+        assert_eq!(Identifier::from_key(&id.key()), Some(id));
+    }
+}

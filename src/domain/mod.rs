@@ -1,0 +1,47 @@
+//! The rules of the memory: identifiers and their normalisers, signals, profiles,
+//! reconciliation of traits and answers, and identity resolution. Pure: no I/O,
+//! no clock except where a caller passes `now`, no actix, sled or redis.
+
+mod customer_id;
+mod identifier;
+mod profile;
+mod resolve;
+mod signal;
+
+pub use customer_id::{CustomerId, CustomerIdError};
+pub use identifier::{
+    Identifier, IdentifierError, IdentifierRules, IgnoredIdentifier, NormaliseOutcome, TypeRule,
+};
+pub use profile::{
+    Answer, ChannelStats, Episode, EpisodeStatus, IdentifierRecord, Interaction, Journey, Profile,
+    ProfileState, TraitValue,
+};
+pub use resolve::{plan_resolution, Conflict, ConflictReason, Owner, ResolutionPlan};
+pub use signal::{
+    check_answers, check_signal_id, check_traits, AnswerInput, ChannelRules, EpisodeInput,
+    EventInput, IdentifierInput, Signal, SignalError, SignalInput, SignalRules, ValidAnswer,
+    ValidEvent,
+};
+
+/// `[a-z][a-z0-9_]{0,max-1}`: the shape of channel, identifier type and question
+/// key names, so they are safe in keys, metrics labels and URLs.
+pub fn is_valid_name(name: &str, max: usize) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= max
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+}
+
+/// Trait names additionally allow dots for namespacing: `[a-z][a-z0-9_.]{0,63}`.
+pub fn is_valid_trait_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'.')
+}

@@ -1,0 +1,445 @@
+//! The stored shape of a profile and the reconciliation rules that keep it the
+//! same whatever order signals arrive in.
+//!
+//! Every "latest wins" field compares `(observed time, channel rank, signal id,
+//! value)` in that order, a total order: two replicas that saw the same signals
+//! in any order hold the same values.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::customer_id::CustomerId;
+use super::identifier::Identifier;
+use super::signal::ChannelRules;
+
+/// A profile as the store keeps it. The timeline is not inside: interactions live
+/// under the id of the profile they were written to, and a merged profile reads
+/// the timelines of all its members, so a merge never copies interactions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub customer_id: CustomerId,
+    /// Bumped on every change; callers use it to detect stale copies.
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub identifiers: Vec<IdentifierRecord>,
+    /// Includes deletions (`value: None`) so an older value arriving late cannot
+    /// resurrect a deleted trait.
+    pub traits: BTreeMap<String, TraitValue>,
+    pub answers: BTreeMap<String, Answer>,
+    pub channels: BTreeMap<String, ChannelStats>,
+    /// Every id this profile absorbed, directly or through a chain.
+    pub merged_ids: Vec<CustomerId>,
+    pub journey: Option<Journey>,
+    pub episodes: BTreeMap<String, Episode>,
+}
+
+/// What the store keeps under an id that was merged away: the survivor, and the
+/// profile as it was at the moment of the merge (kept so a merge can be undone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileState {
+    pub merged_into: CustomerId,
+    pub merged_at: DateTime<Utc>,
+    /// The signal or token subject that caused the merge.
+    pub cause: String,
+    pub snapshot: Profile,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentifierRecord {
+    #[serde(flatten)]
+    pub identifier: Identifier,
+    /// The channel that first reported it.
+    pub channel: String,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraitValue {
+    /// `None` records a deletion.
+    pub value: Option<Value>,
+    pub channel: String,
+    pub observed_at: DateTime<Utc>,
+    pub signal_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub value: Value,
+    pub question: Option<String>,
+    pub channel: String,
+    pub captured_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub signal_id: Option<String>,
+}
+
+impl Answer {
+    pub fn is_fresh(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// Interactions (events) recorded on this channel.
+    pub interactions: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Journey {
+    pub stage: String,
+    pub updated_at: DateTime<Utc>,
+    pub channel: String,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EpisodeStatus {
+    Open,
+    WaitingOnCustomer,
+    WaitingOnUs,
+    Resolved,
+}
+
+impl EpisodeStatus {
+    pub fn is_open(self) -> bool {
+        self != EpisodeStatus::Resolved
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Episode {
+    pub id: String,
+    pub title: Option<String>,
+    pub status: EpisodeStatus,
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When `status` was last set; the later report wins.
+    pub status_at: DateTime<Utc>,
+    pub channels: BTreeSet<String>,
+    pub last_channel: String,
+}
+
+/// One touchpoint on the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interaction {
+    /// `<millis>.<sequence>`: unique, and the timeline's sort key.
+    pub id: String,
+    pub channel: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub occurred_at: DateTime<Utc>,
+    pub summary: Option<String>,
+    pub episode_id: Option<String>,
+    pub journey_stage: Option<String>,
+    pub properties: serde_json::Map<String, Value>,
+    pub signal_id: Option<String>,
+}
+
+/// Orders two observations: `Greater` means `a` wins.
+fn observation_order(
+    channels: &ChannelRules,
+    (a_at, a_channel, a_signal): (DateTime<Utc>, &str, Option<&str>),
+    (b_at, b_channel, b_signal): (DateTime<Utc>, &str, Option<&str>),
+) -> Ordering {
+    a_at.cmp(&b_at)
+        // A lower rank is a higher priority, so the comparison is reversed.
+        .then_with(|| channels.rank(b_channel).cmp(&channels.rank(a_channel)))
+        .then_with(|| a_signal.cmp(&b_signal))
+}
+
+fn value_order(a: &Option<Value>, b: &Option<Value>) -> Ordering {
+    let text = |v: &Option<Value>| v.as_ref().map(Value::to_string);
+    text(a).cmp(&text(b))
+}
+
+impl TraitValue {
+    /// Whether `self` should replace `current`.
+    pub fn beats(&self, current: &TraitValue, channels: &ChannelRules) -> bool {
+        observation_order(
+            channels,
+            (self.observed_at, &self.channel, self.signal_id.as_deref()),
+            (
+                current.observed_at,
+                &current.channel,
+                current.signal_id.as_deref(),
+            ),
+        )
+        .then_with(|| value_order(&self.value, &current.value))
+            == Ordering::Greater
+    }
+}
+
+impl Answer {
+    pub fn beats(&self, current: &Answer, channels: &ChannelRules) -> bool {
+        observation_order(
+            channels,
+            (self.captured_at, &self.channel, self.signal_id.as_deref()),
+            (
+                current.captured_at,
+                &current.channel,
+                current.signal_id.as_deref(),
+            ),
+        )
+        .then_with(|| self.value.to_string().cmp(&current.value.to_string()))
+            == Ordering::Greater
+    }
+}
+
+impl Profile {
+    pub fn new(customer_id: CustomerId, now: DateTime<Utc>) -> Profile {
+        Profile {
+            customer_id,
+            version: 0,
+            created_at: now,
+            updated_at: now,
+            identifiers: Vec::new(),
+            traits: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            merged_ids: Vec::new(),
+            journey: None,
+            episodes: BTreeMap::new(),
+        }
+    }
+
+    /// The ids whose timelines make up this profile's timeline.
+    pub fn members(&self) -> impl Iterator<Item = CustomerId> + '_ {
+        std::iter::once(self.customer_id).chain(self.merged_ids.iter().copied())
+    }
+
+    pub fn owns(&self, identifier: &Identifier) -> bool {
+        self.identifiers.iter().any(|r| &r.identifier == identifier)
+    }
+
+    pub fn count_of_type(&self, kind: &str) -> usize {
+        self.identifiers
+            .iter()
+            .filter(|r| r.identifier.kind() == kind)
+            .count()
+    }
+
+    /// Records that `identifier` was seen on `channel` at `at`.
+    pub fn see_identifier(
+        &mut self,
+        identifier: &Identifier,
+        channel: &str,
+        at: DateTime<Utc>,
+        channels: &ChannelRules,
+    ) {
+        match self
+            .identifiers
+            .iter_mut()
+            .find(|r| &r.identifier == identifier)
+        {
+            Some(record) => merge_identifier_record(record, channel, at, at, channels),
+            None => self.identifiers.push(IdentifierRecord {
+                identifier: identifier.clone(),
+                channel: channel.to_owned(),
+                first_seen: at,
+                last_seen: at,
+            }),
+        }
+    }
+
+    pub fn set_trait(&mut self, name: &str, candidate: TraitValue, channels: &ChannelRules) {
+        match self.traits.get(name) {
+            Some(current) if !candidate.beats(current, channels) => {}
+            _ => {
+                self.traits.insert(name.to_owned(), candidate);
+            }
+        }
+    }
+
+    pub fn set_answer(&mut self, key: &str, candidate: Answer, channels: &ChannelRules) {
+        match self.answers.get(key) {
+            Some(current) if !candidate.beats(current, channels) => {}
+            _ => {
+                self.answers.insert(key.to_owned(), candidate);
+            }
+        }
+    }
+
+    pub fn touch_channel(&mut self, channel: &str, at: DateTime<Utc>, interactions: u64) {
+        let stats = self
+            .channels
+            .entry(channel.to_owned())
+            .or_insert(ChannelStats {
+                first_seen: at,
+                last_seen: at,
+                interactions: 0,
+            });
+        stats.first_seen = stats.first_seen.min(at);
+        stats.last_seen = stats.last_seen.max(at);
+        stats.interactions += interactions;
+    }
+
+    pub fn set_journey(&mut self, candidate: Journey, channels: &ChannelRules) {
+        let wins = match &self.journey {
+            None => true,
+            Some(current) => {
+                observation_order(
+                    channels,
+                    (
+                        candidate.updated_at,
+                        &candidate.channel,
+                        Some(&candidate.stage),
+                    ),
+                    (current.updated_at, &current.channel, Some(&current.stage)),
+                ) == Ordering::Greater
+            }
+        };
+        if wins {
+            self.journey = Some(candidate);
+        }
+    }
+
+    /// Inserts or updates an episode by id. `status` and `title` are only
+    /// replaced by a report at least as recent as the one that set them.
+    pub fn upsert_episode(
+        &mut self,
+        id: &str,
+        title: Option<&str>,
+        status: Option<EpisodeStatus>,
+        channel: &str,
+        at: DateTime<Utc>,
+    ) {
+        let episode = self
+            .episodes
+            .entry(id.to_owned())
+            .or_insert_with(|| Episode {
+                id: id.to_owned(),
+                title: None,
+                status: EpisodeStatus::Open,
+                opened_at: at,
+                updated_at: at,
+                status_at: DateTime::<Utc>::MIN_UTC,
+                channels: BTreeSet::new(),
+                last_channel: channel.to_owned(),
+            });
+        episode.opened_at = episode.opened_at.min(at);
+        if at >= episode.updated_at {
+            episode.last_channel = channel.to_owned();
+            if let Some(title) = title {
+                episode.title = Some(title.to_owned());
+            }
+        } else if episode.title.is_none() {
+            episode.title = title.map(str::to_owned);
+        }
+        episode.updated_at = episode.updated_at.max(at);
+        episode.channels.insert(channel.to_owned());
+        if let Some(status) = status {
+            if (at, status) > (episode.status_at, episode.status) {
+                episode.status = status;
+                episode.status_at = at;
+            }
+        }
+    }
+
+    /// The channel of the most recent contact.
+    pub fn last_channel(&self) -> Option<&str> {
+        self.channels
+            .iter()
+            .max_by_key(|(name, stats)| (stats.last_seen, std::cmp::Reverse(*name)))
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Folds `other` into `self` (the survivor). Identifiers are disjoint by the
+    /// store's invariant; everything else is reconciled by the same rules as a
+    /// new signal, so merging is order-independent too.
+    pub fn absorb(&mut self, other: &Profile, channels: &ChannelRules) {
+        for record in &other.identifiers {
+            match self
+                .identifiers
+                .iter_mut()
+                .find(|r| r.identifier == record.identifier)
+            {
+                Some(mine) => merge_identifier_record(
+                    mine,
+                    &record.channel,
+                    record.first_seen,
+                    record.last_seen,
+                    channels,
+                ),
+                None => self.identifiers.push(record.clone()),
+            }
+        }
+        for (name, value) in &other.traits {
+            self.set_trait(name, value.clone(), channels);
+        }
+        for (key, answer) in &other.answers {
+            self.set_answer(key, answer.clone(), channels);
+        }
+        for (name, stats) in &other.channels {
+            match self.channels.get_mut(name) {
+                None => {
+                    self.channels.insert(name.clone(), stats.clone());
+                }
+                Some(mine) => {
+                    mine.first_seen = mine.first_seen.min(stats.first_seen);
+                    mine.last_seen = mine.last_seen.max(stats.last_seen);
+                    mine.interactions += stats.interactions;
+                }
+            }
+        }
+        if let Some(journey) = &other.journey {
+            self.set_journey(journey.clone(), channels);
+        }
+        for (id, theirs) in &other.episodes {
+            match self.episodes.get_mut(id) {
+                None => {
+                    self.episodes.insert(id.clone(), theirs.clone());
+                }
+                Some(mine) => {
+                    if theirs.updated_at > mine.updated_at {
+                        mine.last_channel = theirs.last_channel.clone();
+                        if theirs.title.is_some() {
+                            mine.title = theirs.title.clone();
+                        }
+                    } else if mine.title.is_none() {
+                        mine.title = theirs.title.clone();
+                    }
+                    mine.opened_at = mine.opened_at.min(theirs.opened_at);
+                    mine.updated_at = mine.updated_at.max(theirs.updated_at);
+                    mine.channels.extend(theirs.channels.iter().cloned());
+                    if (theirs.status_at, theirs.status) > (mine.status_at, mine.status) {
+                        mine.status = theirs.status;
+                        mine.status_at = theirs.status_at;
+                    }
+                }
+            }
+        }
+        self.merged_ids.push(other.customer_id);
+        self.merged_ids.extend(other.merged_ids.iter().copied());
+        self.merged_ids.sort();
+        self.merged_ids.dedup();
+        self.created_at = self.created_at.min(other.created_at);
+        self.updated_at = self.updated_at.max(other.updated_at);
+    }
+}
+
+fn merge_identifier_record(
+    record: &mut IdentifierRecord,
+    channel: &str,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    channels: &ChannelRules,
+) {
+    let earlier = first_seen < record.first_seen
+        || (first_seen == record.first_seen
+            && channels.rank(channel) < channels.rank(&record.channel));
+    if earlier {
+        record.first_seen = first_seen;
+        record.channel = channel.to_owned();
+    }
+    record.last_seen = record.last_seen.max(last_seen);
+}

@@ -1,0 +1,31 @@
+//! anamnesis: a unified customer profile service.
+//!
+//! Channels (IVR, chatbots, web, stores) post identity signals; the service
+//! resolves them to one customer and serves that one profile, and a context
+//! card built for a single round trip, back to every channel.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed, validated settings loaded in layers (defaults, file, environment).
+//! - [`telemetry`]: the `tracing` subscriber.
+//! - [`startup`]: `Application::build`: store, services, listener, routes, middleware.
+//! - [`middleware`]: request ids, request spans, HTTP metrics.
+//! - [`error`]: the one error-code table and the one `ResponseError`.
+//! - [`openapi`]: the OpenAPI document generated from the handlers.
+//! - [`auth`]: JWT verification, scopes, the typed `Authorized<Policy>` extractor.
+//! - [`routes`]: one module per resource; thin handlers.
+//! - [`service`]: use cases (ingest, read, write, merge, erase), the group-commit writer, response views.
+//! - [`domain`]: identifiers, normalisers, signals, profiles, reconciliation and resolution rules; pure.
+//! - [`store`]: the durable store behind a trait, and its sled implementation.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,103 @@
+//! Per-request plumbing: the request id (header, span, error bodies), the
+//! request span, and the HTTP metrics.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use tracing::Instrument;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const CANONICAL_ID_HEADER: &str = "canonical-customer-id";
+
+/// What error bodies and redirects need to know about the request being served.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    pub request_id: String,
+    pub path_and_query: String,
+}
+
+tokio::task_local! {
+    static REQUEST: RequestInfo;
+}
+
+/// The request being served by this task, if any.
+pub fn current_request() -> Option<RequestInfo> {
+    REQUEST.try_with(Clone::clone).ok()
+}
+
+/// A caller-supplied id is kept when it is short and plain, so a desk can
+/// correlate its own logs with ours; anything else is replaced.
+fn request_id_of(req: &ServiceRequest) -> String {
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| ulid::Ulid::new().to_string())
+}
+
+pub async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let request_id = request_id_of(&req);
+    // The route pattern, never the raw path: paths and queries can carry PII.
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let info = RequestInfo {
+        request_id: request_id.clone(),
+        path_and_query: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.path().to_owned(), |p| p.as_str().to_owned()),
+    };
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        status = tracing::field::Empty,
+    );
+    let result = REQUEST
+        .scope(info, next.call(req))
+        .instrument(span.clone())
+        .await;
+    let mut res = result?;
+    let status = res.status();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    span.record("status", status.as_u16());
+    let status_label = status.as_u16().to_string();
+    metrics::counter!("anamnesis_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status_label).increment(1);
+    metrics::histogram!("anamnesis_http_request_duration_seconds", "method" => method, "route" => route).record(elapsed);
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed * 1e3,
+                "request failed"
+            );
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed * 1e3,
+                "request served"
+            );
+        }
+    });
+    Ok(res)
+}

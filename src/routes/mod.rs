@@ -1,0 +1,24 @@
+//! HTTP resources, one module each. Handlers are thin: extract, call one
+//! service function, shape the response.
+
+pub mod extract;
+pub mod ops;
+pub mod profiles;
+pub mod signals;
+
+use actix_web::{web, Resource};
+
+use crate::error::ApiError;
+
+/// A resource that answers unsupported methods with 405 and an `Allow` header
+/// (rather than a misleading 404).
+pub fn resource(path: &str, allow: &'static str) -> Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        Err::<actix_web::HttpResponse, ApiError>(ApiError::MethodNotAllowed(allow))
+    }))
+}
+
+/// Any path no resource matches.
+pub async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::RouteNotFound)
+}

@@ -1,0 +1,339 @@
+//! Profiles: read, look up, context cards, timeline, trait and answer writes,
+//! manual merge, erasure.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::extract::JsonBody;
+use super::resource;
+use crate::auth::{Authorized, EraseProfiles, ReadProfiles, WriteProfiles};
+use crate::domain::CustomerId;
+use crate::error::{ApiError, ErrorBody};
+use crate::service::profiles::{valid_channel_filter, DEFAULT_CONTEXT_INTERACTIONS, MAX_PAGE};
+use crate::service::views::{ContextCard, ProfileView, TimelinePage};
+use crate::service::{AnswersInput, MergeInput, Services, TimelineQuery, TraitsPatch};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    // `lookup` before `{customer_id}`: resources match in registration order.
+    cfg.service(resource("/v1/profiles/lookup", "GET").route(web::get().to(lookup)))
+        .service(resource("/v1/context", "GET").route(web::get().to(context_by_identifier)))
+        .service(
+            resource("/v1/profiles/{customer_id}", "GET, DELETE")
+                .route(web::get().to(get_profile))
+                .route(web::delete().to(erase)),
+        )
+        .service(
+            resource("/v1/profiles/{customer_id}/context", "GET").route(web::get().to(context)),
+        )
+        .service(
+            resource("/v1/profiles/{customer_id}/timeline", "GET").route(web::get().to(timeline)),
+        )
+        .service(
+            resource("/v1/profiles/{customer_id}/traits", "PATCH")
+                .route(web::patch().to(patch_traits)),
+        )
+        .service(
+            resource("/v1/profiles/{customer_id}/answers", "POST")
+                .route(web::post().to(add_answers)),
+        )
+        .service(resource("/v1/profiles/{target_id}/merge", "POST").route(web::post().to(merge)));
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LookupQuery {
+    /// Identifier type, e.g. `phone`.
+    #[serde(rename = "type")]
+    #[param(rename = "type", example = "phone")]
+    pub kind: String,
+    /// Identifier value, written any way the type's normaliser accepts.
+    #[param(example = "0612345678")]
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ContextByIdentifierQuery {
+    /// Identifier type, e.g. `phone`.
+    #[serde(rename = "type")]
+    #[param(rename = "type", example = "phone")]
+    pub kind: String,
+    #[param(example = "0612345678")]
+    pub value: String,
+    /// Recent interactions to include, 0 to 200 (default 10).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ContextQuery {
+    /// Recent interactions to include, 0 to 200 (default 10).
+    pub limit: Option<usize>,
+}
+
+fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
+    Ok(CustomerId::parse(raw)?)
+}
+
+fn context_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_CONTEXT_INTERACTIONS),
+        Some(n) if n <= MAX_PAGE => Ok(n),
+        Some(_) => Err(ApiError::InvalidQuery(format!(
+            "limit must be 0 to {MAX_PAGE}"
+        ))),
+    }
+}
+
+/// Read a whole profile.
+#[utoipa::path(
+    get, path = "/v1/profiles/{customer_id}", tag = "profiles",
+    params(("customer_id" = String, Path, description = "The customer id")),
+    responses(
+        (status = 200, body = ProfileView),
+        (status = 308, description = "Merged into another profile: see Location and canonical-customer-id", body = ErrorBody),
+        (status = 400, description = "Malformed customer id", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No such profile", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_profile(
+    auth: Authorized<ReadProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+) -> Result<web::Json<ProfileView>, ApiError> {
+    let id = customer_id(&path)?;
+    Ok(web::Json(services.profile(id, auth.principal.access())?))
+}
+
+/// Resolve an identifier to its profile (never creates one).
+#[utoipa::path(
+    get, path = "/v1/profiles/lookup", tag = "profiles",
+    params(LookupQuery),
+    responses(
+        (status = 200, body = ProfileView),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "Nobody owns the identifier", body = ErrorBody),
+        (status = 422, description = "Unknown type or malformed value", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn lookup(
+    auth: Authorized<ReadProfiles>,
+    services: web::Data<Services>,
+    query: web::Query<LookupQuery>,
+) -> Result<web::Json<ProfileView>, ApiError> {
+    Ok(web::Json(services.lookup(
+        &query.kind,
+        &query.value,
+        auth.principal.access(),
+    )?))
+}
+
+/// The context card of a profile.
+#[utoipa::path(
+    get, path = "/v1/profiles/{customer_id}/context", tag = "context",
+    params(("customer_id" = String, Path, description = "The customer id"), ContextQuery),
+    responses(
+        (status = 200, body = ContextCard),
+        (status = 308, description = "Merged into another profile", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn context(
+    auth: Authorized<ReadProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+    query: web::Query<ContextQuery>,
+) -> Result<web::Json<ContextCard>, ApiError> {
+    let id = customer_id(&path)?;
+    let limit = context_limit(query.limit)?;
+    Ok(web::Json(services.context(
+        id,
+        limit,
+        auth.principal.access(),
+    )?))
+}
+
+/// The context card of whoever owns an identifier: one call for an inbound phone call.
+#[utoipa::path(
+    get, path = "/v1/context", tag = "context",
+    params(ContextByIdentifierQuery),
+    responses(
+        (status = 200, body = ContextCard),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "Nobody owns the identifier", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn context_by_identifier(
+    auth: Authorized<ReadProfiles>,
+    services: web::Data<Services>,
+    query: web::Query<ContextByIdentifierQuery>,
+) -> Result<web::Json<ContextCard>, ApiError> {
+    let limit = context_limit(query.limit)?;
+    Ok(web::Json(services.context_by(
+        &query.kind,
+        &query.value,
+        limit,
+        auth.principal.access(),
+    )?))
+}
+
+/// Interactions across all channels, newest first, cursor-paginated.
+#[utoipa::path(
+    get, path = "/v1/profiles/{customer_id}/timeline", tag = "profiles",
+    params(("customer_id" = String, Path, description = "The customer id"), TimelineQuery),
+    responses(
+        (status = 200, body = TimelinePage),
+        (status = 308, description = "Merged into another profile", body = ErrorBody),
+        (status = 400, description = "Bad cursor, limit or channel", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn timeline(
+    _auth: Authorized<ReadProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+    query: web::Query<TimelineQuery>,
+) -> Result<web::Json<TimelinePage>, ApiError> {
+    let id = customer_id(&path)?;
+    if let Some(limit) = query.limit {
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(ApiError::InvalidQuery(format!(
+                "limit must be 1 to {MAX_PAGE}"
+            )));
+        }
+    }
+    if let Some(c) = &query.channel {
+        if !valid_channel_filter(c) {
+            return Err(ApiError::InvalidQuery(
+                "channel must match [a-z][a-z0-9_]{0,31}".into(),
+            ));
+        }
+    }
+    Ok(web::Json(services.timeline(id, &query)?))
+}
+
+/// Set or delete traits (`null` deletes).
+#[utoipa::path(
+    patch, path = "/v1/profiles/{customer_id}/traits", tag = "profiles",
+    params(("customer_id" = String, Path, description = "The customer id")),
+    request_body = TraitsPatch,
+    responses(
+        (status = 200, description = "The updated profile", body = ProfileView),
+        (status = 308, description = "Merged into another profile", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn patch_traits(
+    auth: Authorized<WriteProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+    JsonBody(patch): JsonBody<TraitsPatch>,
+) -> Result<web::Json<ProfileView>, ApiError> {
+    let id = customer_id(&path)?;
+    auth.principal.check_channel(&patch.channel)?;
+    Ok(web::Json(
+        services
+            .patch_traits(id, patch, auth.principal.access())
+            .await?,
+    ))
+}
+
+/// Record answers the customer gave.
+#[utoipa::path(
+    post, path = "/v1/profiles/{customer_id}/answers", tag = "profiles",
+    params(("customer_id" = String, Path, description = "The customer id")),
+    request_body = AnswersInput,
+    responses(
+        (status = 200, description = "The updated profile", body = ProfileView),
+        (status = 308, description = "Merged into another profile", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn add_answers(
+    auth: Authorized<WriteProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+    JsonBody(input): JsonBody<AnswersInput>,
+) -> Result<web::Json<ProfileView>, ApiError> {
+    let id = customer_id(&path)?;
+    auth.principal.check_channel(&input.channel)?;
+    Ok(web::Json(
+        services
+            .add_answers(id, input, auth.principal.access())
+            .await?,
+    ))
+}
+
+/// Confirmed manual merge of `source_id` into the target.
+#[utoipa::path(
+    post, path = "/v1/profiles/{target_id}/merge", tag = "profiles",
+    params(("target_id" = String, Path, description = "The surviving profile")),
+    request_body = MergeInput,
+    responses(
+        (status = 200, description = "The merged profile", body = ProfileView),
+        (status = 308, description = "The target was merged into another profile", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Limits forbid the merge", body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn merge(
+    auth: Authorized<WriteProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+    JsonBody(input): JsonBody<MergeInput>,
+) -> Result<web::Json<ProfileView>, ApiError> {
+    let target = customer_id(&path)?;
+    let source = CustomerId::parse(&input.source_id)
+        .map_err(|e| ApiError::InvalidField(format!("source_id: {e}")))?;
+    let subject = auth.principal.subject.clone();
+    Ok(web::Json(
+        services
+            .merge(target, source, subject, auth.principal.access())
+            .await?,
+    ))
+}
+
+/// Erase a profile: identifiers, traits, answers, timeline, aliases.
+#[utoipa::path(
+    delete, path = "/v1/profiles/{customer_id}", tag = "profiles",
+    params(("customer_id" = String, Path, description = "The customer id")),
+    responses(
+        (status = 204, description = "Erased; its identifiers are free again"),
+        (status = 308, description = "Merged into another profile: erase the survivor", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn erase(
+    auth: Authorized<EraseProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = customer_id(&path)?;
+    services.erase(id).await?;
+    tracing::info!(target: "audit", action = "erase", customer_id = %id, subject = %auth.principal.subject, "profile erased");
+    Ok(HttpResponse::NoContent().finish())
+}

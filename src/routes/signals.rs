@@ -1,0 +1,166 @@
+//! `POST /v1/signals` and `POST /v1/signals/batch`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::extract::{from_value, BodyLimit, JsonBody};
+use super::resource;
+use crate::auth::{Authorized, WriteSignals};
+use crate::domain::SignalInput;
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::service::views::IngestResult;
+use crate::service::{BatchItem, Services};
+
+pub fn configure(cfg: &mut web::ServiceConfig, single_limit: usize, batch_limit: usize) {
+    cfg.service(
+        resource("/v1/signals/batch", "POST")
+            .app_data(BodyLimit(batch_limit))
+            .route(web::post().to(ingest_batch)),
+    )
+    .service(
+        resource("/v1/signals", "POST")
+            .app_data(BodyLimit(single_limit))
+            .route(web::post().to(ingest)),
+    );
+}
+
+fn status_of(result: &IngestResult) -> StatusCode {
+    if result.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// Ingest one signal.
+///
+/// Resolves the identifiers to one customer (creating, attaching or merging),
+/// applies traits, answers and the event, and answers once the write is durable.
+#[utoipa::path(
+    post, path = "/v1/signals", tag = "ingest",
+    request_body = SignalInput,
+    responses(
+        (status = 201, description = "A new profile was created", body = IngestResult),
+        (status = 200, description = "The signal joined an existing profile (or was a replay)", body = IngestResult),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Scope or channel not allowed", body = ErrorBody),
+        (status = 409, description = "signal_id reused for a different signal", body = ErrorBody),
+        (status = 410, description = "signal_id of an erased profile", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid signal", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn ingest(
+    auth: Authorized<WriteSignals>,
+    services: web::Data<Services>,
+    JsonBody(input): JsonBody<SignalInput>,
+) -> Result<HttpResponse, ApiError> {
+    auth.principal.check_channel(&input.channel)?;
+    let result = services.ingest(input).await?;
+    let masked = result.masked(&services.masking(auth.principal.access()));
+    Ok(HttpResponse::build(status_of(&masked)).json(masked))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Up to the configured maximum (default 1,000).
+    #[schema(value_type = Vec<SignalInput>)]
+    pub signals: Vec<serde_json::Value>,
+}
+
+/// One item's outcome: a result (with `status` 200 or 201) or an error.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchItemResult {
+    Ok {
+        status: u16,
+        #[serde(flatten)]
+        result: IngestResult,
+    },
+    Err {
+        status: u16,
+        error: ErrorDetail,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchResponse {
+    /// One entry per signal, in request order.
+    pub results: Vec<BatchItemResult>,
+}
+
+fn item_error(e: &ApiError) -> BatchItemResult {
+    BatchItemResult::Err {
+        status: e.status_and_code().0.as_u16(),
+        error: e.body().error,
+    }
+}
+
+/// Ingest many signals.
+///
+/// Each signal is resolved on its own, in order; one bad signal does not stop
+/// the others. The response is `200` with one result or error per item.
+#[utoipa::path(
+    post, path = "/v1/signals/batch", tag = "ingest",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result or error per signal, in order", body = BatchResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Scope missing", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Empty batch or too many signals", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn ingest_batch(
+    auth: Authorized<WriteSignals>,
+    services: web::Data<Services>,
+    JsonBody(batch): JsonBody<BatchRequest>,
+) -> Result<web::Json<BatchResponse>, ApiError> {
+    let count = batch.signals.len();
+    if count == 0 {
+        return Err(ApiError::EmptyBatch);
+    }
+    if count > services.max_batch() {
+        return Err(ApiError::TooManySignals {
+            count,
+            max: services.max_batch(),
+        });
+    }
+    let items: Vec<BatchItem<ApiError>> = batch
+        .signals
+        .into_iter()
+        .map(|value| match from_value::<SignalInput>(value) {
+            Ok(input) => match auth.principal.check_channel(&input.channel) {
+                Ok(()) => BatchItem::Signal(Box::new(input)),
+                Err(e) => BatchItem::Rejected(e),
+            },
+            Err(e) => BatchItem::Rejected(e),
+        })
+        .collect();
+    let outcomes = services.ingest_batch(items).await?;
+    let masking = services.masking(auth.principal.access());
+    let results = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(result) => {
+                let result = result.masked(&masking);
+                BatchItemResult::Ok {
+                    status: status_of(&result).as_u16(),
+                    result,
+                }
+            }
+            Err(Ok(api)) => item_error(&api),
+            Err(Err(service)) => item_error(&ApiError::Service(service)),
+        })
+        .collect();
+    Ok(web::Json(BatchResponse { results }))
+}

@@ -1,0 +1,151 @@
+//! Use cases: resolve a signal, read a profile or a context card, write traits
+//! and answers, merge and erase. Transport-neutral: handlers call these, and so
+//! could a CLI or a queue consumer.
+
+pub mod committer;
+mod ingest;
+pub mod profiles;
+pub mod views;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Settings;
+use crate::domain::{
+    ChannelRules, ConflictReason, CustomerId, IdentifierError, IdentifierRules, SignalError,
+    SignalRules,
+};
+use crate::store::{Store, StoreError, StoreTx};
+
+pub use committer::Committer;
+pub use ingest::{BatchItem, Ingested};
+pub use profiles::{AnswersInput, MergeInput, TimelineQuery, TraitsPatch};
+pub use views::{Access, Masking};
+
+/// Failures of a use case. Every variant maps to one stable error code in
+/// `crate::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    #[error("no {0} with this id")]
+    ProfileNotFound(&'static str),
+    #[error("{0}")]
+    Identifier(#[from] IdentifierError),
+    #[error("no profile owns this identifier")]
+    IdentifierNotOwned,
+    /// The id was merged into another profile; answer with a redirect.
+    #[error("profile {from} was merged into {to}")]
+    Moved { from: CustomerId, to: CustomerId },
+    #[error("a profile cannot be merged with itself")]
+    SameProfile,
+    #[error("the merge would break a rule: {0}")]
+    MergeRefused(&'static str),
+    #[error("signal_id `{0}` was already used for a different signal")]
+    SignalIdReused(String),
+    #[error("signal_id `{0}` belongs to a profile that was erased")]
+    SignalOfErasedProfile(String),
+    #[error("cursor is not one this service issued")]
+    InvalidCursor,
+    #[error("store failure: {0}")]
+    Store(#[from] StoreError),
+    #[error("the write could not be made durable")]
+    NotDurable,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+impl ServiceError {
+    pub fn merge_refused(reason: ConflictReason) -> ServiceError {
+        match reason {
+            ConflictReason::IdentifierLimit => ServiceError::MergeRefused(
+                "together the profiles would hold more identifiers of one type than its limit",
+            ),
+            ConflictReason::MergeNotAllowed => {
+                ServiceError::MergeRefused("the identifier type may not merge profiles")
+            }
+        }
+    }
+}
+
+/// Everything the use cases share; one per process, behind an `Arc`.
+pub struct Services {
+    store: Arc<dyn Store>,
+    committer: Committer,
+    rules: Arc<SignalRules>,
+    pii_traits: Vec<String>,
+    max_batch: usize,
+}
+
+impl Services {
+    pub fn new(settings: &Settings, store: Arc<dyn Store>) -> Services {
+        let committer = Committer::start(store.clone(), settings.storage.max_group_commit);
+        let rules = SignalRules {
+            identifiers: IdentifierRules::new(
+                &settings.identifiers,
+                &settings.phone.default_region,
+            ),
+            channels: ChannelRules::new(
+                settings.channels.priority.clone(),
+                settings.channels.allow_unknown,
+            ),
+            stages: settings.journey.stages.clone(),
+            event_stages: settings.journey.event_stages.clone(),
+            answer_ttl: settings.answers.ttl.clone(),
+        };
+        Services {
+            store,
+            committer,
+            rules: Arc::new(rules),
+            pii_traits: settings.traits.pii.clone(),
+            max_batch: settings.server.max_batch_signals,
+        }
+    }
+
+    pub fn masking(&self, access: Access) -> Masking<'_> {
+        Masking {
+            access,
+            identifiers: &self.rules.identifiers,
+            pii_traits: &self.pii_traits,
+        }
+    }
+
+    pub fn rules(&self) -> &SignalRules {
+        &self.rules
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Whether the store answers (for `/readyz`).
+    pub fn store_ready(&self) -> Result<(), StoreError> {
+        self.store.ping()
+    }
+
+    /// Waits until every acknowledged and queued write is on disk.
+    pub async fn sync(&self) -> Result<(), ServiceError> {
+        self.committer.sync().await
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Runs a use case as one atomic write: its changes are applied only if it
+/// succeeds, so a failure never leaves a partial write behind.
+fn atomically<T>(
+    store: &dyn Store,
+    mut f: impl FnMut(&mut dyn StoreTx) -> Result<T, ServiceError>,
+) -> Result<T, ServiceError> {
+    let mut outcome = None;
+    store.write(&mut |tx| {
+        let result = f(tx);
+        let commit = result.is_ok();
+        outcome = Some(result);
+        commit
+    })?;
+    outcome.unwrap_or(Err(ServiceError::ShuttingDown))
+}

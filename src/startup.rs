@@ -1,0 +1,166 @@
+//! Wiring: open the store, build the services, bind the listener, mount the
+//! routes and middleware.
+
+use std::net::TcpListener;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{from_fn, Compress};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::auth::{load_or_create_secret, Authenticator, Scope, SecretSource};
+use crate::config::Settings;
+use crate::middleware::request_context;
+use crate::openapi::ApiDoc;
+use crate::routes::extract::{path_error_handler, query_error, BodyLimit};
+use crate::routes::{self, ops::RedisProbe};
+use crate::service::Services;
+use crate::store::SledStore;
+
+/// Histogram buckets in seconds: fine below a millisecond, where reads live.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+];
+
+/// Lifetime of the admin token printed on first start.
+const BANNER_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The process-wide metrics recorder (one per process, however many apps a
+/// test starts).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then ours stays unused.
+            let _ = metrics::set_global_recorder(recorder);
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                })
+                .expect("the metrics upkeep thread starts");
+            handle
+        })
+        .clone()
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    services: web::Data<Services>,
+    banner: Option<String>,
+}
+
+impl Application {
+    /// Opens the store and binds the listener (port 0 picks a free port).
+    pub fn build(settings: Settings) -> anyhow::Result<Application> {
+        let data_dir = settings.storage.path.clone();
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        let store = SledStore::open(&data_dir.join("db"))
+            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let (secret, source) = if settings.auth.disabled {
+            (Vec::new(), SecretSource::Configured)
+        } else {
+            load_or_create_secret(settings.auth.hs256_secret.as_deref(), &data_dir)
+                .context("loading the auth secret")?
+        };
+        let authenticator = Authenticator::new(&settings.auth, &secret);
+        if settings.auth.disabled {
+            tracing::warn!("authentication is DISABLED by configuration (auth.disabled = true)");
+        }
+
+        let listener = TcpListener::bind(settings.listen_addr()?)
+            .with_context(|| format!("binding {}", settings.server.listen))?;
+        let address = listener.local_addr()?;
+        let port = address.port();
+
+        let banner = match &source {
+            SecretSource::Generated(path) => {
+                let token =
+                    authenticator.mint("bootstrap-admin", &[Scope::Admin], None, BANNER_TOKEN_TTL);
+                Some(format!(
+                    "anamnesis: generated an auth secret in {path}\n\
+                     Admin token (valid 30 days; shown only now):\n\n  {token}\n\n\
+                     Try it:\n\n  curl -H 'Authorization: Bearer {token}' http://{address}/v1/profiles/lookup?type=phone\\&value=0612345678\n",
+                    path = path.display()
+                ))
+            }
+            SecretSource::Configured | SecretSource::Existing(_) => None,
+        };
+
+        let services = web::Data::new(Services::new(&settings, Arc::new(store)));
+        let authenticator = web::Data::new(authenticator);
+        let prometheus = web::Data::new(metrics_handle());
+        let redis = web::Data::new(RedisProbe(settings.redis.url.clone()));
+        let single_limit = settings.server.max_body_bytes;
+        let batch_limit = settings.server.max_batch_body_bytes;
+        let openapi = ApiDoc::openapi();
+
+        let app_services = services.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_services.clone())
+                .app_data(authenticator.clone())
+                .app_data(prometheus.clone())
+                .app_data(redis.clone())
+                .app_data(BodyLimit(single_limit))
+                .app_data(web::QueryConfig::default().error_handler(query_error))
+                .app_data(web::PathConfig::default().error_handler(path_error_handler))
+                .wrap(Compress::default())
+                .wrap(from_fn(request_context))
+                .configure(routes::ops::configure)
+                .configure(|cfg| routes::signals::configure(cfg, single_limit, batch_limit))
+                .configure(routes::profiles::configure)
+                .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+                .default_service(web::to(routes::not_found))
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout_secs);
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.listen(listener)?.run();
+        tracing::info!(%address, "anamnesis listening");
+        Ok(Application {
+            port,
+            server,
+            services,
+            banner,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The first-start message with a ready-to-use admin token, if this start
+    /// generated the secret.
+    pub fn banner(&self) -> Option<&str> {
+        self.banner.as_deref()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then finishes in-flight requests and
+    /// makes every acknowledged write durable before returning.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.server.await?;
+        self.services
+            .sync()
+            .await
+            .context("flushing the store at shutdown")?;
+        tracing::info!("anamnesis stopped; store flushed");
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! The durable store behind a trait. Nothing above this module knows which
+//! engine keeps the data; [`sled`](self::sled) is the embedded default.
+//!
+//! The write side assumes a single writer: every change goes through
+//! [`Store::write`] from the committer thread (`service::committer`), which is
+//! what makes resolution race-free without locks. Reads may come from any thread.
+
+mod sled;
+
+pub use self::sled::SledStore;
+
+use crate::domain::{CustomerId, Identifier, Interaction, Profile, ProfileState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage engine failed: {0}")]
+    Engine(String),
+    #[error("stored record `{key}` could not be decoded: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Where a page of timeline starts: strictly older than this position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimelinePosition {
+    pub millis: u64,
+    pub seq: u64,
+}
+
+impl TimelinePosition {
+    /// The interaction id that encodes this position.
+    pub fn to_id(self) -> String {
+        format!("{:013}-{}", self.millis, self.seq)
+    }
+
+    pub fn from_id(id: &str) -> Option<TimelinePosition> {
+        let (millis, seq) = id.split_once('-')?;
+        if millis.is_empty() || seq.is_empty() || millis.len() > 20 || seq.len() > 20 {
+            return None;
+        }
+        Some(TimelinePosition {
+            millis: millis.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// The changes of one use case, applied all together or not at all.
+pub trait StoreTx {
+    fn profile(&mut self, id: CustomerId) -> Result<Option<Profile>, StoreError>;
+    fn put_profile(&mut self, profile: &Profile) -> Result<(), StoreError>;
+    fn delete_profile(&mut self, id: CustomerId);
+
+    /// The live profile an absorbed id now belongs to.
+    fn alias(&mut self, id: CustomerId) -> Result<Option<CustomerId>, StoreError>;
+    fn put_alias(&mut self, absorbed: CustomerId, survivor: CustomerId);
+    fn delete_alias(&mut self, absorbed: CustomerId);
+
+    fn absorbed(&mut self, id: CustomerId) -> Result<Option<ProfileState>, StoreError>;
+    fn put_absorbed(&mut self, id: CustomerId, state: &ProfileState) -> Result<(), StoreError>;
+    fn delete_absorbed(&mut self, id: CustomerId);
+
+    fn owner(&mut self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError>;
+    fn set_owner(&mut self, identifier: &Identifier, owner: CustomerId);
+    fn remove_owner(&mut self, identifier: &Identifier);
+
+    /// A number never handed out before, for ordering interactions.
+    fn next_sequence(&mut self) -> Result<u64, StoreError>;
+    /// Stores an interaction under `member`'s timeline at the position its id encodes.
+    fn add_interaction(
+        &mut self,
+        member: CustomerId,
+        interaction: &Interaction,
+    ) -> Result<(), StoreError>;
+    /// Removes every interaction stored under `member`.
+    fn delete_timeline(&mut self, member: CustomerId) -> Result<(), StoreError>;
+
+    /// The first result of a signal, by its `signal_id`, in the service's encoding.
+    fn signal_record(&mut self, signal_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_signal_record(&mut self, signal_id: &str, customer: CustomerId, record: Vec<u8>);
+    /// The signal ids recorded for `customer` (for erasure).
+    fn signal_ids_of(&mut self, customer: CustomerId) -> Result<Vec<String>, StoreError>;
+    fn forget_signal_index(&mut self, customer: CustomerId, signal_id: &str);
+}
+
+/// A use case run by [`Store::write`]. Returning `false` discards every change it made.
+pub type WriteFn<'a> = dyn FnMut(&mut dyn StoreTx) -> bool + 'a;
+
+pub trait Store: Send + Sync + 'static {
+    fn profile(&self, id: CustomerId) -> Result<Option<Profile>, StoreError>;
+    fn alias(&self, id: CustomerId) -> Result<Option<CustomerId>, StoreError>;
+    fn owner(&self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError>;
+    fn signal_record(&self, signal_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` interactions of one member's timeline, newest first,
+    /// strictly older than `before`, that `keep` accepts.
+    fn timeline(
+        &self,
+        member: CustomerId,
+        before: Option<TimelinePosition>,
+        limit: usize,
+        keep: &dyn Fn(&Interaction) -> bool,
+    ) -> Result<Vec<Interaction>, StoreError>;
+
+    /// Runs `op` and applies its changes atomically if it returns `true`. The
+    /// changes are visible to readers at once but durable only after [`Store::flush`].
+    fn write(&self, op: &mut WriteFn<'_>) -> Result<(), StoreError>;
+
+    /// Makes every applied write durable; returns the bytes written.
+    fn flush(&self) -> Result<usize, StoreError>;
+
+    /// A cheap check that the engine answers (for `/readyz`).
+    fn ping(&self) -> Result<(), StoreError>;
+}

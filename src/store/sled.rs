@@ -1,0 +1,316 @@
+//! The embedded store: one sled tree, with a one-byte prefix per kind of record.
+//!
+//! Keeping everything in one tree lets a use case's changes go in one atomic
+//! `apply_batch`. Within a write, reads see the write's own changes through an
+//! overlay; the single-writer rule (see the module above) means nothing else
+//! changes underneath.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Store, StoreError, StoreTx, TimelinePosition, WriteFn};
+use crate::domain::{CustomerId, Identifier, Interaction, Profile, ProfileState};
+
+const PROFILE: u8 = b'p';
+const ALIAS: u8 = b'a';
+const ABSORBED: u8 = b'x';
+const IDENTIFIER: u8 = b'i';
+const TIMELINE: u8 = b't';
+const SIGNAL: u8 = b's';
+const SIGNALS_OF: u8 = b'c';
+
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+fn engine(e: sled::Error) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+fn key(prefix: u8, body: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + body.len());
+    k.push(prefix);
+    k.extend_from_slice(body);
+    k
+}
+
+fn timeline_key(member: CustomerId, pos: TimelinePosition) -> Vec<u8> {
+    let mut k = key(TIMELINE, &member.to_key());
+    k.extend_from_slice(&pos.millis.to_be_bytes());
+    k.extend_from_slice(&pos.seq.to_be_bytes());
+    k
+}
+
+fn signals_of_key(customer: CustomerId, signal_id: &str) -> Vec<u8> {
+    let mut k = key(SIGNALS_OF, &customer.to_key());
+    k.extend_from_slice(signal_id.as_bytes());
+    k
+}
+
+fn decode<T: DeserializeOwned>(k: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Engine(format!("encoding failed: {e}")))
+}
+
+fn decode_id(k: &[u8], bytes: &[u8]) -> Result<CustomerId, StoreError> {
+    CustomerId::from_key(bytes).ok_or_else(|| StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        reason: "not a customer id".into(),
+    })
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            // Durability comes from the committer's explicit flush, not a timer.
+            .flush_every_ms(None)
+            .open()
+            .map_err(engine)?;
+        let tree = db.open_tree("anamnesis").map_err(engine)?;
+        Ok(SledStore { db, tree })
+    }
+
+    fn get(&self, k: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        self.tree.get(k).map_err(engine)
+    }
+}
+
+impl Store for SledStore {
+    fn profile(&self, id: CustomerId) -> Result<Option<Profile>, StoreError> {
+        let k = key(PROFILE, &id.to_key());
+        self.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn alias(&self, id: CustomerId) -> Result<Option<CustomerId>, StoreError> {
+        let k = key(ALIAS, &id.to_key());
+        self.get(&k)?.map(|v| decode_id(&k, &v)).transpose()
+    }
+
+    fn owner(&self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError> {
+        let k = key(IDENTIFIER, &identifier.key());
+        self.get(&k)?.map(|v| decode_id(&k, &v)).transpose()
+    }
+
+    fn signal_record(&self, signal_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .get(&key(SIGNAL, signal_id.as_bytes()))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn timeline(
+        &self,
+        member: CustomerId,
+        before: Option<TimelinePosition>,
+        limit: usize,
+        keep: &dyn Fn(&Interaction) -> bool,
+    ) -> Result<Vec<Interaction>, StoreError> {
+        let start = key(TIMELINE, &member.to_key());
+        let end = match before {
+            Some(pos) => timeline_key(member, pos),
+            None => timeline_key(
+                member,
+                TimelinePosition {
+                    millis: u64::MAX,
+                    seq: u64::MAX,
+                },
+            ),
+        };
+        let mut out = Vec::with_capacity(limit.min(64));
+        for entry in self.tree.range(start..end).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry.map_err(engine)?;
+            let interaction: Interaction = decode(&k, &v)?;
+            if keep(&interaction) {
+                out.push(interaction);
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&self, op: &mut WriteFn<'_>) -> Result<(), StoreError> {
+        let mut tx = SledTx {
+            store: self,
+            overlay: BTreeMap::new(),
+        };
+        if op(&mut tx) {
+            let mut batch = sled::Batch::default();
+            for (k, v) in tx.overlay {
+                match v {
+                    Some(v) => batch.insert(k, v),
+                    None => batch.remove(k),
+                }
+            }
+            self.tree.apply_batch(batch).map_err(engine)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<usize, StoreError> {
+        self.db.flush().map_err(engine)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.tree.get(b"ping").map(|_| ()).map_err(engine)
+    }
+}
+
+/// The write in progress: changes are collected here and applied at the end.
+struct SledTx<'s> {
+    store: &'s SledStore,
+    /// `None` marks a removal.
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl SledTx<'_> {
+    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.get(k) {
+            Some(v) => Ok(v.clone()),
+            None => Ok(self.store.get(k)?.map(|v| v.to_vec())),
+        }
+    }
+
+    fn put(&mut self, k: Vec<u8>, v: Vec<u8>) {
+        self.overlay.insert(k, Some(v));
+    }
+
+    fn remove(&mut self, k: Vec<u8>) {
+        self.overlay.insert(k, None);
+    }
+
+    fn get_id(&self, k: Vec<u8>) -> Result<Option<CustomerId>, StoreError> {
+        self.get(&k)?.map(|v| decode_id(&k, &v)).transpose()
+    }
+
+    /// Keys under `prefix` as stored plus those this write added, minus those it removed.
+    fn keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys = std::collections::BTreeSet::new();
+        for entry in self.store.tree.scan_prefix(prefix).keys() {
+            keys.insert(entry.map_err(engine)?.to_vec());
+        }
+        for (k, v) in self.overlay.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            match v {
+                Some(_) => keys.insert(k.clone()),
+                None => keys.remove(k),
+            };
+        }
+        Ok(keys.into_iter().collect())
+    }
+}
+
+impl StoreTx for SledTx<'_> {
+    fn profile(&mut self, id: CustomerId) -> Result<Option<Profile>, StoreError> {
+        let k = key(PROFILE, &id.to_key());
+        self.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn put_profile(&mut self, profile: &Profile) -> Result<(), StoreError> {
+        let v = encode(profile)?;
+        self.put(key(PROFILE, &profile.customer_id.to_key()), v);
+        Ok(())
+    }
+
+    fn delete_profile(&mut self, id: CustomerId) {
+        self.remove(key(PROFILE, &id.to_key()));
+    }
+
+    fn alias(&mut self, id: CustomerId) -> Result<Option<CustomerId>, StoreError> {
+        self.get_id(key(ALIAS, &id.to_key()))
+    }
+
+    fn put_alias(&mut self, absorbed: CustomerId, survivor: CustomerId) {
+        self.put(key(ALIAS, &absorbed.to_key()), survivor.to_key().to_vec());
+    }
+
+    fn delete_alias(&mut self, absorbed: CustomerId) {
+        self.remove(key(ALIAS, &absorbed.to_key()));
+    }
+
+    fn absorbed(&mut self, id: CustomerId) -> Result<Option<ProfileState>, StoreError> {
+        let k = key(ABSORBED, &id.to_key());
+        self.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn put_absorbed(&mut self, id: CustomerId, state: &ProfileState) -> Result<(), StoreError> {
+        let v = encode(state)?;
+        self.put(key(ABSORBED, &id.to_key()), v);
+        Ok(())
+    }
+
+    fn delete_absorbed(&mut self, id: CustomerId) {
+        self.remove(key(ABSORBED, &id.to_key()));
+    }
+
+    fn owner(&mut self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError> {
+        self.get_id(key(IDENTIFIER, &identifier.key()))
+    }
+
+    fn set_owner(&mut self, identifier: &Identifier, owner: CustomerId) {
+        self.put(key(IDENTIFIER, &identifier.key()), owner.to_key().to_vec());
+    }
+
+    fn remove_owner(&mut self, identifier: &Identifier) {
+        self.remove(key(IDENTIFIER, &identifier.key()));
+    }
+
+    fn next_sequence(&mut self) -> Result<u64, StoreError> {
+        self.store.db.generate_id().map_err(engine)
+    }
+
+    fn add_interaction(
+        &mut self,
+        member: CustomerId,
+        interaction: &Interaction,
+    ) -> Result<(), StoreError> {
+        let pos = TimelinePosition::from_id(&interaction.id).ok_or_else(|| {
+            StoreError::Engine(format!("interaction id `{}` is malformed", interaction.id))
+        })?;
+        let v = encode(interaction)?;
+        self.put(timeline_key(member, pos), v);
+        Ok(())
+    }
+
+    fn delete_timeline(&mut self, member: CustomerId) -> Result<(), StoreError> {
+        for k in self.keys_with_prefix(&key(TIMELINE, &member.to_key()))? {
+            self.remove(k);
+        }
+        Ok(())
+    }
+
+    fn signal_record(&mut self, signal_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&key(SIGNAL, signal_id.as_bytes()))
+    }
+
+    fn put_signal_record(&mut self, signal_id: &str, customer: CustomerId, record: Vec<u8>) {
+        self.put(key(SIGNAL, signal_id.as_bytes()), record);
+        self.put(signals_of_key(customer, signal_id), Vec::new());
+    }
+
+    fn signal_ids_of(&mut self, customer: CustomerId) -> Result<Vec<String>, StoreError> {
+        let prefix = key(SIGNALS_OF, &customer.to_key());
+        Ok(self
+            .keys_with_prefix(&prefix)?
+            .into_iter()
+            .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect())
+    }
+
+    fn forget_signal_index(&mut self, customer: CustomerId, signal_id: &str) {
+        self.remove(signals_of_key(customer, signal_id));
+    }
+}
