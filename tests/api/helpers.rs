@@ -1,0 +1,235 @@
+//! Black-box test harness: a real server on port 0 over a sled store in a temp
+//! directory, and typed helpers per call.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use anamnesis::auth::{Authenticator, Scope};
+use anamnesis::config::Settings;
+use anamnesis::startup::Application;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{json, Value};
+
+pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    /// A token with every scope.
+    pub admin: String,
+    auth: Authenticator,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server with the default configuration changed by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::defaults();
+    settings.server.listen = "127.0.0.1:0".into();
+    settings.server.workers = 2;
+    settings.storage.path = dir.path().to_path_buf();
+    settings.auth.hs256_secret = Some(SECRET.into());
+    settings.telemetry.level = "warn".into();
+    adjust(&mut settings);
+    settings.validate().expect("test settings are valid");
+    let app = Application::build(settings.clone()).expect("application builds");
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+    let auth = Authenticator::new(&settings.auth, SECRET.as_bytes());
+    let admin = auth.mint(
+        "test-admin",
+        &[Scope::Admin],
+        None,
+        Duration::from_secs(3600),
+    );
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        settings,
+        admin,
+        auth,
+        _dir: dir,
+    }
+}
+
+/// Parses a response body as JSON (panics with the text when it is not JSON).
+pub async fn body(resp: Response) -> Value {
+    let text = resp.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Asserts the whole error envelope: status, stable code, a message, and the
+/// request id matching the `x-request-id` header. Returns the body.
+pub async fn assert_error(resp: Response, status: u16, code: &str) -> Value {
+    let actual = resp.status().as_u16();
+    let header = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .expect("every response carries x-request-id");
+    let body = body(resp).await;
+    assert_eq!(actual, status, "status for {body}");
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no error envelope: {body}"));
+    assert_eq!(
+        error.len(),
+        3,
+        "envelope has exactly code, message, request_id: {body}"
+    );
+    assert_eq!(error["code"], code, "code in {body}");
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message in {body}"
+    );
+    assert_eq!(error["request_id"], header.as_str(), "request id in {body}");
+    body
+}
+
+impl TestApp {
+    /// Mints a token with these scopes (and optionally a channel binding).
+    pub fn token(&self, scopes: &[&str], channel: Option<&str>) -> String {
+        let scopes: Vec<Scope> = scopes
+            .iter()
+            .map(|s| Scope::parse(s).expect("known scope"))
+            .collect();
+        self.auth
+            .mint("test", &scopes, channel, Duration::from_secs(3600))
+    }
+
+    /// A request with the admin token.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{}", self.address, path))
+            .bearer_auth(&self.admin)
+    }
+
+    pub async fn post_signal(&self, signal: &Value) -> Response {
+        self.request(Method::POST, "/v1/signals")
+            .json(signal)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Posts a signal that must succeed; returns the result body.
+    pub async fn ingest(&self, signal: Value) -> Value {
+        let resp = self.post_signal(&signal).await;
+        let status = resp.status();
+        let body = body(resp).await;
+        assert!(
+            status == StatusCode::OK || status == StatusCode::CREATED,
+            "{status}: {body}"
+        );
+        assert_eq!(
+            body["created"].as_bool().unwrap(),
+            status == StatusCode::CREATED,
+            "{body}"
+        );
+        body
+    }
+
+    pub async fn post_batch(&self, signals: Vec<Value>) -> Response {
+        self.request(Method::POST, "/v1/signals/batch")
+            .json(&json!({ "signals": signals }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.unwrap()
+    }
+
+    pub async fn get_profile(&self, id: &str) -> Response {
+        self.get(&format!("/v1/profiles/{id}")).await
+    }
+
+    /// Reads a profile that must exist.
+    pub async fn profile(&self, id: &str) -> Value {
+        let resp = self.get_profile(id).await;
+        assert_eq!(resp.status(), 200, "profile {id}");
+        body(resp).await
+    }
+
+    pub async fn lookup(&self, kind: &str, value: &str) -> Response {
+        self.request(Method::GET, "/v1/profiles/lookup")
+            .query(&[("type", kind), ("value", value)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn context(&self, id: &str) -> Response {
+        self.get(&format!("/v1/profiles/{id}/context")).await
+    }
+
+    pub async fn context_by(&self, kind: &str, value: &str) -> Response {
+        self.request(Method::GET, "/v1/context")
+            .query(&[("type", kind), ("value", value)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn timeline(&self, id: &str, query: &[(&str, &str)]) -> Response {
+        self.request(Method::GET, &format!("/v1/profiles/{id}/timeline"))
+            .query(query)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn patch_traits(&self, id: &str, patch: &Value) -> Response {
+        self.request(Method::PATCH, &format!("/v1/profiles/{id}/traits"))
+            .json(patch)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_answers(&self, id: &str, answers: &Value) -> Response {
+        self.request(Method::POST, &format!("/v1/profiles/{id}/answers"))
+            .json(answers)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn merge(&self, target: &str, source: &str) -> Response {
+        self.request(Method::POST, &format!("/v1/profiles/{target}/merge"))
+            .json(&json!({ "source_id": source }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn erase(&self, id: &str) -> Response {
+        self.request(Method::DELETE, &format!("/v1/profiles/{id}"))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// A signal with the given channel and identifiers (`("phone", "06 1234 5678")`).
+pub fn signal(channel: &str, identifiers: &[(&str, &str)]) -> Value {
+    json!({
+        "channel": channel,
+        "identifiers": identifiers
+            .iter()
+            .map(|(t, v)| json!({ "type": t, "value": v }))
+            .collect::<Vec<_>>(),
+    })
+}
