@@ -1,3 +1,6 @@
 mod helpers;
 
+mod concurrency;
 mod contract;
+mod journeys;
+mod restart;
