@@ -20,7 +20,7 @@ pub const CONFIG_FILE_ENV: &str = "ANAMNESIS_CONFIG";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration could not be loaded: {0}")]
+    #[error("configuration could not be loaded")]
     Load(#[from] config::ConfigError),
     #[error("invalid configuration: `{key}` {reason}")]
     Invalid { key: String, reason: String },
@@ -237,24 +237,34 @@ impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let env_file = std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from);
         let file = file.map(Path::to_path_buf).or(env_file);
+        Settings::load_layers(file.as_deref(), None)
+    }
+
+    /// The layers, with the environment given explicitly (`None`: the process
+    /// environment), so tests need not mutate the process environment.
+    pub fn load_layers(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULT_TOML,
             config::FileFormat::Toml,
         ));
-        if let Some(path) = &file {
+        if let Some(path) = file {
             if !path.exists() {
                 return Err(invalid(
                     "--config",
                     format!("names `{}`, which does not exist", path.display()),
                 ));
             }
-            builder = builder.add_source(config::File::from(path.as_path()).required(true));
+            builder = builder.add_source(config::File::from(path).required(true));
         }
         builder = builder.add_source(
             config::Environment::with_prefix("ANAMNESIS")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(env),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
@@ -385,5 +395,105 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn every_shipped_configuration_file_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Settings::load_layers(Some(&path), env(&[]))
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2, "default and the production example");
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        let s = Settings::load_layers(
+            None,
+            env(&[
+                ("ANAMNESIS__SERVER__LISTEN", "127.0.0.1:9999"),
+                ("ANAMNESIS__STORAGE__PATH", "/tmp/elsewhere"),
+                ("ANAMNESIS__AUTH__AUDIENCE", "desk"),
+                ("ANAMNESIS__REDIS__URL", "redis://127.0.0.1:6390/0"),
+                ("ANAMNESIS__SERVER__MAX_BATCH_SIGNALS", "10"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:9999");
+        assert_eq!(s.storage.path, PathBuf::from("/tmp/elsewhere"));
+        assert_eq!(s.auth.audience, "desk");
+        assert_eq!(s.redis.url.as_deref(), Some("redis://127.0.0.1:6390/0"));
+        assert_eq!(s.server.max_batch_signals, 10);
+        assert_eq!(s.identifiers.types["account_id"].limit, 1);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let cases = [
+            ("ANAMNESIS__SERVER__WORKERZ", "2", "workerz"),
+            ("ANAMNESIS__SERVER__WORKERS", "many", "server.workers"),
+            ("ANAMNESIS__SERVER__LISTEN", "nowhere", "server.listen"),
+            (
+                "ANAMNESIS__PHONE__DEFAULT_REGION",
+                "XX",
+                "phone.default_region",
+            ),
+            (
+                "ANAMNESIS__AUTH__HS256_SECRET",
+                "short",
+                "auth.hs256_secret",
+            ),
+            ("ANAMNESIS__REDIS__URL", "http://x", "redis.url"),
+            (
+                "ANAMNESIS__SERVER__MAX_BATCH_SIGNALS",
+                "0",
+                "server.max_batch_signals",
+            ),
+        ];
+        for (key, value, named) in cases {
+            let err = Settings::load_layers(None, env(&[(key, value)])).unwrap_err();
+            let text = format!(
+                "{err} {}",
+                std::error::Error::source(&err)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            );
+            assert!(
+                text.contains(named),
+                "{key}={value}: `{text}` does not name {named}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut s = Settings::defaults();
+        s.auth.hs256_secret = Some("super-secret-value-that-is-long-enough".into());
+        let debug = format!("{s:?}");
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!debug.contains("super-secret"), "{debug}");
+        assert!(!json.contains("super-secret"), "{json}");
     }
 }
