@@ -13,6 +13,16 @@ use crate::helpers::SECRET;
 struct Server {
     child: Child,
     base: String,
+    /// Every stdout line after the "listening" line.
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    // A failed assertion must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn free_port() -> u16 {
@@ -24,32 +34,46 @@ fn free_port() -> u16 {
 }
 
 fn start(data: &std::path::Path) -> Server {
+    start_with(data, Some(SECRET))
+}
+
+fn start_with(data: &std::path::Path, secret: Option<&str>) -> Server {
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_anamnesis"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_anamnesis"));
+    command
         .env("ANAMNESIS__SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("ANAMNESIS__STORAGE__PATH", data)
-        .env("ANAMNESIS__AUTH__HS256_SECRET", SECRET)
         .env("ANAMNESIS__TELEMETRY__LEVEL", "info")
         .env("RUST_LOG", "info")
+        .env_remove("ANAMNESIS__AUTH__HS256_SECRET")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary starts");
+        .stderr(Stdio::null());
+    if let Some(secret) = secret {
+        command.env("ANAMNESIS__AUTH__HS256_SECRET", secret);
+    }
+    let mut child = command.spawn().expect("the binary starts");
     // Wait for the "listening" line so we do not race the bind.
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("anamnesis listening") {
-                let _ = tx.send(());
+            if tx.send(line).is_err() {
+                break;
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("server reported listening");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("server reported listening");
+        if line.contains("anamnesis listening") {
+            break;
+        }
+    }
     Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
+        lines: rx,
     }
 }
 
@@ -149,6 +173,13 @@ async fn sigterm_stops_gracefully_and_keeps_the_data() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
+    // The container health check probes /healthz without curl.
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let healthy = Command::new(env!("CARGO_BIN_EXE_anamnesis"))
+        .args(["healthcheck", "--addr", &addr])
+        .status()
+        .unwrap();
+    assert!(healthy.success(), "healthcheck passes while serving");
     let status = Command::new("kill")
         .arg("-TERM")
         .arg(server.child.id().to_string())
@@ -157,6 +188,15 @@ async fn sigterm_stops_gracefully_and_keeps_the_data() {
     assert!(status.success());
     let exit = wait_until_gone(&mut server.child).await;
     assert!(exit.success(), "graceful stop exits 0, got {exit:?}");
+    let unhealthy = Command::new(env!("CARGO_BIN_EXE_anamnesis"))
+        .args(["healthcheck", "--addr", &addr])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        !unhealthy.success(),
+        "healthcheck fails when nothing serves"
+    );
     let mut server = start(dir.path());
     let resp = client
         .get(format!(
@@ -168,6 +208,84 @@ async fn sigterm_stops_gracefully_and_keeps_the_data() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    server.child.kill().unwrap();
+    wait_until_gone(&mut server.child).await;
+}
+
+#[tokio::test]
+async fn first_start_without_a_secret_prints_a_working_admin_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_with(dir.path(), None);
+    let mut token = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while token.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = server
+            .lines
+            .recv_timeout(left)
+            .expect("banner with a token");
+        let trimmed = line.trim();
+        if trimmed.starts_with("eyJ") {
+            token = Some(trimmed.to_owned());
+        }
+    }
+    let token = token.unwrap();
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}/v1/signals", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"channel": "web", "identifiers": [{"type": "web_cookie", "value": "first"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "the printed token works");
+    let unauthenticated = client
+        .get(format!(
+            "{}/v1/profiles/lookup?type=web_cookie&value=first",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        unauthenticated.status(),
+        401,
+        "never unauthenticated by default"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("auth.secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the secret is readable by its owner only"
+        );
+    }
+    server.child.kill().unwrap();
+    wait_until_gone(&mut server.child).await;
+
+    // Second start: same secret, so the old token still works, and no banner.
+    let mut server = start_with(dir.path(), None);
+    let resp = client
+        .get(format!(
+            "{}/v1/profiles/lookup?type=web_cookie&value=first",
+            server.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let printed: Vec<String> = server.lines.try_iter().collect();
+    assert!(
+        !printed.iter().any(|l| l.trim().starts_with("eyJ")),
+        "the token is printed only once: {printed:?}"
+    );
     server.child.kill().unwrap();
     wait_until_gone(&mut server.child).await;
 }
