@@ -44,6 +44,11 @@ fn request_id_of(req: &ServiceRequest) -> String {
         .unwrap_or_else(|| ulid::Ulid::new().to_string())
 }
 
+/// Records the customer a request is about on the request span.
+pub fn note_customer(id: &impl std::fmt::Display) {
+    tracing::Span::current().record("customer_id", tracing::field::display(id));
+}
+
 pub async fn request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -68,6 +73,7 @@ pub async fn request_context(
         method = %method,
         route = %route,
         status = tracing::field::Empty,
+        customer_id = tracing::field::Empty,
     );
     let result = REQUEST
         .scope(info, next.call(req))

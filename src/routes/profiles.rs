@@ -10,7 +10,10 @@ use super::resource;
 use crate::auth::{Authorized, EraseProfiles, ReadProfiles, WriteProfiles};
 use crate::domain::CustomerId;
 use crate::error::{ApiError, ErrorBody};
-use crate::service::profiles::{valid_channel_filter, DEFAULT_CONTEXT_INTERACTIONS, MAX_PAGE};
+use crate::middleware::note_customer;
+use crate::service::profiles::{
+    deserialize_limit, valid_channel_filter, DEFAULT_CONTEXT_INTERACTIONS, MAX_PAGE,
+};
 use crate::service::views::{ContextCard, ProfileView, TimelinePage};
 use crate::service::{AnswersInput, MergeInput, Services, TimelineQuery, TraitsPatch};
 
@@ -64,6 +67,7 @@ pub struct ContextByIdentifierQuery {
     #[param(example = "0612345678")]
     pub value: String,
     /// Recent interactions to include, 0 to 200 (default 10).
+    #[serde(default, deserialize_with = "deserialize_limit")]
     pub limit: Option<usize>,
 }
 
@@ -72,11 +76,14 @@ pub struct ContextByIdentifierQuery {
 #[into_params(parameter_in = Query)]
 pub struct ContextQuery {
     /// Recent interactions to include, 0 to 200 (default 10).
+    #[serde(default, deserialize_with = "deserialize_limit")]
     pub limit: Option<usize>,
 }
 
 fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
-    Ok(CustomerId::parse(raw)?)
+    let id = CustomerId::parse(raw)?;
+    note_customer(&id);
+    Ok(id)
 }
 
 fn context_limit(limit: Option<usize>) -> Result<usize, ApiError> {

@@ -10,6 +10,7 @@ use super::resource;
 use crate::auth::{Authorized, WriteSignals};
 use crate::domain::SignalInput;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::middleware::note_customer;
 use crate::service::views::IngestResult;
 use crate::service::{BatchItem, Services};
 
@@ -62,6 +63,7 @@ pub async fn ingest(
 ) -> Result<HttpResponse, ApiError> {
     auth.principal.check_channel(&input.channel)?;
     let result = services.ingest(input).await?;
+    note_customer(&result.customer_id);
     let masked = result.masked(&services.masking(auth.principal.access()));
     Ok(HttpResponse::build(status_of(&masked)).json(masked))
 }
