@@ -68,7 +68,7 @@ struct Claims {
     nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
-    aud: String,
+    aud: Audience,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
     #[serde(default)]
@@ -77,6 +77,15 @@ struct Claims {
     scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     channel: Option<String>,
+}
+
+/// RFC 7519 allows one audience or a list; `jsonwebtoken` checks that ours is
+/// among them, the claims only carry it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Who is calling, as the verified token says.
@@ -188,7 +197,7 @@ impl Authenticator {
             exp: now + ttl.as_secs(),
             nbf: None,
             iat: Some(now),
-            aud: self.audience.clone(),
+            aud: Audience::One(self.audience.clone()),
             iss: self.issuer.clone(),
             sub: subject.to_owned(),
             scope: scopes

@@ -98,7 +98,7 @@ impl Services {
             .committer
             .run(move |store| apply_signal(store, &signal, &fp, &rules, now))
             .await;
-        record_metrics(&result);
+        record_outcome(result.as_ref().ok());
         result
     }
 
@@ -140,17 +140,15 @@ impl Services {
             })
             .await?;
         for r in &results {
-            if let Ok(ok) = r {
-                record_metrics(&Ok(ok.clone()));
-            }
+            record_outcome(r.as_ref().ok());
         }
         Ok(results)
     }
 }
 
-fn record_metrics(result: &Ingested) {
+fn record_outcome(result: Option<&IngestResult>) {
     match result {
-        Ok(r) => {
+        Some(r) => {
             let outcome = if r.created { "created" } else { "attached" };
             metrics::counter!("anamnesis_signals_ingested_total", "outcome" => outcome)
                 .increment(1);
@@ -159,7 +157,7 @@ fn record_metrics(result: &Ingested) {
                     .increment(r.merged_ids.len() as u64);
             }
         }
-        Err(_) => {
+        None => {
             metrics::counter!("anamnesis_signals_ingested_total", "outcome" => "rejected")
                 .increment(1);
         }
@@ -202,11 +200,11 @@ fn resolve(
     for identifier in &signal.identifiers {
         let owner = tx.owner(identifier)?;
         if let Some(id) = owner {
-            if !profiles.contains_key(&id) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = profiles.entry(id) {
                 let profile = tx.profile(id)?.ok_or_else(|| {
                     StoreError::Engine(format!("identifier index names missing profile {id}"))
                 })?;
-                profiles.insert(id, profile);
+                slot.insert(profile);
             }
         }
         owners.push(owner);

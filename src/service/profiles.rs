@@ -53,11 +53,26 @@ pub struct MergeInput {
 #[into_params(parameter_in = Query)]
 pub struct TimelineQuery {
     /// Page size, 1 to 200 (default 50).
+    #[serde(default, deserialize_with = "deserialize_limit")]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Only interactions on this channel.
     pub channel: Option<String>,
+}
+
+/// A `limit` query parameter. The query deserializer's own error for a value
+/// that is not a number does not name the parameter; this one does.
+pub fn deserialize_limit<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    let Some(raw) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    raw.parse().map(Some).map_err(|_| {
+        let shown: String = raw.chars().take(32).collect();
+        serde::de::Error::custom(format!("limit must be a whole number, not `{shown}`"))
+    })
 }
 
 impl Services {
@@ -176,7 +191,7 @@ impl Services {
                 all.push((pos, i));
             }
         }
-        all.sort_by(|a, b| b.0.cmp(&a.0));
+        all.sort_by_key(|(pos, _)| std::cmp::Reverse(*pos));
         let more = all.len() > limit;
         all.truncate(limit);
         Ok((all.into_iter().map(|(_, i)| i).collect(), more))

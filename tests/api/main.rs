@@ -1,5 +1,7 @@
 mod helpers;
 
+mod auth;
+mod bad_input;
 mod concurrency;
 mod contract;
 mod journeys;
