@@ -138,6 +138,24 @@ pub struct SignalRules {
     pub answer_ttl: BTreeMap<String, Duration>,
 }
 
+impl SignalRules {
+    pub fn from_settings(settings: &crate::config::Settings) -> SignalRules {
+        SignalRules {
+            identifiers: IdentifierRules::new(
+                &settings.identifiers,
+                &settings.phone.default_region,
+            ),
+            channels: ChannelRules::new(
+                settings.channels.priority.clone(),
+                settings.channels.allow_unknown,
+            ),
+            stages: settings.journey.stages.clone(),
+            event_stages: settings.journey.event_stages.clone(),
+            answer_ttl: settings.answers.ttl.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SignalError {
     #[error("channel `{0}` is not a channel name ([a-z][a-z0-9_]{{0,31}})")]

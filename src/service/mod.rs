@@ -12,10 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
-use crate::domain::{
-    ChannelRules, ConflictReason, CustomerId, IdentifierError, IdentifierRules, SignalError,
-    SignalRules,
-};
+use crate::domain::{ConflictReason, CustomerId, IdentifierError, SignalError, SignalRules};
 use crate::store::{Store, StoreError, StoreTx};
 
 pub use committer::Committer;
@@ -81,19 +78,7 @@ pub struct Services {
 impl Services {
     pub fn new(settings: &Settings, store: Arc<dyn Store>) -> Services {
         let committer = Committer::start(store.clone(), settings.storage.max_group_commit);
-        let rules = SignalRules {
-            identifiers: IdentifierRules::new(
-                &settings.identifiers,
-                &settings.phone.default_region,
-            ),
-            channels: ChannelRules::new(
-                settings.channels.priority.clone(),
-                settings.channels.allow_unknown,
-            ),
-            stages: settings.journey.stages.clone(),
-            event_stages: settings.journey.event_stages.clone(),
-            answer_ttl: settings.answers.ttl.clone(),
-        };
+        let rules = SignalRules::from_settings(settings);
         Services {
             store,
             committer,
