@@ -120,6 +120,9 @@ impl EpisodeStatus {
 pub struct Episode {
     pub id: String,
     pub title: Option<String>,
+    /// When `title` was last set (`MIN_UTC` when never).
+    #[serde(default = "never")]
+    pub title_at: DateTime<Utc>,
     pub status: EpisodeStatus,
     pub opened_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -127,6 +130,41 @@ pub struct Episode {
     pub status_at: DateTime<Utc>,
     pub channels: BTreeSet<String>,
     pub last_channel: String,
+}
+
+fn never() -> DateTime<Utc> {
+    DateTime::<Utc>::MIN_UTC
+}
+
+impl Episode {
+    /// Folds another report (or another profile's copy) of the same episode in.
+    /// Commutative: the result does not depend on which side is `self`.
+    pub fn fold(&mut self, other: &Episode, channels: &ChannelRules) {
+        self.opened_at = self.opened_at.min(other.opened_at);
+        self.channels.extend(other.channels.iter().cloned());
+        let theirs = (
+            other.updated_at,
+            std::cmp::Reverse(channels.rank(&other.last_channel)),
+            &other.last_channel,
+        );
+        let mine = (
+            self.updated_at,
+            std::cmp::Reverse(channels.rank(&self.last_channel)),
+            &self.last_channel,
+        );
+        if theirs > mine {
+            self.updated_at = other.updated_at;
+            self.last_channel = other.last_channel.clone();
+        }
+        if (other.title_at, &other.title) > (self.title_at, &self.title) {
+            self.title = other.title.clone();
+            self.title_at = other.title_at;
+        }
+        if (other.status_at, other.status) > (self.status_at, self.status) {
+            self.status = other.status;
+            self.status_at = other.status_at;
+        }
+    }
 }
 
 /// One touchpoint on the timeline.
@@ -191,6 +229,8 @@ impl Answer {
             ),
         )
         .then_with(|| self.value.to_string().cmp(&current.value.to_string()))
+        .then_with(|| self.question.cmp(&current.question))
+        .then_with(|| self.expires_at.cmp(&current.expires_at))
             == Ordering::Greater
     }
 }
@@ -303,8 +343,9 @@ impl Profile {
         }
     }
 
-    /// Inserts or updates an episode by id. `status` and `title` are only
-    /// replaced by a report at least as recent as the one that set them.
+    /// Inserts or updates an episode by id. Each field keeps the latest report
+    /// of it, with ties broken deterministically, so arrival order never matters.
+    #[allow(clippy::too_many_arguments)]
     pub fn upsert_episode(
         &mut self,
         id: &str,
@@ -312,35 +353,31 @@ impl Profile {
         status: Option<EpisodeStatus>,
         channel: &str,
         at: DateTime<Utc>,
+        channels: &ChannelRules,
     ) {
-        let episode = self
-            .episodes
-            .entry(id.to_owned())
-            .or_insert_with(|| Episode {
-                id: id.to_owned(),
-                title: None,
-                status: EpisodeStatus::Open,
-                opened_at: at,
-                updated_at: at,
-                status_at: DateTime::<Utc>::MIN_UTC,
-                channels: BTreeSet::new(),
-                last_channel: channel.to_owned(),
-            });
-        episode.opened_at = episode.opened_at.min(at);
-        if at >= episode.updated_at {
-            episode.last_channel = channel.to_owned();
-            if let Some(title) = title {
-                episode.title = Some(title.to_owned());
-            }
-        } else if episode.title.is_none() {
-            episode.title = title.map(str::to_owned);
-        }
-        episode.updated_at = episode.updated_at.max(at);
-        episode.channels.insert(channel.to_owned());
-        if let Some(status) = status {
-            if (at, status) > (episode.status_at, episode.status) {
-                episode.status = status;
-                episode.status_at = at;
+        let report = Episode {
+            id: id.to_owned(),
+            title: title.map(str::to_owned),
+            title_at: if title.is_some() {
+                at
+            } else {
+                DateTime::<Utc>::MIN_UTC
+            },
+            status: status.unwrap_or(EpisodeStatus::Open),
+            status_at: if status.is_some() {
+                at
+            } else {
+                DateTime::<Utc>::MIN_UTC
+            },
+            opened_at: at,
+            updated_at: at,
+            channels: BTreeSet::from([channel.to_owned()]),
+            last_channel: channel.to_owned(),
+        };
+        match self.episodes.get_mut(id) {
+            Some(episode) => episode.fold(&report, channels),
+            None => {
+                self.episodes.insert(id.to_owned(), report);
             }
         }
     }
@@ -399,23 +436,7 @@ impl Profile {
                 None => {
                     self.episodes.insert(id.clone(), theirs.clone());
                 }
-                Some(mine) => {
-                    if theirs.updated_at > mine.updated_at {
-                        mine.last_channel = theirs.last_channel.clone();
-                        if theirs.title.is_some() {
-                            mine.title = theirs.title.clone();
-                        }
-                    } else if mine.title.is_none() {
-                        mine.title = theirs.title.clone();
-                    }
-                    mine.opened_at = mine.opened_at.min(theirs.opened_at);
-                    mine.updated_at = mine.updated_at.max(theirs.updated_at);
-                    mine.channels.extend(theirs.channels.iter().cloned());
-                    if (theirs.status_at, theirs.status) > (mine.status_at, mine.status) {
-                        mine.status = theirs.status;
-                        mine.status_at = theirs.status_at;
-                    }
-                }
+                Some(mine) => mine.fold(theirs, channels),
             }
         }
         self.merged_ids.push(other.customer_id);

@@ -304,6 +304,7 @@ fn resolve(
                 ep.status,
                 &signal.channel,
                 signal.occurred_at,
+                channels,
             );
         }
         if let Some(stage) = &event.journey_stage {
