@@ -59,7 +59,17 @@ pub async fn request_context(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    // Only standard methods become labels: arbitrary ones must not grow the metric space.
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    };
     let info = RequestInfo {
         request_id: request_id.clone(),
         path_and_query: req
@@ -70,7 +80,7 @@ pub async fn request_context(
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        method = %method,
+        method = method,
         route = %route,
         status = tracing::field::Empty,
         customer_id = tracing::field::Empty,
@@ -88,7 +98,7 @@ pub async fn request_context(
     let elapsed = started.elapsed().as_secs_f64();
     span.record("status", status.as_u16());
     let status_label = status.as_u16().to_string();
-    metrics::counter!("anamnesis_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status_label).increment(1);
+    metrics::counter!("anamnesis_http_requests_total", "method" => method, "route" => route.clone(), "status" => status_label).increment(1);
     metrics::histogram!("anamnesis_http_request_duration_seconds", "method" => method, "route" => route).record(elapsed);
     span.in_scope(|| {
         if status.is_server_error() {

@@ -308,11 +308,11 @@ pub fn interaction_view(i: Interaction) -> InteractionView {
 fn sorted_identifiers<'p>(p: &'p Profile, m: &Masking<'_>) -> Vec<&'p IdentifierRecord> {
     let mut ids: Vec<&IdentifierRecord> = p.identifiers.iter().collect();
     ids.sort_by(|a, b| {
-        let key = |r: &IdentifierRecord| {
+        let key = |r: &'p IdentifierRecord| {
             (
                 m.identifiers.priority(r.identifier.kind()),
-                r.identifier.kind().to_owned(),
-                r.identifier.value().to_owned(),
+                r.identifier.kind(),
+                r.identifier.value(),
             )
         };
         key(a).cmp(&key(b))
