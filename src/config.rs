@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 /// The built-in defaults, compiled into the binary so it runs with no files.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+const MAX_IDENTIFIERS_PER_SIGNAL: usize = crate::domain::MAX_IDENTIFIERS;
+
 /// Environment variable naming an optional configuration file.
 pub const CONFIG_FILE_ENV: &str = "ANAMNESIS_CONFIG";
 
@@ -38,6 +40,7 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 pub struct Settings {
     pub server: ServerSettings,
     pub storage: StorageSettings,
+    pub profiles: ProfileSettings,
     #[serde(default)]
     pub redis: RedisSettings,
     pub auth: AuthSettings,
@@ -68,6 +71,15 @@ pub struct StorageSettings {
     pub path: PathBuf,
     /// Upper bound on writes applied between two flushes.
     pub max_group_commit: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSettings {
+    /// Most profiles one profile may have absorbed.
+    pub max_merged: usize,
+    /// Most identifiers one profile may hold.
+    pub max_identifiers: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -312,6 +324,17 @@ impl Settings {
         }
         if self.storage.max_group_commit == 0 {
             return Err(invalid("storage.max_group_commit", "must be at least 1"));
+        }
+        if self.profiles.max_merged == 0 {
+            return Err(invalid("profiles.max_merged", "must be at least 1"));
+        }
+        if self.profiles.max_identifiers < MAX_IDENTIFIERS_PER_SIGNAL {
+            return Err(invalid(
+                "profiles.max_identifiers",
+                format!(
+                    "must be at least {MAX_IDENTIFIERS_PER_SIGNAL} (the most one signal may carry)"
+                ),
+            ));
         }
         if self.storage.path.as_os_str().is_empty() {
             return Err(invalid("storage.path", "must not be empty"));

@@ -126,6 +126,9 @@ fn service_code(e: &ServiceError) -> (StatusCode, &'static str) {
         ServiceError::MergeRefused(_) => (StatusCode::CONFLICT, "merge_conflict"),
         ServiceError::SignalIdReused(_) => (StatusCode::CONFLICT, "signal_id_reused"),
         ServiceError::SignalOfErasedProfile(_) => (StatusCode::GONE, "profile_erased"),
+        ServiceError::CapExceeded { .. } => (StatusCode::CONFLICT, "profile_cap_exceeded"),
+        ServiceError::NothingToUnmerge(_) => (StatusCode::CONFLICT, "nothing_to_unmerge"),
+        ServiceError::IdentifierNotOnProfile => (StatusCode::NOT_FOUND, "identifier_not_found"),
         ServiceError::InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
         ServiceError::Store(_) | ServiceError::NotDurable => {
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")

@@ -26,6 +26,9 @@ use crate::routes::{ops, profiles, signals};
         profiles::add_answers,
         profiles::merge,
         profiles::erase,
+        profiles::unmerge,
+        profiles::history,
+        profiles::remove_identifier,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -36,6 +39,7 @@ use crate::routes::{ops, profiles, signals};
         (name = "ingest", description = "Identity signals from channels"),
         (name = "profiles", description = "The resolved customer"),
         (name = "context", description = "Context cards for desks and bots"),
+        (name = "merges", description = "The identity ledger, unmerge, identifier removal"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]

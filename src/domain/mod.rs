@@ -3,24 +3,26 @@
 //! no clock except where a caller passes `now`, no actix, sled or redis.
 
 mod customer_id;
+mod history;
 mod identifier;
 mod profile;
 mod resolve;
 mod signal;
 
 pub use customer_id::{CustomerId, CustomerIdError};
+pub use history::{Contribution, IdentityEvent, IdentityEventKind};
 pub use identifier::{
     Identifier, IdentifierError, IdentifierRules, IgnoredIdentifier, NormaliseOutcome, TypeRule,
 };
 pub use profile::{
-    Answer, ChannelStats, Episode, EpisodeStatus, IdentifierRecord, Interaction, Journey, Profile,
-    ProfileState, TraitValue,
+    Answer, Change, ChannelStats, Episode, EpisodeStatus, IdentifierRecord, Interaction, Journey,
+    MergeLink, Profile, SplitError, TraitValue,
 };
 pub use resolve::{plan_resolution, Conflict, ConflictReason, Owner, ResolutionPlan};
 pub use signal::{
-    check_answers, check_signal_id, check_traits, AnswerInput, ChannelRules, EpisodeInput,
+    check_answers, check_signal_id, check_traits, AnswerInput, Caps, ChannelRules, EpisodeInput,
     EventInput, IdentifierInput, Signal, SignalError, SignalInput, SignalRules, ValidAnswer,
-    ValidEvent,
+    ValidEvent, MAX_IDENTIFIERS,
 };
 
 /// `[a-z][a-z0-9_]{0,max-1}`: the shape of channel, identifier type and question

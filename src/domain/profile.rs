@@ -36,17 +36,72 @@ pub struct Profile {
     pub merged_ids: Vec<CustomerId>,
     pub journey: Option<Journey>,
     pub episodes: BTreeMap<String, Episode>,
+    /// What each member contributed, kept once this profile has absorbed
+    /// another (empty: the profile is its own only member, and the fields above
+    /// are its contribution). The fields above are always the fold of these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facets: BTreeMap<CustomerId, Profile>,
+    /// The merge tree: each absorbed member and how it joined.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<CustomerId, MergeLink>,
+    /// In a facet: how many writes were attributed to this member.
+    #[serde(default)]
+    pub writes: u64,
 }
 
-/// What the store keeps under an id that was merged away: the survivor, and the
-/// profile as it was at the moment of the merge (kept so a merge can be undone).
+/// How an absorbed member joined its survivor, and what it was then.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProfileState {
-    pub merged_into: CustomerId,
-    pub merged_at: DateTime<Utc>,
+pub struct MergeLink {
+    /// The profile that absorbed it (in a chain, not necessarily the root).
+    pub into: CustomerId,
+    pub at: DateTime<Utc>,
     /// The signal or token subject that caused the merge.
     pub cause: String,
-    pub snapshot: Profile,
+    /// The absorbed profile's version and update time at the merge, restored
+    /// by an unmerge when nothing arrived for it since.
+    pub version_before: u64,
+    pub updated_before: DateTime<Utc>,
+    /// Writes attributed to the absorbed subtree at the merge.
+    pub writes_at_merge: u64,
+}
+
+/// One change to a profile, applied to the view and to the contributing member.
+#[derive(Debug, Clone)]
+pub enum Change {
+    SeeIdentifier {
+        identifier: Identifier,
+        channel: String,
+        at: DateTime<Utc>,
+    },
+    RemoveIdentifier(Identifier),
+    Trait {
+        name: String,
+        value: TraitValue,
+    },
+    Answer {
+        key: String,
+        answer: Answer,
+    },
+    Channel {
+        channel: String,
+        at: DateTime<Utc>,
+        interactions: u64,
+    },
+    Journey(Journey),
+    Episode {
+        id: String,
+        title: Option<String>,
+        status: Option<EpisodeStatus>,
+        channel: String,
+        at: DateTime<Utc>,
+    },
+}
+
+/// Why an unmerge cannot be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    #[error("{0} is not merged into this profile")]
+    NotMerged(CustomerId),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,7 +304,180 @@ impl Profile {
             merged_ids: Vec::new(),
             journey: None,
             episodes: BTreeMap::new(),
+            facets: BTreeMap::new(),
+            links: BTreeMap::new(),
+            writes: 0,
         }
+    }
+
+    /// This profile's own data as a facet (no merge bookkeeping).
+    fn as_facet(&self) -> Profile {
+        Profile {
+            merged_ids: Vec::new(),
+            facets: BTreeMap::new(),
+            links: BTreeMap::new(),
+            ..self.clone()
+        }
+    }
+
+    /// The member whose contribution holds `identifier` (the profile itself
+    /// when it has absorbed nobody or nobody else holds it).
+    pub fn member_of(&self, identifier: &Identifier) -> CustomerId {
+        self.facets
+            .iter()
+            .find(|(_, f)| f.owns(identifier))
+            .map_or(self.customer_id, |(id, _)| *id)
+    }
+
+    fn apply_here(&mut self, change: &Change, channels: &ChannelRules) {
+        match change {
+            Change::SeeIdentifier {
+                identifier,
+                channel,
+                at,
+            } => self.see_identifier(identifier, channel, *at, channels),
+            Change::RemoveIdentifier(identifier) => {
+                self.identifiers.retain(|r| &r.identifier != identifier)
+            }
+            Change::Trait { name, value } => self.set_trait(name, value.clone(), channels),
+            Change::Answer { key, answer } => self.set_answer(key, answer.clone(), channels),
+            Change::Channel {
+                channel,
+                at,
+                interactions,
+            } => self.touch_channel(channel, *at, *interactions),
+            Change::Journey(j) => self.set_journey(j.clone(), channels),
+            Change::Episode {
+                id,
+                title,
+                status,
+                channel,
+                at,
+            } => self.upsert_episode(id, title.as_deref(), *status, channel, *at, channels),
+        }
+    }
+
+    /// Applies `change` to the profile and to the contribution of `member`.
+    pub fn apply(&mut self, member: CustomerId, change: &Change, channels: &ChannelRules) {
+        self.apply_here(change, channels);
+        if let Some(facet) = self.facets.get_mut(&member) {
+            facet.apply_here(change, channels);
+        }
+    }
+
+    /// Records a change of the profile as a whole (a merge, an unmerge) that
+    /// is nobody's contribution.
+    pub fn note_change(&mut self, now: DateTime<Utc>) {
+        self.updated_at = self.updated_at.max(now);
+        self.version += 1;
+    }
+
+    /// Records that one use case wrote to `member`'s contribution at `now`.
+    pub fn note_write(&mut self, member: CustomerId, now: DateTime<Utc>) {
+        self.note_change(now);
+        self.writes += 1;
+        if let Some(facet) = self.facets.get_mut(&member) {
+            facet.updated_at = facet.updated_at.max(now);
+            facet.writes += 1;
+        }
+    }
+
+    /// Writes attributed to this profile's members in all.
+    fn subtree_writes(&self) -> u64 {
+        if self.facets.is_empty() {
+            self.writes
+        } else {
+            self.facets.values().map(|f| f.writes).sum()
+        }
+    }
+
+    /// Absorbs `other` as a member, keeping its contribution apart so the merge
+    /// can be undone.
+    pub fn absorb_member(
+        &mut self,
+        other: Profile,
+        cause: &str,
+        now: DateTime<Utc>,
+        channels: &ChannelRules,
+    ) {
+        if self.facets.is_empty() {
+            self.facets.insert(self.customer_id, self.as_facet());
+        }
+        let link = MergeLink {
+            into: self.customer_id,
+            at: now,
+            cause: cause.to_owned(),
+            version_before: other.version,
+            updated_before: other.updated_at,
+            writes_at_merge: other.subtree_writes(),
+        };
+        self.absorb(&other, channels);
+        self.updated_at = self.updated_at.max(now);
+        let id = other.customer_id;
+        if other.facets.is_empty() {
+            self.facets.insert(id, other.as_facet());
+        } else {
+            self.facets.extend(other.facets);
+            self.links.extend(other.links);
+        }
+        self.links.insert(id, link);
+    }
+
+    /// Undoes the merge of `member` (and of whatever it had absorbed itself):
+    /// returns it restored with exactly its own contributions, and recomputes
+    /// this profile from what remains.
+    pub fn split(
+        &mut self,
+        member: CustomerId,
+        channels: &ChannelRules,
+    ) -> Result<Profile, SplitError> {
+        let link = self
+            .links
+            .get(&member)
+            .cloned()
+            .ok_or(SplitError::NotMerged(member))?;
+        // The subtree: `member` and every member whose chain of links reaches it.
+        let reaches = |mut id: CustomerId| loop {
+            if id == member {
+                return true;
+            }
+            match self.links.get(&id) {
+                Some(l) => id = l.into,
+                None => return false,
+            }
+        };
+        let subtree: Vec<CustomerId> = self
+            .facets
+            .keys()
+            .copied()
+            .filter(|id| reaches(*id))
+            .collect();
+        let mut facets = std::mem::take(&mut self.facets);
+        let mut links = std::mem::take(&mut self.links);
+        let mut their_facets = BTreeMap::new();
+        let mut their_links = BTreeMap::new();
+        for id in &subtree {
+            if let Some(f) = facets.remove(id) {
+                their_facets.insert(*id, f);
+            }
+            if let Some(l) = links.remove(id) {
+                if *id != member {
+                    their_links.insert(*id, l);
+                }
+            }
+        }
+        let mut restored = fold(member, their_facets, their_links, channels);
+        let delta = restored
+            .subtree_writes()
+            .saturating_sub(link.writes_at_merge);
+        restored.version = link.version_before + delta;
+        if delta == 0 {
+            restored.updated_at = link.updated_before;
+        }
+        let version = self.version + 1;
+        *self = fold(self.customer_id, facets, links, channels);
+        self.version = version;
+        Ok(restored)
     }
 
     /// The ids whose timelines make up this profile's timeline.
@@ -463,4 +691,29 @@ fn merge_identifier_record(
         record.channel = channel.to_owned();
     }
     record.last_seen = record.last_seen.max(last_seen);
+}
+
+/// Rebuilds a profile from its members' contributions: `root`'s own, then the
+/// others in id order (the rules are order-independent; the order only makes
+/// the output reproducible).
+fn fold(
+    root: CustomerId,
+    mut facets: BTreeMap<CustomerId, Profile>,
+    links: BTreeMap<CustomerId, MergeLink>,
+    channels: &ChannelRules,
+) -> Profile {
+    let own = facets
+        .remove(&root)
+        .unwrap_or_else(|| Profile::new(root, Utc::now()));
+    let mut view = own.clone();
+    view.customer_id = root;
+    for facet in facets.values() {
+        view.absorb(facet, channels);
+    }
+    if !facets.is_empty() {
+        facets.insert(root, own);
+        view.facets = facets;
+        view.links = links;
+    }
+    view
 }

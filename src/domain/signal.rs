@@ -136,6 +136,14 @@ pub struct SignalRules {
     pub stages: Vec<String>,
     pub event_stages: BTreeMap<String, String>,
     pub answer_ttl: BTreeMap<String, Duration>,
+    pub caps: Caps,
+}
+
+/// Per-profile caps: the most absorbed profiles and identifiers one holds.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub max_merged: usize,
+    pub max_identifiers: usize,
 }
 
 impl SignalRules {
@@ -152,6 +160,10 @@ impl SignalRules {
             stages: settings.journey.stages.clone(),
             event_stages: settings.journey.event_stages.clone(),
             answer_ttl: settings.answers.ttl.clone(),
+            caps: Caps {
+                max_merged: settings.profiles.max_merged,
+                max_identifiers: settings.profiles.max_identifiers,
+            },
         }
     }
 }

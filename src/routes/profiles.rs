@@ -14,8 +14,10 @@ use crate::middleware::note_customer;
 use crate::service::profiles::{
     deserialize_limit, valid_channel_filter, DEFAULT_CONTEXT_INTERACTIONS, MAX_PAGE,
 };
-use crate::service::views::{ContextCard, ProfileView, TimelinePage};
-use crate::service::{AnswersInput, MergeInput, Services, TimelineQuery, TraitsPatch};
+use crate::service::views::{ContextCard, HistoryPage, ProfileView, TimelinePage, UnmergeResult};
+use crate::service::{
+    AnswersInput, HistoryQuery, MergeInput, Services, TimelineQuery, TraitsPatch, UnmergeInput,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // `lookup` before `{customer_id}`: resources match in registration order.
@@ -40,7 +42,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             resource("/v1/profiles/{customer_id}/answers", "POST")
                 .route(web::post().to(add_answers)),
         )
-        .service(resource("/v1/profiles/{target_id}/merge", "POST").route(web::post().to(merge)));
+        .service(resource("/v1/profiles/{target_id}/merge", "POST").route(web::post().to(merge)))
+        .service(
+            resource("/v1/profiles/{customer_id}/unmerge", "POST").route(web::post().to(unmerge)),
+        )
+        .service(
+            resource("/v1/profiles/{customer_id}/history", "GET").route(web::get().to(history)),
+        )
+        .service(
+            resource(
+                "/v1/profiles/{customer_id}/identifiers/{type}/{value}",
+                "DELETE",
+            )
+            .route(web::delete().to(remove_identifier)),
+        );
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -340,7 +355,103 @@ pub async fn erase(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = customer_id(&path)?;
-    services.erase(id).await?;
+    services.erase(id, auth.principal.subject.clone()).await?;
     tracing::info!(target: "audit", action = "erase", customer_id = %id, subject = %auth.principal.subject, "profile erased");
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Undo a merge: restore an absorbed profile under its own id.
+#[utoipa::path(
+    post, path = "/v1/profiles/{customer_id}/unmerge", tag = "merges",
+    params(("customer_id" = String, Path, description = "The profile that absorbed the other")),
+    request_body = UnmergeInput,
+    responses(
+        (status = 200, description = "Both profiles after the unmerge", body = UnmergeResult),
+        (status = 308, description = "Merged into another profile", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "nothing_to_unmerge: merged_id is not merged into this profile", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn unmerge(
+    auth: Authorized<WriteProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+    JsonBody(input): JsonBody<UnmergeInput>,
+) -> Result<web::Json<UnmergeResult>, ApiError> {
+    let id = customer_id(&path)?;
+    let merged = CustomerId::parse(&input.merged_id)
+        .map_err(|e| ApiError::InvalidField(format!("merged_id: {e}")))?;
+    let subject = auth.principal.subject.clone();
+    let (survivor, restored) = services
+        .unmerge(id, merged, subject.clone(), auth.principal.access())
+        .await?;
+    tracing::info!(target: "audit", action = "unmerge", customer_id = %id, merged_id = %merged, subject = %subject, "profiles unmerged");
+    Ok(web::Json(UnmergeResult { survivor, restored }))
+}
+
+/// A profile's identity ledger: created, identifiers added and removed,
+/// merges in and out, unmerges, erasure. Newest first.
+#[utoipa::path(
+    get, path = "/v1/profiles/{customer_id}/history", tag = "merges",
+    params(("customer_id" = String, Path, description = "Any id, live, absorbed or erased"), HistoryQuery),
+    responses(
+        (status = 200, body = HistoryPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn history(
+    auth: Authorized<ReadProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+) -> Result<web::Json<HistoryPage>, ApiError> {
+    let id = customer_id(&path)?;
+    Ok(web::Json(services.history(
+        id,
+        &query,
+        auth.principal.access(),
+    )?))
+}
+
+/// Detach a wrongly linked identifier (a shared phone, a test address).
+#[utoipa::path(
+    delete, path = "/v1/profiles/{customer_id}/identifiers/{type}/{value}", tag = "merges",
+    params(
+        ("customer_id" = String, Path, description = "The customer id"),
+        ("type" = String, Path, description = "Identifier type"),
+        ("value" = String, Path, description = "Identifier value, URL-encoded; normalised like any other"),
+    ),
+    responses(
+        (status = 200, description = "The profile without the identifier", body = ProfileView),
+        (status = 308, description = "Merged into another profile", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No such profile, or the identifier is not on it", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn remove_identifier(
+    auth: Authorized<WriteProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<(String, String, String)>,
+) -> Result<web::Json<ProfileView>, ApiError> {
+    let (raw_id, kind, value) = path.into_inner();
+    let id = customer_id(&raw_id)?;
+    let subject = auth.principal.subject.clone();
+    let view = services
+        .remove_identifier(
+            id,
+            kind.clone(),
+            value,
+            subject.clone(),
+            auth.principal.access(),
+        )
+        .await?;
+    tracing::info!(target: "audit", action = "remove_identifier", customer_id = %id, identifier_type = %kind, subject = %subject, "identifier removed");
+    Ok(web::Json(view))
 }

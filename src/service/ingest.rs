@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::views::{ignored_view, ConflictView, IngestResult};
 use super::{atomically, ServiceError, Services};
 use crate::domain::{
-    plan_resolution, Answer, CustomerId, Interaction, Journey, Owner, Profile, ProfileState,
-    Signal, SignalInput, SignalRules, TraitValue,
+    plan_resolution, Answer, Caps, Change, ChannelRules, Contribution, CustomerId, Identifier,
+    IdentityEvent, IdentityEventKind, Interaction, Journey, Owner, Profile, Signal, SignalInput,
+    SignalRules, TraitValue,
 };
 use crate::store::{Store, StoreError, StoreTx, TimelinePosition};
 
@@ -232,94 +233,132 @@ fn resolve(
         Some(p) => (p, false),
         None => (Profile::new(CustomerId::generate(), now), true),
     };
+    let id = target.customer_id;
     let channels = &rules.channels;
     let cause = signal
         .signal_id
         .clone()
-        .map_or_else(|| "signal".to_owned(), |id| format!("signal:{id}"));
+        .map_or_else(|| "signal".to_owned(), |sid| format!("signal:{sid}"));
+    if created {
+        tx.add_history(id, &event(IdentityEventKind::Created, now, &cause))?;
+    }
+    let mut absorbed_profiles = Vec::with_capacity(plan.absorb.len());
     for absorbed_id in &plan.absorb {
         let absorbed = profiles
             .remove(absorbed_id)
             .ok_or_else(|| StoreError::Engine(format!("profile {absorbed_id} vanished")))?;
-        absorb(tx, &mut target, absorbed, &cause, now, channels)?;
+        absorbed_profiles.push(absorbed);
     }
-    let id = target.customer_id;
+    let new_identifiers = plan.attach.iter().filter(|&&i| owners[i].is_none()).count();
+    check_caps(&target, &absorbed_profiles, new_identifiers, &rules.caps)?;
+    for absorbed in absorbed_profiles {
+        // The identifier through which the signal reached the absorbed profile.
+        let linking = signal
+            .identifiers
+            .iter()
+            .zip(&owners)
+            .filter(|(_, o)| **o == Some(absorbed.customer_id))
+            .map(|(ident, _)| ident)
+            .min_by_key(|ident| rules.identifiers.priority(ident.kind()))
+            .cloned();
+        absorb(tx, &mut target, absorbed, linking, &cause, now, channels)?;
+    }
+
+    // The member the signal speaks for: whoever held the highest-priority
+    // identifier it matched; the new data becomes that member's contribution.
+    let member = signal
+        .identifiers
+        .iter()
+        .zip(&owners)
+        .filter(|(_, o)| o.is_some_and(|o| o == id || plan.absorb.contains(&o)))
+        .map(|(ident, _)| ident)
+        .min_by_key(|ident| rules.identifiers.priority(ident.kind()))
+        .map_or(id, |ident| target.member_of(ident));
+
+    let at = signal.occurred_at;
+    let mut changes: Vec<Change> = Vec::new();
     for &i in &plan.attach {
         let identifier = &signal.identifiers[i];
-        target.see_identifier(identifier, &signal.channel, signal.occurred_at, channels);
-        tx.set_owner(identifier, id);
+        if owners[i].is_none() {
+            tx.set_owner(identifier, id);
+            let mut added = event(IdentityEventKind::IdentifierAdded, now, &cause);
+            added.identifier = Some(identifier.clone());
+            tx.add_history(id, &added)?;
+        }
+        changes.push(Change::SeeIdentifier {
+            identifier: identifier.clone(),
+            channel: signal.channel.clone(),
+            at,
+        });
     }
     for (name, value) in &signal.traits {
-        target.set_trait(
-            name,
-            TraitValue {
+        changes.push(Change::Trait {
+            name: name.clone(),
+            value: TraitValue {
                 value: value.clone(),
                 channel: signal.channel.clone(),
-                observed_at: signal.occurred_at,
+                observed_at: at,
                 signal_id: signal.signal_id.clone(),
             },
-            channels,
-        );
+        });
     }
     for a in &signal.answers {
-        target.set_answer(
-            &a.key,
-            Answer {
+        changes.push(Change::Answer {
+            key: a.key.clone(),
+            answer: Answer {
                 value: a.value.clone(),
                 question: a.question.clone(),
                 channel: signal.channel.clone(),
-                captured_at: signal.occurred_at,
+                captured_at: at,
                 expires_at: a.expires_at,
                 signal_id: signal.signal_id.clone(),
             },
-            channels,
-        );
+        });
     }
-    target.touch_channel(
-        &signal.channel,
-        signal.occurred_at,
-        u64::from(signal.event.is_some()),
-    );
+    changes.push(Change::Channel {
+        channel: signal.channel.clone(),
+        at,
+        interactions: u64::from(signal.event.is_some()),
+    });
     if let Some(event) = &signal.event {
         let position = TimelinePosition {
-            millis: u64::try_from(signal.occurred_at.timestamp_millis()).unwrap_or(0),
+            millis: u64::try_from(at.timestamp_millis()).unwrap_or(0),
             seq: tx.next_sequence()?,
         };
         let interaction = Interaction {
             id: position.to_id(),
             channel: signal.channel.clone(),
             kind: event.kind.clone(),
-            occurred_at: signal.occurred_at,
+            occurred_at: at,
             summary: event.summary.clone(),
             episode_id: event.episode.as_ref().map(|e| e.id.clone()),
             journey_stage: event.journey_stage.clone(),
             properties: event.properties.clone(),
             signal_id: signal.signal_id.clone(),
         };
-        tx.add_interaction(id, &interaction)?;
+        // Stored under the member, so an unmerge takes it along.
+        tx.add_interaction(member, &interaction)?;
         if let Some(ep) = &event.episode {
-            target.upsert_episode(
-                &ep.id,
-                ep.title.as_deref(),
-                ep.status,
-                &signal.channel,
-                signal.occurred_at,
-                channels,
-            );
+            changes.push(Change::Episode {
+                id: ep.id.clone(),
+                title: ep.title.clone(),
+                status: ep.status,
+                channel: signal.channel.clone(),
+                at,
+            });
         }
         if let Some(stage) = &event.journey_stage {
-            target.set_journey(
-                Journey {
-                    stage: stage.clone(),
-                    updated_at: signal.occurred_at,
-                    channel: signal.channel.clone(),
-                },
-                channels,
-            );
+            changes.push(Change::Journey(Journey {
+                stage: stage.clone(),
+                updated_at: at,
+                channel: signal.channel.clone(),
+            }));
         }
     }
-    target.version += 1;
-    target.updated_at = now.max(target.updated_at);
+    for change in &changes {
+        target.apply(member, change, channels);
+    }
+    target.note_write(member, now);
     tx.put_profile(&target)?;
 
     let result = IngestResult {
@@ -356,27 +395,74 @@ pub(super) fn absorb(
     tx: &mut dyn StoreTx,
     target: &mut Profile,
     absorbed: Profile,
+    linking: Option<Identifier>,
     cause: &str,
     now: DateTime<Utc>,
-    channels: &crate::domain::ChannelRules,
+    channels: &ChannelRules,
 ) -> Result<(), ServiceError> {
     let survivor = target.customer_id;
-    target.absorb(&absorbed, channels);
+    let absorbed_id = absorbed.customer_id;
     for record in &absorbed.identifiers {
         tx.set_owner(&record.identifier, survivor);
     }
     for old in absorbed.members() {
         tx.put_alias(old, survivor);
     }
-    tx.delete_profile(absorbed.customer_id);
-    tx.put_absorbed(
-        absorbed.customer_id,
-        &ProfileState {
-            merged_into: survivor,
-            merged_at: now,
-            cause: cause.to_owned(),
-            snapshot: absorbed,
-        },
-    )?;
+    tx.delete_profile(absorbed_id);
+    let contributed = Contribution::of(&absorbed);
+    let mut merged_in = event(IdentityEventKind::MergedIn, now, cause);
+    merged_in.identifier = linking.clone();
+    merged_in.other_id = Some(absorbed_id);
+    merged_in.contributed = Some(contributed);
+    tx.add_history(survivor, &merged_in)?;
+    let mut merged_out = event(IdentityEventKind::MergedOut, now, cause);
+    merged_out.identifier = linking;
+    merged_out.other_id = Some(survivor);
+    merged_out.contributed = Some(contributed);
+    tx.add_history(absorbed_id, &merged_out)?;
+    target.absorb_member(absorbed, cause, now, channels);
+    Ok(())
+}
+
+/// A ledger entry with no identifier, other profile or contribution yet.
+pub(super) fn event(kind: IdentityEventKind, at: DateTime<Utc>, cause: &str) -> IdentityEvent {
+    IdentityEvent {
+        kind,
+        at,
+        cause: cause.to_owned(),
+        identifier: None,
+        other_id: None,
+        contributed: None,
+    }
+}
+
+/// Refuses a write that would make a profile hold more merged profiles or
+/// identifiers than the configured caps.
+pub(super) fn check_caps(
+    target: &Profile,
+    absorbed: &[Profile],
+    new_identifiers: usize,
+    caps: &Caps,
+) -> Result<(), ServiceError> {
+    let merged = target.merged_ids.len()
+        + absorbed
+            .iter()
+            .map(|p| p.merged_ids.len() + 1)
+            .sum::<usize>();
+    if merged > caps.max_merged {
+        return Err(ServiceError::CapExceeded {
+            what: "merged profiles",
+            cap: caps.max_merged,
+        });
+    }
+    let identifiers = target.identifiers.len()
+        + absorbed.iter().map(|p| p.identifiers.len()).sum::<usize>()
+        + new_identifiers;
+    if identifiers > caps.max_identifiers {
+        return Err(ServiceError::CapExceeded {
+            what: "identifiers",
+            cap: caps.max_identifiers,
+        });
+    }
     Ok(())
 }

@@ -17,7 +17,9 @@ use crate::store::{Store, StoreError, StoreTx};
 
 pub use committer::Committer;
 pub use ingest::{BatchItem, Ingested};
-pub use profiles::{AnswersInput, MergeInput, TimelineQuery, TraitsPatch};
+pub use profiles::{
+    AnswersInput, HistoryQuery, MergeInput, TimelineQuery, TraitsPatch, UnmergeInput,
+};
 pub use views::{Access, Masking};
 
 /// Failures of a use case. Every variant maps to one stable error code in
@@ -43,6 +45,12 @@ pub enum ServiceError {
     SignalIdReused(String),
     #[error("signal_id `{0}` belongs to a profile that was erased")]
     SignalOfErasedProfile(String),
+    #[error("the profile would hold more {what} than the cap of {cap}")]
+    CapExceeded { what: &'static str, cap: usize },
+    #[error("{0} is not merged into this profile; there is nothing to undo")]
+    NothingToUnmerge(CustomerId),
+    #[error("the identifier is not on this profile")]
+    IdentifierNotOnProfile,
     #[error("cursor is not one this service issued")]
     InvalidCursor,
     #[error("store failure: {0}")]

@@ -3,17 +3,18 @@
 
 use std::collections::BTreeMap;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::ingest::{absorb, SignalRecord};
-use super::views::{self, Access, ContextCard, ProfileView, TimelinePage};
+use super::ingest::{absorb, check_caps, event, SignalRecord};
+use super::views::{self, Access, ContextCard, HistoryPage, ProfileView, TimelinePage};
 use super::{atomically, ServiceError, Services};
 use crate::domain::{
-    check_answers, check_traits, is_valid_name, Answer, AnswerInput, ConflictReason, CustomerId,
-    Interaction, NormaliseOutcome, Profile, TraitValue,
+    check_answers, check_traits, is_valid_name, Answer, AnswerInput, Change, ChannelRules,
+    ConflictReason, CustomerId, IdentityEventKind, Interaction, NormaliseOutcome, Profile,
+    TraitValue,
 };
 use crate::store::{Store, StoreTx, TimelinePosition};
 
@@ -38,6 +39,25 @@ pub struct AnswersInput {
     #[schema(example = "chat")]
     pub channel: String,
     pub answers: Vec<AnswerInput>,
+}
+
+/// Body of `POST /v1/profiles/{customer_id}/unmerge`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnmergeInput {
+    /// The absorbed profile to restore.
+    pub merged_id: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[serde(default, deserialize_with = "deserialize_limit")]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// Body of `POST /v1/profiles/{target_id}/merge`.
@@ -210,20 +230,26 @@ impl Services {
         let p = self
             .committer
             .run(move |store| {
-                update(store, id, |_, p| {
-                    for (name, value) in &patch.traits {
-                        p.set_trait(
-                            name,
-                            TraitValue {
+                update(store, id, now, Attribution::Own, |_, p| {
+                    let mut changes: Vec<Change> = patch
+                        .traits
+                        .iter()
+                        .map(|(name, value)| Change::Trait {
+                            name: name.clone(),
+                            value: TraitValue {
                                 value: (!value.is_null()).then(|| value.clone()),
                                 channel: patch.channel.clone(),
                                 observed_at: now,
                                 signal_id: None,
                             },
-                            &rules.channels,
-                        );
-                    }
-                    p.touch_channel(&patch.channel, now, 0);
+                        })
+                        .collect();
+                    changes.push(Change::Channel {
+                        channel: patch.channel.clone(),
+                        at: now,
+                        interactions: 0,
+                    });
+                    apply_own(p, &changes, &rules.channels);
                     Ok(())
                 })
             })
@@ -245,11 +271,12 @@ impl Services {
         let p = self
             .committer
             .run(move |store| {
-                update(store, id, |_, p| {
-                    for a in &answers {
-                        p.set_answer(
-                            &a.key,
-                            Answer {
+                update(store, id, now, Attribution::Own, |_, p| {
+                    let mut changes: Vec<Change> = answers
+                        .iter()
+                        .map(|a| Change::Answer {
+                            key: a.key.clone(),
+                            answer: Answer {
                                 value: a.value.clone(),
                                 question: a.question.clone(),
                                 channel: channel.clone(),
@@ -257,10 +284,14 @@ impl Services {
                                 expires_at: a.expires_at,
                                 signal_id: None,
                             },
-                            &rules.channels,
-                        );
-                    }
-                    p.touch_channel(&channel, now, 0);
+                        })
+                        .collect();
+                    changes.push(Change::Channel {
+                        channel: channel.clone(),
+                        at: now,
+                        interactions: 0,
+                    });
+                    apply_own(p, &changes, &rules.channels);
                     Ok(())
                 })
             })
@@ -285,7 +316,7 @@ impl Services {
         let p = self
             .committer
             .run(move |store| {
-                update(store, target, |tx, t| {
+                update(store, target, now, Attribution::Whole, |tx, t| {
                     let s = match tx.profile(source)? {
                         Some(s) => s,
                         None => match tx.alias(source)? {
@@ -308,7 +339,9 @@ impl Services {
                             ));
                         }
                     }
-                    absorb(tx, t, s, &format!("manual:{subject}"), now, &rules.channels)?;
+                    check_caps(t, std::slice::from_ref(&s), 0, &rules.caps)?;
+                    let cause = format!("token:{subject}");
+                    absorb(tx, t, s, None, &cause, now, &rules.channels)?;
                     metrics::counter!("anamnesis_merges_total", "kind" => "manual").increment(1);
                     Ok(())
                 })
@@ -320,10 +353,143 @@ impl Services {
     /// Erases a profile and everything that leads to it: identifiers, aliases,
     /// timelines of every member, kept snapshots, and the results stored for
     /// its signals (replaced by a record that keeps no personal data).
-    pub async fn erase(&self, id: CustomerId) -> Result<(), ServiceError> {
+    pub async fn erase(&self, id: CustomerId, subject: String) -> Result<(), ServiceError> {
+        let now = Services::now();
         self.committer
-            .run(move |store| atomically(store, |tx| erase_in(tx, id)))
+            .run(move |store| atomically(store, |tx| erase_in(tx, id, &subject, now)))
             .await
+    }
+
+    /// Undoes the merge of `merged` into `id`: `merged` comes back under its
+    /// own id with exactly what it (and whatever it had absorbed) contributed,
+    /// including what arrived since through its own identifiers; `id` keeps
+    /// only its own. Returns both, survivor first.
+    pub async fn unmerge(
+        &self,
+        id: CustomerId,
+        merged: CustomerId,
+        subject: String,
+        access: Access,
+    ) -> Result<(ProfileView, ProfileView), ServiceError> {
+        let now = Services::now();
+        let rules = self.rules.clone();
+        let (survivor, restored) = self
+            .committer
+            .run(move |store| {
+                atomically(store, |tx| {
+                    let mut p = live_in(tx, id)?;
+                    let restored = p
+                        .split(merged, &rules.channels)
+                        .map_err(|_| ServiceError::NothingToUnmerge(merged))?;
+                    for r in &restored.identifiers {
+                        tx.set_owner(&r.identifier, merged);
+                    }
+                    tx.delete_alias(merged);
+                    for member in &restored.merged_ids {
+                        tx.put_alias(*member, merged);
+                    }
+                    tx.put_profile(&p)?;
+                    tx.put_profile(&restored)?;
+                    let cause = format!("token:{subject}");
+                    let mut on_survivor = event(IdentityEventKind::Unmerged, now, &cause);
+                    on_survivor.other_id = Some(merged);
+                    tx.add_history(id, &on_survivor)?;
+                    let mut on_restored = event(IdentityEventKind::Unmerged, now, &cause);
+                    on_restored.other_id = Some(id);
+                    tx.add_history(merged, &on_restored)?;
+                    Ok((p, restored))
+                })
+            })
+            .await?;
+        metrics::counter!("anamnesis_unmerges_total").increment(1);
+        let masking = self.masking(access);
+        Ok((
+            views::profile_view(&survivor, &masking),
+            views::profile_view(&restored, &masking),
+        ))
+    }
+
+    /// Detaches a wrongly linked identifier: future signals with it no longer
+    /// resolve to this profile.
+    pub async fn remove_identifier(
+        &self,
+        id: CustomerId,
+        kind: String,
+        value: String,
+        subject: String,
+        access: Access,
+    ) -> Result<ProfileView, ServiceError> {
+        let identifier = match self.rules.identifiers.normalise(&kind, &value)? {
+            NormaliseOutcome::Usable(identifier) => identifier,
+            NormaliseOutcome::Ignored(_) => return Err(ServiceError::IdentifierNotOnProfile),
+        };
+        let now = Services::now();
+        let rules = self.rules.clone();
+        let p = self
+            .committer
+            .run(move |store| {
+                update(store, id, now, Attribution::Own, |tx, p| {
+                    if !p.owns(&identifier) {
+                        return Err(ServiceError::IdentifierNotOnProfile);
+                    }
+                    let member = p.member_of(&identifier);
+                    p.apply(
+                        member,
+                        &Change::RemoveIdentifier(identifier.clone()),
+                        &rules.channels,
+                    );
+                    tx.remove_owner(&identifier);
+                    let mut removed = event(
+                        IdentityEventKind::IdentifierRemoved,
+                        now,
+                        &format!("token:{subject}"),
+                    );
+                    removed.identifier = Some(identifier.clone());
+                    tx.add_history(id, &removed)?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(views::profile_view(&p, &self.masking(access)))
+    }
+
+    /// A profile's identity ledger, newest first. Absorbed and erased ids keep
+    /// theirs (an erased one only the erasure entry).
+    pub fn history(
+        &self,
+        id: CustomerId,
+        q: &HistoryQuery,
+        access: Access,
+    ) -> Result<HistoryPage, ServiceError> {
+        let before = match &q.cursor {
+            Some(c) => Some(c.parse::<u64>().map_err(|_| ServiceError::InvalidCursor)?),
+            None => None,
+        };
+        let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+        let mut entries = self.store.history(id, before, limit + 1)?;
+        if entries.is_empty() && before.is_none() {
+            // Nothing recorded: tell a typo from a quiet profile.
+            self.live(id).map(|_| ()).or_else(|e| match e {
+                ServiceError::Moved { .. } => Ok(()),
+                other => Err(other),
+            })?;
+        }
+        let more = entries.len() > limit;
+        entries.truncate(limit);
+        let next_cursor = if more {
+            entries.last().map(|(seq, _)| seq.to_string())
+        } else {
+            None
+        };
+        let masking = self.masking(access);
+        Ok(HistoryPage {
+            customer_id: id,
+            events: entries
+                .into_iter()
+                .map(|(seq, e)| views::history_view(seq, e, &masking))
+                .collect(),
+            next_cursor,
+        })
     }
 }
 
@@ -338,7 +504,12 @@ fn live_in(tx: &mut dyn StoreTx, id: CustomerId) -> Result<Profile, ServiceError
     })
 }
 
-fn erase_in(tx: &mut dyn StoreTx, id: CustomerId) -> Result<(), ServiceError> {
+fn erase_in(
+    tx: &mut dyn StoreTx,
+    id: CustomerId,
+    subject: &str,
+    now: DateTime<Utc>,
+) -> Result<(), ServiceError> {
     let p = live_in(tx, id)?;
     let tombstone = SignalRecord {
         fingerprint: String::new(),
@@ -351,24 +522,49 @@ fn erase_in(tx: &mut dyn StoreTx, id: CustomerId) -> Result<(), ServiceError> {
             tx.put_signal_record(&signal_id, member, tombstone.clone());
             tx.forget_signal_index(member, &signal_id);
         }
+        tx.delete_history(member)?;
         if member != id {
             tx.delete_alias(member);
-            tx.delete_absorbed(member);
         }
     }
     for r in &p.identifiers {
         tx.remove_owner(&r.identifier);
     }
     tx.delete_profile(id);
+    // The ledger keeps that the erasure happened, and by whom; nothing else.
+    tx.add_history(
+        id,
+        &event(IdentityEventKind::Erased, now, &format!("token:{subject}")),
+    )?;
     metrics::counter!("anamnesis_erasures_total").increment(1);
     Ok(())
 }
 
-/// Loads the live profile `id`, lets `change` modify it, bumps the version and
+/// Applies changes made on the profile's own behalf (an agent, a manual write):
+/// they are the root member's contribution.
+fn apply_own(p: &mut Profile, changes: &[Change], channels: &ChannelRules) {
+    let own = p.customer_id;
+    for change in changes {
+        p.apply(own, change, channels);
+    }
+}
+
+/// Whose write an update is.
+#[derive(Clone, Copy)]
+enum Attribution {
+    /// The profile's own contribution (an agent's or a bot's write).
+    Own,
+    /// A change of the whole (a merge): nobody's contribution.
+    Whole,
+}
+
+/// Loads the live profile `id`, lets `change` modify it, records the write and
 /// stores it, all in one atomic write.
 fn update(
     store: &dyn Store,
     id: CustomerId,
+    now: DateTime<Utc>,
+    attribution: Attribution,
     mut change: impl FnMut(&mut dyn StoreTx, &mut Profile) -> Result<(), ServiceError>,
 ) -> Result<Profile, ServiceError> {
     atomically(store, |tx| {
@@ -376,8 +572,10 @@ fn update(
         let before = p.clone();
         change(tx, &mut p)?;
         if p != before {
-            p.version += 1;
-            p.updated_at = Utc::now().max(p.updated_at);
+            match attribution {
+                Attribution::Own => p.note_write(id, now),
+                Attribution::Whole => p.note_change(now),
+            }
             tx.put_profile(&p)?;
         }
         Ok(p)

@@ -9,8 +9,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::domain::{
-    Answer, ConflictReason, CustomerId, Episode, EpisodeStatus, IdentifierRecord, IdentifierRules,
-    IgnoredIdentifier, Interaction, Profile,
+    Answer, ConflictReason, Contribution, CustomerId, Episode, EpisodeStatus, IdentifierRecord,
+    IdentifierRules, IdentityEvent, IdentityEventKind, IgnoredIdentifier, Interaction, Profile,
 };
 
 /// What the caller may see. Built from the token's scopes.
@@ -411,5 +411,57 @@ pub fn context_card(
         open_episodes: open.into_iter().map(episode_view).collect(),
         last_channel: p.last_channel().map(str::to_owned),
         recent_interactions: recent.into_iter().map(interaction_view).collect(),
+    }
+}
+
+/// One entry of the identity ledger.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct HistoryEntry {
+    /// Position in the ledger; also usable as a cursor.
+    pub id: String,
+    pub kind: IdentityEventKind,
+    pub at: DateTime<Utc>,
+    /// `signal:<signal_id>`, `signal`, or `token:<subject>`.
+    pub cause: String,
+    /// The identifier added, removed, or linking a merge (masked without `pii:read`).
+    pub identifier: Option<CardIdentifier>,
+    /// The other profile of a merge or unmerge.
+    #[schema(value_type = Option<String>)]
+    pub other_id: Option<CustomerId>,
+    /// For merges: what the absorbed profile brought.
+    pub contributed: Option<Contribution>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct HistoryPage {
+    #[schema(value_type = String)]
+    pub customer_id: CustomerId,
+    /// Newest first.
+    pub events: Vec<HistoryEntry>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Both sides of an undone merge.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct UnmergeResult {
+    /// The profile that had absorbed the other, without it.
+    pub survivor: ProfileView,
+    /// The absorbed profile, restored under its own id.
+    pub restored: ProfileView,
+}
+
+pub fn history_view(seq: u64, e: IdentityEvent, m: &Masking<'_>) -> HistoryEntry {
+    HistoryEntry {
+        id: seq.to_string(),
+        kind: e.kind,
+        at: e.at,
+        cause: e.cause,
+        identifier: e.identifier.map(|i| CardIdentifier {
+            kind: i.kind().to_owned(),
+            value: m.identifier_value(i.kind(), i.value()),
+        }),
+        other_id: e.other_id,
+        contributed: e.contributed,
     }
 }

@@ -9,7 +9,7 @@ mod sled;
 
 pub use self::sled::SledStore;
 
-use crate::domain::{CustomerId, Identifier, Interaction, Profile, ProfileState};
+use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,9 +55,14 @@ pub trait StoreTx {
     fn put_alias(&mut self, absorbed: CustomerId, survivor: CustomerId);
     fn delete_alias(&mut self, absorbed: CustomerId);
 
-    fn absorbed(&mut self, id: CustomerId) -> Result<Option<ProfileState>, StoreError>;
-    fn put_absorbed(&mut self, id: CustomerId, state: &ProfileState) -> Result<(), StoreError>;
-    fn delete_absorbed(&mut self, id: CustomerId);
+    /// Appends to `customer`'s identity ledger.
+    fn add_history(
+        &mut self,
+        customer: CustomerId,
+        event: &IdentityEvent,
+    ) -> Result<(), StoreError>;
+    /// Removes `customer`'s whole ledger (erasure).
+    fn delete_history(&mut self, customer: CustomerId) -> Result<(), StoreError>;
 
     fn owner(&mut self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError>;
     fn set_owner(&mut self, identifier: &Identifier, owner: CustomerId);
@@ -90,6 +95,15 @@ pub trait Store: Send + Sync + 'static {
     fn alias(&self, id: CustomerId) -> Result<Option<CustomerId>, StoreError>;
     fn owner(&self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError>;
     fn signal_record(&self, signal_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` ledger entries of `customer`, newest first, strictly
+    /// older than `before`, each with its position.
+    fn history(
+        &self,
+        customer: CustomerId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, IdentityEvent)>, StoreError>;
 
     /// Up to `limit` interactions of one member's timeline, newest first,
     /// strictly older than `before`, that `keep` accepts.

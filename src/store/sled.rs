@@ -12,11 +12,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{Store, StoreError, StoreTx, TimelinePosition, WriteFn};
-use crate::domain::{CustomerId, Identifier, Interaction, Profile, ProfileState};
+use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile};
 
 const PROFILE: u8 = b'p';
 const ALIAS: u8 = b'a';
-const ABSORBED: u8 = b'x';
+const HISTORY: u8 = b'h';
 const IDENTIFIER: u8 = b'i';
 const TIMELINE: u8 = b't';
 const SIGNAL: u8 = b's';
@@ -106,6 +106,31 @@ impl Store for SledStore {
         Ok(self
             .get(&key(SIGNAL, signal_id.as_bytes()))?
             .map(|v| v.to_vec()))
+    }
+
+    fn history(
+        &self,
+        customer: CustomerId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, IdentityEvent)>, StoreError> {
+        let start = key(HISTORY, &customer.to_key());
+        let mut end = start.clone();
+        end.extend_from_slice(&before.unwrap_or(u64::MAX).to_be_bytes());
+        let mut out = Vec::with_capacity(limit.min(64));
+        for entry in self.tree.range(start.clone()..end).rev().take(limit) {
+            let (k, v) = entry.map_err(engine)?;
+            let seq = k
+                .get(start.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "history key without a position".into(),
+                })?;
+            out.push((seq, decode(&k, &v)?));
+        }
+        Ok(out)
     }
 
     fn timeline(
@@ -241,19 +266,24 @@ impl StoreTx for SledTx<'_> {
         self.remove(key(ALIAS, &absorbed.to_key()));
     }
 
-    fn absorbed(&mut self, id: CustomerId) -> Result<Option<ProfileState>, StoreError> {
-        let k = key(ABSORBED, &id.to_key());
-        self.get(&k)?.map(|v| decode(&k, &v)).transpose()
-    }
-
-    fn put_absorbed(&mut self, id: CustomerId, state: &ProfileState) -> Result<(), StoreError> {
-        let v = encode(state)?;
-        self.put(key(ABSORBED, &id.to_key()), v);
+    fn add_history(
+        &mut self,
+        customer: CustomerId,
+        event: &IdentityEvent,
+    ) -> Result<(), StoreError> {
+        let seq = self.next_sequence()?;
+        let mut k = key(HISTORY, &customer.to_key());
+        k.extend_from_slice(&seq.to_be_bytes());
+        let v = encode(event)?;
+        self.put(k, v);
         Ok(())
     }
 
-    fn delete_absorbed(&mut self, id: CustomerId) {
-        self.remove(key(ABSORBED, &id.to_key()));
+    fn delete_history(&mut self, customer: CustomerId) -> Result<(), StoreError> {
+        for k in self.keys_with_prefix(&key(HISTORY, &customer.to_key()))? {
+            self.remove(k);
+        }
+        Ok(())
     }
 
     fn owner(&mut self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError> {
