@@ -73,14 +73,17 @@ fn full_signal(signal_id: Option<String>, phone: &str, cookie: &str) -> SignalIn
             IdentifierInput {
                 kind: "phone".into(),
                 value: phone.into(),
+                verified: false,
             },
             IdentifierInput {
                 kind: "web_cookie".into(),
                 value: cookie.into(),
+                verified: false,
             },
             IdentifierInput {
                 kind: "chat_session".into(),
                 value: format!("chat-{cookie}"),
+                verified: false,
             },
         ],
         traits: [
@@ -410,6 +413,7 @@ fn ingest_end_to_end(c: &mut Criterion) {
             input.identifiers.push(IdentifierInput {
                 kind: "email".into(),
                 value: format!("customer{i}@example.com"),
+                verified: false,
             });
             input
         })

@@ -195,11 +195,54 @@ pub struct IdentifierTypeSettings {
     /// Lower wins when picking a merge survivor.
     pub priority: u32,
     pub pii: bool,
-    /// Whether a match on this type may fuse two existing profiles.
-    pub merge: bool,
+    /// Whether a match on this type may fuse two existing profiles: `true`,
+    /// `false`, or `"suggest"` (record a merge suggestion instead).
+    pub merge: MergePolicy,
     /// Extra placeholder values for this type only.
     #[serde(default)]
     pub placeholders: Vec<String>,
+}
+
+/// What a match on an identifier type may do to two profiles that already exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergePolicy {
+    /// Fuse them.
+    Merge,
+    /// Never fuse them; report a conflict.
+    Never,
+    /// Do not fuse them; record a suggestion for a person to confirm.
+    Suggest,
+}
+
+impl Serialize for MergePolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MergePolicy::Merge => s.serialize_bool(true),
+            MergePolicy::Never => s.serialize_bool(false),
+            MergePolicy::Suggest => s.serialize_str("suggest"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MergePolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(true) => Ok(MergePolicy::Merge),
+            Raw::Flag(false) => Ok(MergePolicy::Never),
+            Raw::Word(w) if w == "suggest" => Ok(MergePolicy::Suggest),
+            Raw::Word(w) if w == "true" => Ok(MergePolicy::Merge),
+            Raw::Word(w) if w == "false" => Ok(MergePolicy::Never),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "merge must be true, false or \"suggest\", not `{w}`"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -129,6 +129,7 @@ fn service_code(e: &ServiceError) -> (StatusCode, &'static str) {
         ServiceError::CapExceeded { .. } => (StatusCode::CONFLICT, "profile_cap_exceeded"),
         ServiceError::NothingToUnmerge(_) => (StatusCode::CONFLICT, "nothing_to_unmerge"),
         ServiceError::IdentifierNotOnProfile => (StatusCode::NOT_FOUND, "identifier_not_found"),
+        ServiceError::SuggestionNotFound => (StatusCode::NOT_FOUND, "suggestion_not_found"),
         ServiceError::InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
         ServiceError::Store(_) | ServiceError::NotDurable => {
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")

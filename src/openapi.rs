@@ -29,6 +29,8 @@ use crate::routes::{ops, profiles, signals};
         profiles::unmerge,
         profiles::history,
         profiles::remove_identifier,
+        profiles::suggestions,
+        profiles::dismiss_suggestion,
         ops::healthz,
         ops::readyz,
         ops::metrics,

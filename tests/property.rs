@@ -151,6 +151,7 @@ impl Spec {
                 IdentifierInput {
                     kind: e.kind.to_owned(),
                     value: spelling.get(e.spellings).to_string(),
+                    verified: false,
                 }
             })
             .collect();
@@ -158,6 +159,7 @@ impl Spec {
             identifiers.push(IdentifierInput {
                 kind: WITHHELD.0.to_owned(),
                 value: WITHHELD.1.to_owned(),
+                verified: false,
             });
         }
         SignalInput {
@@ -265,6 +267,16 @@ fn world() -> World {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = Settings::defaults();
     settings.storage.path = dir.path().to_path_buf();
+    // Order independence is a property of merging types. A `suggest` type (the
+    // default for phones) deliberately refuses to fuse profiles that already
+    // exist, so who-is-who then depends on which signal came first: that rule
+    // is tested in tests/api, and here phones merge like every other type.
+    settings
+        .identifiers
+        .types
+        .get_mut("phone")
+        .expect("phone is configured")
+        .merge = anamnesis::config::MergePolicy::Merge;
     let store = SledStore::open(&settings.storage.path.join("db")).expect("sled opens");
     World {
         services: Services::new(&settings, Arc::new(store)),

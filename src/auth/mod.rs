@@ -109,6 +109,14 @@ impl Principal {
         }
     }
 
+    /// Refuses `verified` identifiers from a token that may not vouch for them.
+    pub fn check_verified(&self, input: &crate::domain::SignalInput) -> Result<(), ApiError> {
+        if input.identifiers.iter().any(|i| i.verified) && !self.has(Scope::ProfilesWrite) {
+            return Err(ApiError::InsufficientScope(Scope::ProfilesWrite.as_str()));
+        }
+        Ok(())
+    }
+
     /// Refuses a write for `channel` by a token bound to another channel.
     pub fn check_channel(&self, channel: &str) -> Result<(), ApiError> {
         match &self.channel {

@@ -58,3 +58,17 @@ pub struct IdentityEvent {
     /// For merges: what the absorbed profile contributed.
     pub contributed: Option<Contribution>,
 }
+
+/// A proposed merge of two profiles that a `suggest` identifier linked: the
+/// evidence, and whether a person dismissed it (then it is never proposed again).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Suggestion {
+    /// The identifiers that linked the two.
+    pub evidence: Vec<Identifier>,
+    pub first_at: DateTime<Utc>,
+    pub last_at: DateTime<Utc>,
+    /// Signals that linked the two.
+    pub count: u64,
+    pub last_cause: String,
+    pub dismissed_at: Option<DateTime<Utc>>,
+}

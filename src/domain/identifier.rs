@@ -3,7 +3,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{IdentifierSettings, NormaliserKind};
+use crate::config::{IdentifierSettings, MergePolicy, NormaliserKind};
 
 /// Longest identifier value accepted, before normalisation.
 pub const MAX_IDENTIFIER_CHARS: usize = 256;
@@ -89,7 +89,7 @@ pub struct TypeRule {
     pub limit: Option<usize>,
     pub priority: u32,
     pub pii: bool,
-    pub merge: bool,
+    pub merge: MergePolicy,
     placeholders: HashSet<String>,
 }
 
@@ -127,7 +127,7 @@ impl IdentifierRules {
             limit: None,
             priority: u32::MAX,
             pii: true,
-            merge: true,
+            merge: MergePolicy::Merge,
             placeholders: HashSet::new(),
         });
         IdentifierRules {

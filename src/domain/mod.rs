@@ -10,7 +10,7 @@ mod resolve;
 mod signal;
 
 pub use customer_id::{CustomerId, CustomerIdError};
-pub use history::{Contribution, IdentityEvent, IdentityEventKind};
+pub use history::{Contribution, IdentityEvent, IdentityEventKind, Suggestion};
 pub use identifier::{
     Identifier, IdentifierError, IdentifierRules, IgnoredIdentifier, NormaliseOutcome, TypeRule,
 };

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::customer_id::CustomerId;
 use super::identifier::{Identifier, IdentifierRules};
+use crate::config::MergePolicy;
 
 /// What resolution needs to know about a profile that owns an identifier.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub enum ConflictReason {
     IdentifierLimit,
     /// The only link is an identifier whose type may not merge two profiles.
     MergeNotAllowed,
+    /// The only link is of a `suggest` type: a merge suggestion was recorded.
+    MergeSuggested,
 }
 
 /// Something the signal asserted that was not applied.
@@ -48,34 +51,54 @@ pub struct ResolutionPlan {
     pub conflicts: Vec<Conflict>,
 }
 
+/// How strongly a signal links a profile, from its strongest identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Strength {
+    Never,
+    Suggest,
+    Merge,
+}
+
 /// Plans the resolution of a signal.
 ///
-/// `owners[i]` is the live profile owning `identifiers[i]`, if any. Profiles
-/// linked to the signal through at least one identifier of a merging type fuse
-/// into one survivor: the profile matched by the highest-priority identifier,
-/// then the oldest, then the smallest id. A profile joins only if the combined
-/// profile stays within every per-type limit; otherwise it stays apart and is
-/// reported as a conflict, as are profiles linked only through non-merging types.
+/// `owners[i]` is the live profile owning `identifiers[i]`, if any, and
+/// `verified[i]` says the caller vouched for it (it then merges whatever its
+/// type says). Profiles linked through at least one identifier that may merge
+/// fuse into one survivor: the profile matched by the highest-priority
+/// identifier, then the oldest, then the smallest id. A profile joins only if
+/// the combined profile stays within every per-type limit; otherwise it stays
+/// apart and is reported as a conflict, as are profiles linked only through
+/// types that never merge. Profiles linked only through `suggest` types stay
+/// apart too, reported as `merge_suggested`.
 pub fn plan_resolution(
     identifiers: &[Identifier],
     owners: &[Option<CustomerId>],
+    verified: &[bool],
     profiles: &BTreeMap<CustomerId, Owner>,
     rules: &IdentifierRules,
 ) -> ResolutionPlan {
     debug_assert_eq!(identifiers.len(), owners.len());
-    // Best (lowest) priority through which each owner is linked, and whether any
-    // of its links may merge.
-    let mut links: BTreeMap<CustomerId, (u32, bool, usize)> = BTreeMap::new();
+    // Best (lowest) priority through which each owner is linked, the strongest
+    // link, and the identifier of the best link.
+    let mut links: BTreeMap<CustomerId, (u32, Strength, usize)> = BTreeMap::new();
     for (i, (id, owner)) in identifiers.iter().zip(owners).enumerate() {
         let Some(owner) = owner else { continue };
         let priority = rules.priority(id.kind());
-        let merges = rules.rule(id.kind()).is_some_and(|r| r.merge);
-        let entry = links.entry(*owner).or_insert((priority, merges, i));
+        let strength = if verified.get(i).copied().unwrap_or(false) {
+            Strength::Merge
+        } else {
+            match rules.rule(id.kind()).map(|r| r.merge) {
+                Some(MergePolicy::Merge) => Strength::Merge,
+                Some(MergePolicy::Suggest) => Strength::Suggest,
+                Some(MergePolicy::Never) | None => Strength::Never,
+            }
+        };
+        let entry = links.entry(*owner).or_insert((priority, strength, i));
         if priority < entry.0 {
             entry.0 = priority;
             entry.2 = i;
         }
-        entry.1 |= merges;
+        entry.1 = entry.1.max(strength);
     }
     if links.is_empty() {
         return ResolutionPlan {
@@ -92,15 +115,14 @@ pub fn plan_resolution(
     };
     let mut candidates: Vec<CustomerId> = links.keys().copied().collect();
     candidates.sort_by_key(rank);
-    let mergeable: Vec<CustomerId> = candidates
-        .iter()
-        .copied()
-        .filter(|id| links[id].1)
-        .collect();
     let target = if links.len() == 1 {
         candidates[0]
     } else {
-        mergeable.first().copied().unwrap_or(candidates[0])
+        candidates
+            .iter()
+            .copied()
+            .find(|id| links[id].1 == Strength::Merge)
+            .unwrap_or(candidates[0])
     };
 
     let mut counts = profiles
@@ -109,16 +131,19 @@ pub fn plan_resolution(
         .unwrap_or_default();
     let mut absorb = Vec::new();
     let mut conflicts = Vec::new();
-    let mut apart: Vec<CustomerId> = Vec::new();
     for candidate in candidates.iter().copied().filter(|c| *c != target) {
-        let (_, merges, via) = links[&candidate];
-        if !merges {
+        let (_, strength, via) = links[&candidate];
+        let reason = match strength {
+            Strength::Never => Some(ConflictReason::MergeNotAllowed),
+            Strength::Suggest => Some(ConflictReason::MergeSuggested),
+            Strength::Merge => None,
+        };
+        if let Some(reason) = reason {
             conflicts.push(Conflict {
                 customer_id: candidate,
                 identifier: identifiers[via].clone(),
-                reason: ConflictReason::MergeNotAllowed,
+                reason,
             });
-            apart.push(candidate);
             continue;
         }
         let theirs = profiles
@@ -135,7 +160,6 @@ pub fn plan_resolution(
                 identifier: identifiers[via].clone(),
                 reason: ConflictReason::IdentifierLimit,
             });
-            apart.push(candidate);
             continue;
         }
         for (kind, n) in theirs {
@@ -143,7 +167,6 @@ pub fn plan_resolution(
         }
         absorb.push(candidate);
     }
-
     let mut attach = Vec::new();
     for (i, (id, owner)) in identifiers.iter().zip(owners).enumerate() {
         match owner {

@@ -56,6 +56,11 @@ pub struct IdentifierInput {
     pub kind: String,
     #[schema(example = "06 1234 5678")]
     pub value: String,
+    /// The caller checked that this identifier belongs to the customer (a
+    /// login, a confirmed e-mail): it may merge profiles whatever its type's
+    /// policy. Needs a token with `profiles:write`.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -232,6 +237,8 @@ pub struct Signal {
     pub channel: String,
     pub occurred_at: DateTime<Utc>,
     pub identifiers: Vec<Identifier>,
+    /// `verified[i]` is the caller's claim about `identifiers[i]`.
+    pub verified: Vec<bool>,
     pub ignored: Vec<IgnoredIdentifier>,
     /// `None` deletes the trait.
     pub traits: BTreeMap<String, Option<Value>>,
@@ -378,14 +385,18 @@ impl Signal {
             return Err(SignalError::TooManyIdentifiers(input.identifiers.len()));
         }
         let mut identifiers: Vec<Identifier> = Vec::with_capacity(input.identifiers.len());
+        let mut verified: Vec<bool> = Vec::with_capacity(input.identifiers.len());
         let mut ignored = Vec::new();
         for (index, raw) in input.identifiers.iter().enumerate() {
             match rules.identifiers.normalise(&raw.kind, &raw.value) {
-                Ok(NormaliseOutcome::Usable(id)) => {
-                    if !identifiers.contains(&id) {
+                Ok(NormaliseOutcome::Usable(id)) => match identifiers.iter().position(|i| i == &id)
+                {
+                    Some(seen) => verified[seen] |= raw.verified,
+                    None => {
                         identifiers.push(id);
+                        verified.push(raw.verified);
                     }
-                }
+                },
                 Ok(NormaliseOutcome::Ignored(reason)) => ignored.push(IgnoredIdentifier {
                     index,
                     kind: raw.kind.clone(),
@@ -421,6 +432,7 @@ impl Signal {
             channel: input.channel,
             occurred_at,
             identifiers,
+            verified,
             ignored,
             traits: input
                 .traits

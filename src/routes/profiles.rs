@@ -14,7 +14,9 @@ use crate::middleware::note_customer;
 use crate::service::profiles::{
     deserialize_limit, valid_channel_filter, DEFAULT_CONTEXT_INTERACTIONS, MAX_PAGE,
 };
-use crate::service::views::{ContextCard, HistoryPage, ProfileView, TimelinePage, UnmergeResult};
+use crate::service::views::{
+    ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage, UnmergeResult,
+};
 use crate::service::{
     AnswersInput, HistoryQuery, MergeInput, Services, TimelineQuery, TraitsPatch, UnmergeInput,
 };
@@ -454,4 +456,57 @@ pub async fn remove_identifier(
         .await?;
     tracing::info!(target: "audit", action = "remove_identifier", customer_id = %id, identifier_type = %kind, subject = %subject, "identifier removed");
     Ok(web::Json(view))
+}
+
+/// Open merge suggestions: profiles that share a `suggest`-type identifier
+/// (by default a phone) with this one, with the evidence.
+#[utoipa::path(
+    get, path = "/v1/profiles/{customer_id}/suggestions", tag = "merges",
+    params(("customer_id" = String, Path, description = "The customer id")),
+    responses(
+        (status = 200, description = "Open suggestions; accept one with POST .../merge", body = Vec<SuggestionView>),
+        (status = 308, description = "Merged into another profile", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn suggestions(
+    auth: Authorized<ReadProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+) -> Result<web::Json<Vec<SuggestionView>>, ApiError> {
+    let id = customer_id(&path)?;
+    Ok(web::Json(
+        services.suggestions(id, auth.principal.access())?,
+    ))
+}
+
+/// Dismiss a merge suggestion; it is remembered and not proposed again.
+#[utoipa::path(
+    delete, path = "/v1/profiles/{customer_id}/suggestions/{other_id}", tag = "merges",
+    params(
+        ("customer_id" = String, Path, description = "The customer id"),
+        ("other_id" = String, Path, description = "The other profile of the suggestion"),
+    ),
+    responses(
+        (status = 204, description = "Dismissed"),
+        (status = 308, description = "Merged into another profile", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No such profile or no open suggestion", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn dismiss_suggestion(
+    auth: Authorized<WriteProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_id, raw_other) = path.into_inner();
+    let id = customer_id(&raw_id)?;
+    let other = CustomerId::parse(&raw_other)?;
+    services
+        .dismiss_suggestion(id, other, auth.principal.subject.clone())
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -62,6 +62,7 @@ pub async fn ingest(
     JsonBody(input): JsonBody<SignalInput>,
 ) -> Result<HttpResponse, ApiError> {
     auth.principal.check_channel(&input.channel)?;
+    auth.principal.check_verified(&input)?;
     let result = services.ingest(input).await?;
     note_customer(&result.customer_id);
     let masked = result.masked(&services.masking(auth.principal.access()));
@@ -141,7 +142,11 @@ pub async fn ingest_batch(
         .signals
         .into_iter()
         .map(|value| match from_value::<SignalInput>(value) {
-            Ok(input) => match auth.principal.check_channel(&input.channel) {
+            Ok(input) => match auth
+                .principal
+                .check_channel(&input.channel)
+                .and_then(|()| auth.principal.check_verified(&input))
+            {
                 Ok(()) => BatchItem::Signal(Box::new(input)),
                 Err(e) => BatchItem::Rejected(e),
             },

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::views::{ignored_view, ConflictView, IngestResult};
 use super::{atomically, ServiceError, Services};
 use crate::domain::{
-    plan_resolution, Answer, Caps, Change, ChannelRules, Contribution, CustomerId, Identifier,
-    IdentityEvent, IdentityEventKind, Interaction, Journey, Owner, Profile, Signal, SignalInput,
-    SignalRules, TraitValue,
+    plan_resolution, Answer, Caps, Change, ChannelRules, ConflictReason, Contribution, CustomerId,
+    Identifier, IdentityEvent, IdentityEventKind, Interaction, Journey, Owner, Profile, Signal,
+    SignalInput, SignalRules, Suggestion, TraitValue,
 };
 use crate::store::{Store, StoreError, StoreTx, TimelinePosition};
 
@@ -227,7 +227,13 @@ fn resolve(
             )
         })
         .collect();
-    let plan = plan_resolution(&signal.identifiers, &owners, &summaries, &rules.identifiers);
+    let plan = plan_resolution(
+        &signal.identifiers,
+        &owners,
+        &signal.verified,
+        &summaries,
+        &rules.identifiers,
+    );
 
     let (mut target, created) = match plan.target.and_then(|t| profiles.remove(&t)) {
         Some(p) => (p, false),
@@ -262,6 +268,19 @@ fn resolve(
             .min_by_key(|ident| rules.identifiers.priority(ident.kind()))
             .cloned();
         absorb(tx, &mut target, absorbed, linking, &cause, now, channels)?;
+    }
+
+    for conflict in &plan.conflicts {
+        if conflict.reason == ConflictReason::MergeSuggested {
+            suggest(
+                tx,
+                id,
+                conflict.customer_id,
+                &conflict.identifier,
+                &cause,
+                now,
+            )?;
+        }
     }
 
     // The member the signal speaks for: whoever held the highest-priority
@@ -409,6 +428,8 @@ pub(super) fn absorb(
         tx.put_alias(old, survivor);
     }
     tx.delete_profile(absorbed_id);
+    // A suggestion between the two is settled by the merge.
+    tx.delete_suggestion(survivor, absorbed_id);
     let contributed = Contribution::of(&absorbed);
     let mut merged_in = event(IdentityEventKind::MergedIn, now, cause);
     merged_in.identifier = linking.clone();
@@ -421,6 +442,39 @@ pub(super) fn absorb(
     merged_out.contributed = Some(contributed);
     tx.add_history(absorbed_id, &merged_out)?;
     target.absorb_member(absorbed, cause, now, channels);
+    Ok(())
+}
+
+/// Records (or strengthens) the suggestion that `a` and `b` are one person,
+/// unless a person already dismissed it.
+fn suggest(
+    tx: &mut dyn StoreTx,
+    a: CustomerId,
+    b: CustomerId,
+    evidence: &Identifier,
+    cause: &str,
+    now: DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    let mut s = match tx.suggestion(a, b)? {
+        Some(s) if s.dismissed_at.is_some() => return Ok(()),
+        Some(s) => s,
+        None => Suggestion {
+            evidence: Vec::new(),
+            first_at: now,
+            last_at: now,
+            count: 0,
+            last_cause: String::new(),
+            dismissed_at: None,
+        },
+    };
+    if !s.evidence.contains(evidence) {
+        s.evidence.push(evidence.clone());
+    }
+    s.count += 1;
+    s.last_at = now;
+    s.last_cause = cause.to_owned();
+    tx.put_suggestion(a, b, &s)?;
+    metrics::counter!("anamnesis_merge_suggestions_total").increment(1);
     Ok(())
 }
 

@@ -49,6 +49,8 @@ pub enum ServiceError {
     CapExceeded { what: &'static str, cap: usize },
     #[error("{0} is not merged into this profile; there is nothing to undo")]
     NothingToUnmerge(CustomerId),
+    #[error("there is no open merge suggestion between these profiles")]
+    SuggestionNotFound,
     #[error("the identifier is not on this profile")]
     IdentifierNotOnProfile,
     #[error("cursor is not one this service issued")]
@@ -67,7 +69,7 @@ impl ServiceError {
             ConflictReason::IdentifierLimit => ServiceError::MergeRefused(
                 "together the profiles would hold more identifiers of one type than its limit",
             ),
-            ConflictReason::MergeNotAllowed => {
+            ConflictReason::MergeNotAllowed | ConflictReason::MergeSuggested => {
                 ServiceError::MergeRefused("the identifier type may not merge profiles")
             }
         }

@@ -9,12 +9,14 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::ingest::{absorb, check_caps, event, SignalRecord};
-use super::views::{self, Access, ContextCard, HistoryPage, ProfileView, TimelinePage};
+use super::views::{
+    self, Access, ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage,
+};
 use super::{atomically, ServiceError, Services};
 use crate::domain::{
     check_answers, check_traits, is_valid_name, Answer, AnswerInput, Change, ChannelRules,
     ConflictReason, CustomerId, IdentityEventKind, Interaction, NormaliseOutcome, Profile,
-    TraitValue,
+    Suggestion, TraitValue,
 };
 use crate::store::{Store, StoreTx, TimelinePosition};
 
@@ -453,6 +455,92 @@ impl Services {
         Ok(views::profile_view(&p, &self.masking(access)))
     }
 
+    /// Open merge suggestions involving this profile (or any profile it
+    /// absorbed), one per other live profile, with the evidence.
+    pub fn suggestions(
+        &self,
+        id: CustomerId,
+        access: Access,
+    ) -> Result<Vec<SuggestionView>, ServiceError> {
+        let p = self.live(id)?;
+        let mut by_other: BTreeMap<CustomerId, Suggestion> = BTreeMap::new();
+        for member in p.members() {
+            for (other, s) in self.store.suggestions(member)? {
+                if s.dismissed_at.is_some() {
+                    continue;
+                }
+                let live = if self.store.profile(other)?.is_some() {
+                    other
+                } else {
+                    match self.store.alias(other)? {
+                        Some(to) => to,
+                        None => continue,
+                    }
+                };
+                if live == p.customer_id {
+                    continue;
+                }
+                match by_other.get_mut(&live) {
+                    None => {
+                        by_other.insert(live, s);
+                    }
+                    Some(seen) => {
+                        for e in s.evidence {
+                            if !seen.evidence.contains(&e) {
+                                seen.evidence.push(e);
+                            }
+                        }
+                        seen.count += s.count;
+                        seen.first_at = seen.first_at.min(s.first_at);
+                        seen.last_at = seen.last_at.max(s.last_at);
+                    }
+                }
+            }
+        }
+        let masking = self.masking(access);
+        Ok(by_other
+            .into_iter()
+            .map(|(other, s)| views::suggestion_view(other, s, &masking))
+            .collect())
+    }
+
+    /// Dismisses the suggestion that `id` and `other` are one person; it is
+    /// remembered and not proposed again.
+    pub async fn dismiss_suggestion(
+        &self,
+        id: CustomerId,
+        other: CustomerId,
+        subject: String,
+    ) -> Result<(), ServiceError> {
+        let now = Services::now();
+        self.committer
+            .run(move |store| {
+                atomically(store, |tx| {
+                    let p = live_in(tx, id)?;
+                    let o = tx.profile(other)?.ok_or(ServiceError::SuggestionNotFound)?;
+                    let mut found = false;
+                    for a in p.members() {
+                        for b in o.members() {
+                            if let Some(mut s) = tx.suggestion(a, b)? {
+                                if s.dismissed_at.is_none() {
+                                    s.dismissed_at = Some(now);
+                                    s.last_cause = format!("token:{subject}");
+                                    tx.put_suggestion(a, b, &s)?;
+                                    found = true;
+                                }
+                            }
+                        }
+                    }
+                    if found {
+                        Ok(())
+                    } else {
+                        Err(ServiceError::SuggestionNotFound)
+                    }
+                })
+            })
+            .await
+    }
+
     /// A profile's identity ledger, newest first. Absorbed and erased ids keep
     /// theirs (an erased one only the erasure entry).
     pub fn history(
@@ -523,6 +611,7 @@ fn erase_in(
             tx.forget_signal_index(member, &signal_id);
         }
         tx.delete_history(member)?;
+        tx.delete_suggestions_of(member)?;
         if member != id {
             tx.delete_alias(member);
         }

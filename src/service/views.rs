@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use crate::domain::{
     Answer, ConflictReason, Contribution, CustomerId, Episode, EpisodeStatus, IdentifierRecord,
     IdentifierRules, IdentityEvent, IdentityEventKind, IgnoredIdentifier, Interaction, Profile,
+    Suggestion,
 };
 
 /// What the caller may see. Built from the token's scopes.
@@ -463,5 +464,37 @@ pub fn history_view(seq: u64, e: IdentityEvent, m: &Masking<'_>) -> HistoryEntry
         }),
         other_id: e.other_id,
         contributed: e.contributed,
+    }
+}
+
+/// An open suggestion that this profile and another are one person.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct SuggestionView {
+    /// The other profile; also the id to dismiss (`DELETE .../suggestions/{id}`)
+    /// or to accept (`POST .../merge` with it as `source_id`).
+    #[schema(value_type = String)]
+    pub customer_id: CustomerId,
+    /// The identifiers the two share (masked without `pii:read`).
+    pub evidence: Vec<CardIdentifier>,
+    pub first_suggested_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    /// Signals that linked the two.
+    pub signals: u64,
+}
+
+pub fn suggestion_view(other: CustomerId, s: Suggestion, m: &Masking<'_>) -> SuggestionView {
+    SuggestionView {
+        customer_id: other,
+        evidence: s
+            .evidence
+            .iter()
+            .map(|i| CardIdentifier {
+                kind: i.kind().to_owned(),
+                value: m.identifier_value(i.kind(), i.value()),
+            })
+            .collect(),
+        first_suggested_at: s.first_at,
+        last_seen_at: s.last_at,
+        signals: s.count,
     }
 }

@@ -9,7 +9,7 @@ mod sled;
 
 pub use self::sled::SledStore;
 
-use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile};
+use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile, Suggestion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -64,6 +64,22 @@ pub trait StoreTx {
     /// Removes `customer`'s whole ledger (erasure).
     fn delete_history(&mut self, customer: CustomerId) -> Result<(), StoreError>;
 
+    /// The merge suggestion between `a` and `b`, stored under both.
+    fn suggestion(
+        &mut self,
+        a: CustomerId,
+        b: CustomerId,
+    ) -> Result<Option<Suggestion>, StoreError>;
+    fn put_suggestion(
+        &mut self,
+        a: CustomerId,
+        b: CustomerId,
+        s: &Suggestion,
+    ) -> Result<(), StoreError>;
+    fn delete_suggestion(&mut self, a: CustomerId, b: CustomerId);
+    /// Removes every suggestion involving `a` (erasure).
+    fn delete_suggestions_of(&mut self, a: CustomerId) -> Result<(), StoreError>;
+
     fn owner(&mut self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError>;
     fn set_owner(&mut self, identifier: &Identifier, owner: CustomerId);
     fn remove_owner(&mut self, identifier: &Identifier);
@@ -95,6 +111,9 @@ pub trait Store: Send + Sync + 'static {
     fn alias(&self, id: CustomerId) -> Result<Option<CustomerId>, StoreError>;
     fn owner(&self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError>;
     fn signal_record(&self, signal_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every suggestion stored under `a`, with the other profile's id as stored.
+    fn suggestions(&self, a: CustomerId) -> Result<Vec<(CustomerId, Suggestion)>, StoreError>;
 
     /// Up to `limit` ledger entries of `customer`, newest first, strictly
     /// older than `before`, each with its position.

@@ -12,11 +12,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{Store, StoreError, StoreTx, TimelinePosition, WriteFn};
-use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile};
+use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile, Suggestion};
 
 const PROFILE: u8 = b'p';
 const ALIAS: u8 = b'a';
 const HISTORY: u8 = b'h';
+const SUGGESTION: u8 = b'g';
 const IDENTIFIER: u8 = b'i';
 const TIMELINE: u8 = b't';
 const SIGNAL: u8 = b's';
@@ -48,6 +49,12 @@ fn timeline_key(member: CustomerId, pos: TimelinePosition) -> Vec<u8> {
 fn signals_of_key(customer: CustomerId, signal_id: &str) -> Vec<u8> {
     let mut k = key(SIGNALS_OF, &customer.to_key());
     k.extend_from_slice(signal_id.as_bytes());
+    k
+}
+
+fn suggestion_key(a: CustomerId, b: CustomerId) -> Vec<u8> {
+    let mut k = key(SUGGESTION, &a.to_key());
+    k.extend_from_slice(&b.to_key());
     k
 }
 
@@ -106,6 +113,17 @@ impl Store for SledStore {
         Ok(self
             .get(&key(SIGNAL, signal_id.as_bytes()))?
             .map(|v| v.to_vec()))
+    }
+
+    fn suggestions(&self, a: CustomerId) -> Result<Vec<(CustomerId, Suggestion)>, StoreError> {
+        let prefix = key(SUGGESTION, &a.to_key());
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (k, v) = entry.map_err(engine)?;
+            let other = decode_id(&k, &k[prefix.len()..])?;
+            out.push((other, decode(&k, &v)?));
+        }
+        Ok(out)
     }
 
     fn history(
@@ -276,6 +294,43 @@ impl StoreTx for SledTx<'_> {
         k.extend_from_slice(&seq.to_be_bytes());
         let v = encode(event)?;
         self.put(k, v);
+        Ok(())
+    }
+
+    fn suggestion(
+        &mut self,
+        a: CustomerId,
+        b: CustomerId,
+    ) -> Result<Option<Suggestion>, StoreError> {
+        let k = suggestion_key(a, b);
+        self.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn put_suggestion(
+        &mut self,
+        a: CustomerId,
+        b: CustomerId,
+        s: &Suggestion,
+    ) -> Result<(), StoreError> {
+        let v = encode(s)?;
+        self.put(suggestion_key(a, b), v.clone());
+        self.put(suggestion_key(b, a), v);
+        Ok(())
+    }
+
+    fn delete_suggestion(&mut self, a: CustomerId, b: CustomerId) {
+        self.remove(suggestion_key(a, b));
+        self.remove(suggestion_key(b, a));
+    }
+
+    fn delete_suggestions_of(&mut self, a: CustomerId) -> Result<(), StoreError> {
+        let prefix = key(SUGGESTION, &a.to_key());
+        for k in self.keys_with_prefix(&prefix)? {
+            if let Some(b) = CustomerId::from_key(&k[prefix.len()..]) {
+                self.remove(suggestion_key(b, a));
+            }
+            self.remove(k);
+        }
         Ok(())
     }
 
