@@ -48,6 +48,7 @@ pub struct Settings {
     pub channels: ChannelSettings,
     pub journey: JourneySettings,
     pub answers: AnswerSettings,
+    pub consents: ConsentSettings,
     pub traits: TraitSettings,
     pub identifiers: IdentifierSettings,
     pub phone: PhoneSettings,
@@ -153,6 +154,13 @@ pub struct AnswerSettings {
     /// Question key -> how long an answer stays fresh.
     #[serde(default, with = "ttl_map")]
     pub ttl: BTreeMap<String, Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentSettings {
+    /// Purposes a customer can grant or deny.
+    pub purposes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -418,6 +426,14 @@ impl Settings {
                 return Err(invalid(
                     format!("channels.priority[{i}]"),
                     format!("`{c}` is not a channel name ([a-z][a-z0-9_]{{0,31}})"),
+                ));
+            }
+        }
+        for (i, purpose) in self.consents.purposes.iter().enumerate() {
+            if !crate::domain::is_valid_name(purpose, 64) {
+                return Err(invalid(
+                    format!("consents.purposes[{i}]"),
+                    format!("`{purpose}` is not a purpose name ([a-z][a-z0-9_]{{0,63}})"),
                 ));
             }
         }

@@ -130,6 +130,7 @@ fn service_code(e: &ServiceError) -> (StatusCode, &'static str) {
         ServiceError::NothingToUnmerge(_) => (StatusCode::CONFLICT, "nothing_to_unmerge"),
         ServiceError::IdentifierNotOnProfile => (StatusCode::NOT_FOUND, "identifier_not_found"),
         ServiceError::SuggestionNotFound => (StatusCode::NOT_FOUND, "suggestion_not_found"),
+        ServiceError::UnknownPurpose(_) => (StatusCode::NOT_FOUND, "unknown_purpose"),
         ServiceError::InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor"),
         ServiceError::Store(_) | ServiceError::NotDurable => {
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")

@@ -29,6 +29,7 @@ use crate::routes::{ops, profiles, signals};
         profiles::unmerge,
         profiles::history,
         profiles::remove_identifier,
+        profiles::set_consent,
         profiles::suggestions,
         profiles::dismiss_suggestion,
         ops::healthz,

@@ -21,6 +21,9 @@ pub enum IdentityEventKind {
     IdentifierRemoved,
     /// The profile was erased; the entry keeps no personal data.
     Erased,
+    /// A merge met two different consent decisions and kept the most
+    /// restrictive one (denied).
+    ConsentRestricted,
 }
 
 /// What a profile brought into a merge (counts only: the ledger outlives data).
@@ -57,6 +60,9 @@ pub struct IdentityEvent {
     pub other_id: Option<CustomerId>,
     /// For merges: what the absorbed profile contributed.
     pub contributed: Option<Contribution>,
+    /// For consent entries: the purpose.
+    #[serde(default)]
+    pub purpose: Option<String>,
 }
 
 /// A proposed merge of two profiles that a `suggest` identifier linked: the

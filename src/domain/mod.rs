@@ -15,8 +15,8 @@ pub use identifier::{
     Identifier, IdentifierError, IdentifierRules, IgnoredIdentifier, NormaliseOutcome, TypeRule,
 };
 pub use profile::{
-    Answer, Change, ChannelStats, Episode, EpisodeStatus, IdentifierRecord, Interaction, Journey,
-    MergeLink, Profile, SplitError, TraitValue,
+    Answer, Change, ChannelStats, Consent, Episode, EpisodeStatus, IdentifierRecord, Interaction,
+    Journey, MergeLink, Profile, SplitError, TraitValue, MERGE_CHANNEL,
 };
 pub use resolve::{plan_resolution, Conflict, ConflictReason, Owner, ResolutionPlan};
 pub use signal::{

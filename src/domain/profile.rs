@@ -36,6 +36,9 @@ pub struct Profile {
     pub merged_ids: Vec<CustomerId>,
     pub journey: Option<Journey>,
     pub episodes: BTreeMap<String, Episode>,
+    /// Purpose -> the customer's latest decision.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consents: BTreeMap<String, Consent>,
     /// What each member contributed, kept once this profile has absorbed
     /// another (empty: the profile is its own only member, and the fields above
     /// are its contribution). The fields above are always the fold of these.
@@ -63,7 +66,29 @@ pub struct MergeLink {
     pub updated_before: DateTime<Utc>,
     /// Writes attributed to the absorbed subtree at the merge.
     pub writes_at_merge: u64,
+    /// Consents the merge restricted (the two sides disagreed): undone with it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consents: BTreeMap<String, Consent>,
 }
+
+/// A consent decision for one purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub granted: bool,
+    /// The channel it was given on (`merge` for a restriction a merge made).
+    pub channel: String,
+    pub at: DateTime<Utc>,
+}
+
+impl Consent {
+    /// The later decision wins; on the same instant a denial wins.
+    fn beats(&self, current: &Consent) -> bool {
+        (self.at, !self.granted, &self.channel) > (current.at, !current.granted, &current.channel)
+    }
+}
+
+/// The channel name recorded on a restriction made by a merge.
+pub const MERGE_CHANNEL: &str = "merge";
 
 /// One change to a profile, applied to the view and to the contributing member.
 #[derive(Debug, Clone)]
@@ -94,6 +119,10 @@ pub enum Change {
         status: Option<EpisodeStatus>,
         channel: String,
         at: DateTime<Utc>,
+    },
+    Consent {
+        purpose: String,
+        consent: Consent,
     },
 }
 
@@ -304,6 +333,7 @@ impl Profile {
             merged_ids: Vec::new(),
             journey: None,
             episodes: BTreeMap::new(),
+            consents: BTreeMap::new(),
             facets: BTreeMap::new(),
             links: BTreeMap::new(),
             writes: 0,
@@ -354,6 +384,7 @@ impl Profile {
                 channel,
                 at,
             } => self.upsert_episode(id, title.as_deref(), *status, channel, *at, channels),
+            Change::Consent { purpose, consent } => self.set_consent(purpose, consent.clone()),
         }
     }
 
@@ -362,6 +393,15 @@ impl Profile {
         self.apply_here(change, channels);
         if let Some(facet) = self.facets.get_mut(&member) {
             facet.apply_here(change, channels);
+        }
+    }
+
+    pub fn set_consent(&mut self, purpose: &str, candidate: Consent) {
+        match self.consents.get(purpose) {
+            Some(current) if !candidate.beats(current) => {}
+            _ => {
+                self.consents.insert(purpose.to_owned(), candidate);
+            }
         }
     }
 
@@ -399,10 +439,28 @@ impl Profile {
         cause: &str,
         now: DateTime<Utc>,
         channels: &ChannelRules,
-    ) {
+    ) -> Vec<String> {
         if self.facets.is_empty() {
             self.facets.insert(self.customer_id, self.as_facet());
         }
+        // Where the two disagree, the most restrictive decision wins.
+        let restricted: BTreeMap<String, Consent> = self
+            .consents
+            .iter()
+            .filter_map(|(purpose, mine)| {
+                let theirs = other.consents.get(purpose)?;
+                (mine.granted != theirs.granted).then(|| {
+                    (
+                        purpose.clone(),
+                        Consent {
+                            granted: false,
+                            channel: MERGE_CHANNEL.to_owned(),
+                            at: now.max(mine.at).max(theirs.at),
+                        },
+                    )
+                })
+            })
+            .collect();
         let link = MergeLink {
             into: self.customer_id,
             at: now,
@@ -410,8 +468,13 @@ impl Profile {
             version_before: other.version,
             updated_before: other.updated_at,
             writes_at_merge: other.subtree_writes(),
+            consents: restricted.clone(),
         };
         self.absorb(&other, channels);
+        let restricted_purposes: Vec<String> = restricted.keys().cloned().collect();
+        for (purpose, consent) in restricted {
+            self.set_consent(&purpose, consent);
+        }
         self.updated_at = self.updated_at.max(now);
         let id = other.customer_id;
         if other.facets.is_empty() {
@@ -421,6 +484,7 @@ impl Profile {
             self.links.extend(other.links);
         }
         self.links.insert(id, link);
+        restricted_purposes
     }
 
     /// Undoes the merge of `member` (and of whatever it had absorbed itself):
@@ -659,6 +723,9 @@ impl Profile {
         if let Some(journey) = &other.journey {
             self.set_journey(journey.clone(), channels);
         }
+        for (purpose, consent) in &other.consents {
+            self.set_consent(purpose, consent.clone());
+        }
         for (id, theirs) in &other.episodes {
             match self.episodes.get_mut(id) {
                 None => {
@@ -709,6 +776,11 @@ fn fold(
     view.customer_id = root;
     for facet in facets.values() {
         view.absorb(facet, channels);
+    }
+    for link in links.values() {
+        for (purpose, consent) in &link.consents {
+            view.set_consent(purpose, consent.clone());
+        }
     }
     if !facets.is_empty() {
         facets.insert(root, own);

@@ -18,7 +18,8 @@ use crate::service::views::{
     ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage, UnmergeResult,
 };
 use crate::service::{
-    AnswersInput, HistoryQuery, MergeInput, Services, TimelineQuery, TraitsPatch, UnmergeInput,
+    AnswersInput, ConsentInput, HistoryQuery, MergeInput, Services, TimelineQuery, TraitsPatch,
+    UnmergeInput,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -509,4 +510,37 @@ pub async fn dismiss_suggestion(
         .dismiss_suggestion(id, other, auth.principal.subject.clone())
         .await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Record a consent decision (granted or denied) for a purpose.
+#[utoipa::path(
+    put, path = "/v1/profiles/{customer_id}/consents/{purpose}", tag = "profiles",
+    params(
+        ("customer_id" = String, Path, description = "The customer id"),
+        ("purpose" = String, Path, description = "A configured purpose, e.g. marketing"),
+    ),
+    request_body = ConsentInput,
+    responses(
+        (status = 200, description = "The updated profile", body = ProfileView),
+        (status = 308, description = "Merged into another profile", body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No such profile, or unknown purpose", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn set_consent(
+    auth: Authorized<WriteProfiles>,
+    services: web::Data<Services>,
+    path: web::Path<(String, String)>,
+    JsonBody(input): JsonBody<ConsentInput>,
+) -> Result<web::Json<ProfileView>, ApiError> {
+    let (raw_id, purpose) = path.into_inner();
+    let id = customer_id(&raw_id)?;
+    auth.principal.check_channel(&input.channel)?;
+    Ok(web::Json(
+        services
+            .set_consent(id, purpose, input, auth.principal.access())
+            .await?,
+    ))
 }

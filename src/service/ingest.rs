@@ -441,7 +441,12 @@ pub(super) fn absorb(
     merged_out.other_id = Some(survivor);
     merged_out.contributed = Some(contributed);
     tx.add_history(absorbed_id, &merged_out)?;
-    target.absorb_member(absorbed, cause, now, channels);
+    for purpose in target.absorb_member(absorbed, cause, now, channels) {
+        let mut restricted = event(IdentityEventKind::ConsentRestricted, now, cause);
+        restricted.other_id = Some(absorbed_id);
+        restricted.purpose = Some(purpose);
+        tx.add_history(survivor, &restricted)?;
+    }
     Ok(())
 }
 
@@ -487,6 +492,7 @@ pub(super) fn event(kind: IdentityEventKind, at: DateTime<Utc>, cause: &str) -> 
         identifier: None,
         other_id: None,
         contributed: None,
+        purpose: None,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::store::{Store, StoreError, StoreTx};
 pub use committer::Committer;
 pub use ingest::{BatchItem, Ingested};
 pub use profiles::{
-    AnswersInput, HistoryQuery, MergeInput, TimelineQuery, TraitsPatch, UnmergeInput,
+    AnswersInput, ConsentInput, HistoryQuery, MergeInput, TimelineQuery, TraitsPatch, UnmergeInput,
 };
 pub use views::{Access, Masking};
 
@@ -49,6 +49,8 @@ pub enum ServiceError {
     CapExceeded { what: &'static str, cap: usize },
     #[error("{0} is not merged into this profile; there is nothing to undo")]
     NothingToUnmerge(CustomerId),
+    #[error("consent purpose `{0}` is not configured")]
+    UnknownPurpose(String),
     #[error("there is no open merge suggestion between these profiles")]
     SuggestionNotFound,
     #[error("the identifier is not on this profile")]
@@ -82,6 +84,7 @@ pub struct Services {
     committer: Committer,
     rules: Arc<SignalRules>,
     pii_traits: Vec<String>,
+    purposes: Vec<String>,
     max_batch: usize,
 }
 
@@ -94,6 +97,7 @@ impl Services {
             committer,
             rules: Arc::new(rules),
             pii_traits: settings.traits.pii.clone(),
+            purposes: settings.consents.purposes.clone(),
             max_batch: settings.server.max_batch_signals,
         }
     }

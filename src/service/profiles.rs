@@ -15,7 +15,7 @@ use super::views::{
 use super::{atomically, ServiceError, Services};
 use crate::domain::{
     check_answers, check_traits, is_valid_name, Answer, AnswerInput, Change, ChannelRules,
-    ConflictReason, CustomerId, IdentityEventKind, Interaction, NormaliseOutcome, Profile,
+    ConflictReason, Consent, CustomerId, IdentityEventKind, Interaction, NormaliseOutcome, Profile,
     Suggestion, TraitValue,
 };
 use crate::store::{Store, StoreTx, TimelinePosition};
@@ -41,6 +41,16 @@ pub struct AnswersInput {
     #[schema(example = "chat")]
     pub channel: String,
     pub answers: Vec<AnswerInput>,
+}
+
+/// Body of `PUT /v1/profiles/{customer_id}/consents/{purpose}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentInput {
+    pub granted: bool,
+    /// Where the customer gave the decision.
+    #[schema(example = "web")]
+    pub channel: String,
 }
 
 /// Body of `POST /v1/profiles/{customer_id}/unmerge`.
@@ -448,6 +458,42 @@ impl Services {
                     );
                     removed.identifier = Some(identifier.clone());
                     tx.add_history(id, &removed)?;
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(views::profile_view(&p, &self.masking(access)))
+    }
+
+    /// Records the customer's decision for a purpose; the later decision wins.
+    pub async fn set_consent(
+        &self,
+        id: CustomerId,
+        purpose: String,
+        input: ConsentInput,
+        access: Access,
+    ) -> Result<ProfileView, ServiceError> {
+        if !self.purposes.contains(&purpose) {
+            return Err(ServiceError::UnknownPurpose(
+                purpose.chars().take(64).collect(),
+            ));
+        }
+        self.rules.channels.check(&input.channel)?;
+        let now = Services::now();
+        let rules = self.rules.clone();
+        let p = self
+            .committer
+            .run(move |store| {
+                update(store, id, now, Attribution::Own, |_, p| {
+                    let change = Change::Consent {
+                        purpose: purpose.clone(),
+                        consent: Consent {
+                            granted: input.granted,
+                            channel: input.channel.clone(),
+                            at: now,
+                        },
+                    };
+                    apply_own(p, &[change], &rules.channels);
                     Ok(())
                 })
             })

@@ -145,6 +145,16 @@ pub struct ProfileView {
     pub merged_ids: Vec<CustomerId>,
     pub journey: JourneyView,
     pub episodes: Vec<EpisodeView>,
+    /// Purpose -> the customer's current decision.
+    pub consents: BTreeMap<String, ConsentView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ConsentView {
+    pub granted: bool,
+    /// Where it was given; `merge` when a merge restricted it.
+    pub channel: String,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -372,6 +382,20 @@ pub fn profile_view(p: &Profile, m: &Masking<'_>) -> ProfileView {
             updated_at: p.journey.as_ref().map(|j| j.updated_at),
         },
         episodes: p.episodes.values().map(episode_view).collect(),
+        consents: p
+            .consents
+            .iter()
+            .map(|(purpose, c)| {
+                (
+                    purpose.clone(),
+                    ConsentView {
+                        granted: c.granted,
+                        channel: c.channel.clone(),
+                        at: c.at,
+                    },
+                )
+            })
+            .collect(),
     }
 }
 
@@ -431,6 +455,8 @@ pub struct HistoryEntry {
     pub other_id: Option<CustomerId>,
     /// For merges: what the absorbed profile brought.
     pub contributed: Option<Contribution>,
+    /// For consent entries: the purpose.
+    pub purpose: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -464,6 +490,7 @@ pub fn history_view(seq: u64, e: IdentityEvent, m: &Masking<'_>) -> HistoryEntry
         }),
         other_id: e.other_id,
         contributed: e.contributed,
+        purpose: e.purpose,
     }
 }
 
