@@ -58,6 +58,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 "DELETE",
             )
             .route(web::delete().to(remove_identifier)),
+        )
+        .service(
+            resource("/v1/profiles/{customer_id}/consents/{purpose}", "PUT")
+                .route(web::put().to(set_consent)),
+        )
+        .service(
+            resource("/v1/profiles/{customer_id}/suggestions", "GET")
+                .route(web::get().to(suggestions)),
+        )
+        .service(
+            resource(
+                "/v1/profiles/{customer_id}/suggestions/{other_id}",
+                "DELETE",
+            )
+            .route(web::delete().to(dismiss_suggestion)),
         );
 }
 

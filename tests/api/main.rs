@@ -6,3 +6,4 @@ mod concurrency;
 mod contract;
 mod journeys;
 mod restart;
+mod suggestions;
