@@ -304,11 +304,19 @@ fn resolve(
             added.identifier = Some(identifier.clone());
             tx.add_history(id, &added)?;
         }
-        changes.push(Change::SeeIdentifier {
+        // A known identifier stays in the contribution that holds it; a new
+        // one joins the member the signal speaks for.
+        let holder = if owners[i].is_some() {
+            target.member_of(identifier)
+        } else {
+            member
+        };
+        let seen = Change::SeeIdentifier {
             identifier: identifier.clone(),
             channel: signal.channel.clone(),
             at,
-        });
+        };
+        target.apply(holder, &seen, channels);
     }
     for (name, value) in &signal.traits {
         changes.push(Change::Trait {

@@ -289,3 +289,68 @@ async fn merges_keep_the_most_restrictive_consent_and_unmerge_gives_each_its_own
     let resp = put(a, "carrier_pigeons", true, "web").await.unwrap();
     assert_error(resp, 404, "unknown_purpose").await;
 }
+
+#[tokio::test]
+async fn after_an_unmerge_every_identifier_is_on_exactly_one_side() {
+    let app = spawn_app().await;
+    let t = app.ingest(signal("web", &[("web_cookie", "c0")])).await;
+    let m = app
+        .ingest(signal("chat", &[("email", "e1@example.com")]))
+        .await;
+    let (t, m) = (
+        t["customer_id"].as_str().unwrap(),
+        m["customer_id"].as_str().unwrap(),
+    );
+    assert_eq!(app.merge(t, m).await.status(), 200);
+    // A signal through both sides' identifiers plus a new one: it speaks for
+    // the absorbed member (its e-mail outranks the cookie).
+    let r = app
+        .ingest(signal(
+            "app",
+            &[
+                ("email", "e1@example.com"),
+                ("web_cookie", "c0"),
+                ("device_id", "d1"),
+            ],
+        ))
+        .await;
+    assert_eq!(r["customer_id"], t);
+    let resp = app
+        .request(reqwest::Method::POST, &format!("/v1/profiles/{t}/unmerge"))
+        .json(&json!({"merged_id": m}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ids = |p: &serde_json::Value| -> Vec<String> {
+        p["identifiers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                format!(
+                    "{}:{}",
+                    i["type"].as_str().unwrap(),
+                    i["value"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(ids(&app.profile(t).await), ["web_cookie:c0"]);
+    assert_eq!(
+        ids(&app.profile(m).await),
+        ["email:e1@example.com", "device_id:d1"]
+    );
+    assert_eq!(
+        body(app.lookup("web_cookie", "c0").await).await["customer_id"],
+        t
+    );
+    assert_eq!(
+        body(app.lookup("device_id", "d1").await).await["customer_id"],
+        m
+    );
+    assert_eq!(
+        body(app.lookup("email", "e1@example.com").await).await["customer_id"],
+        m
+    );
+}
