@@ -47,7 +47,8 @@ pub struct Profile {
     /// The merge tree: each absorbed member and how it joined.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub links: BTreeMap<CustomerId, MergeLink>,
-    /// In a facet: how many writes were attributed to this member.
+    /// In a contribution: how many changes it received (an unmerge compares
+    /// this with the count at the merge to tell whether anything changed).
     #[serde(default)]
     pub writes: u64,
 }
@@ -64,8 +65,11 @@ pub struct MergeLink {
     /// by an unmerge when nothing arrived for it since.
     pub version_before: u64,
     pub updated_before: DateTime<Utc>,
-    /// Writes attributed to the absorbed subtree at the merge.
+    /// Changes recorded in the absorbed subtree's contributions at the merge.
     pub writes_at_merge: u64,
+    /// The absorbed subtree's members at the merge (it and what it had absorbed).
+    #[serde(default)]
+    pub members_at_merge: Vec<CustomerId>,
     /// Consents the merge restricted (the two sides disagreed): undone with it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub consents: BTreeMap<String, Consent>,
@@ -359,40 +363,83 @@ impl Profile {
             .map_or(self.customer_id, |(id, _)| *id)
     }
 
-    fn apply_here(&mut self, change: &Change, channels: &ChannelRules) {
+    /// Applies one change here; says whether anything actually changed.
+    fn apply_here(&mut self, change: &Change, channels: &ChannelRules) -> bool {
+        fn differs<T: PartialEq>(before: Option<T>, after: Option<&T>) -> bool {
+            before.as_ref() != after
+        }
         match change {
             Change::SeeIdentifier {
                 identifier,
                 channel,
                 at,
-            } => self.see_identifier(identifier, channel, *at, channels),
-            Change::RemoveIdentifier(identifier) => {
-                self.identifiers.retain(|r| &r.identifier != identifier)
+            } => {
+                let find = |p: &Profile| {
+                    p.identifiers
+                        .iter()
+                        .position(|r| &r.identifier == identifier)
+                };
+                let before = find(self).map(|i| self.identifiers[i].clone());
+                self.see_identifier(identifier, channel, *at, channels);
+                differs(before, find(self).map(|i| &self.identifiers[i]))
             }
-            Change::Trait { name, value } => self.set_trait(name, value.clone(), channels),
-            Change::Answer { key, answer } => self.set_answer(key, answer.clone(), channels),
+            Change::RemoveIdentifier(identifier) => {
+                let count = self.identifiers.len();
+                self.identifiers.retain(|r| &r.identifier != identifier);
+                self.identifiers.len() != count
+            }
+            Change::Trait { name, value } => {
+                let before = self.traits.get(name).cloned();
+                self.set_trait(name, value.clone(), channels);
+                differs(before, self.traits.get(name))
+            }
+            Change::Answer { key, answer } => {
+                let before = self.answers.get(key).cloned();
+                self.set_answer(key, answer.clone(), channels);
+                differs(before, self.answers.get(key))
+            }
             Change::Channel {
                 channel,
                 at,
                 interactions,
-            } => self.touch_channel(channel, *at, *interactions),
-            Change::Journey(j) => self.set_journey(j.clone(), channels),
+            } => {
+                let before = self.channels.get(channel).cloned();
+                self.touch_channel(channel, *at, *interactions);
+                differs(before, self.channels.get(channel))
+            }
+            Change::Journey(j) => {
+                let before = self.journey.clone();
+                self.set_journey(j.clone(), channels);
+                differs(before, self.journey.as_ref())
+            }
             Change::Episode {
                 id,
                 title,
                 status,
                 channel,
                 at,
-            } => self.upsert_episode(id, title.as_deref(), *status, channel, *at, channels),
-            Change::Consent { purpose, consent } => self.set_consent(purpose, consent.clone()),
+            } => {
+                let before = self.episodes.get(id).cloned();
+                self.upsert_episode(id, title.as_deref(), *status, channel, *at, channels);
+                differs(before, self.episodes.get(id))
+            }
+            Change::Consent { purpose, consent } => {
+                let before = self.consents.get(purpose).cloned();
+                self.set_consent(purpose, consent.clone());
+                differs(before, self.consents.get(purpose))
+            }
         }
     }
 
     /// Applies `change` to the profile and to the contribution of `member`.
     pub fn apply(&mut self, member: CustomerId, change: &Change, channels: &ChannelRules) {
-        self.apply_here(change, channels);
+        if self.apply_here(change, channels) {
+            self.writes += 1;
+        }
         if let Some(facet) = self.facets.get_mut(&member) {
-            facet.apply_here(change, channels);
+            if facet.apply_here(change, channels) {
+                facet.writes += 1;
+            }
         }
     }
 
@@ -415,10 +462,8 @@ impl Profile {
     /// Records that one use case wrote to `member`'s contribution at `now`.
     pub fn note_write(&mut self, member: CustomerId, now: DateTime<Utc>) {
         self.note_change(now);
-        self.writes += 1;
         if let Some(facet) = self.facets.get_mut(&member) {
             facet.updated_at = facet.updated_at.max(now);
-            facet.writes += 1;
         }
     }
 
@@ -468,6 +513,7 @@ impl Profile {
             version_before: other.version,
             updated_before: other.updated_at,
             writes_at_merge: other.subtree_writes(),
+            members_at_merge: other.members().collect(),
             consents: restricted.clone(),
         };
         self.absorb(&other, channels);
@@ -494,6 +540,7 @@ impl Profile {
         &mut self,
         member: CustomerId,
         channels: &ChannelRules,
+        now: DateTime<Utc>,
     ) -> Result<Profile, SplitError> {
         let link = self
             .links
@@ -531,11 +578,22 @@ impl Profile {
             }
         }
         let mut restored = fold(member, their_facets, their_links, channels);
+        // Exactly as it was at the merge, unless something of it changed since
+        // (a change to its contributions, or a member of it unmerged first):
+        // then a version it was never served at, so caches cannot confuse the two.
         let delta = restored
             .subtree_writes()
             .saturating_sub(link.writes_at_merge);
-        restored.version = link.version_before + delta;
-        if delta == 0 {
+        let mut members: Vec<CustomerId> = restored.members().collect();
+        let mut before = link.members_at_merge.clone();
+        members.sort();
+        before.sort();
+        let changed = delta > 0 || (!before.is_empty() && members != before);
+        if changed {
+            restored.version = link.version_before + delta.max(1);
+            restored.updated_at = restored.updated_at.max(now);
+        } else {
+            restored.version = link.version_before;
             restored.updated_at = link.updated_before;
         }
         let version = self.version + 1;

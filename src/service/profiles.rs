@@ -391,7 +391,7 @@ impl Services {
                 atomically(store, |tx| {
                     let mut p = live_in(tx, id)?;
                     let restored = p
-                        .split(merged, &rules.channels)
+                        .split(merged, &rules.channels, now)
                         .map_err(|_| ServiceError::NothingToUnmerge(merged))?;
                     for r in &restored.identifiers {
                         tx.set_owner(&r.identifier, merged);

@@ -5,5 +5,6 @@ mod bad_input;
 mod concurrency;
 mod contract;
 mod journeys;
+mod merges;
 mod restart;
 mod suggestions;
