@@ -592,6 +592,10 @@ impl Profile {
         if changed {
             restored.version = link.version_before + delta.max(1);
             restored.updated_at = restored.updated_at.max(now);
+            // Kept on its own contribution too, so a later recomputation agrees.
+            if let Some(own) = restored.facets.get_mut(&member) {
+                own.updated_at = own.updated_at.max(now);
+            }
         } else {
             restored.version = link.version_before;
             restored.updated_at = link.updated_before;
@@ -839,6 +843,8 @@ fn fold(
         for (purpose, consent) in &link.consents {
             view.set_consent(purpose, consent.clone());
         }
+        // A merge still in effect changed the profile when it happened.
+        view.updated_at = view.updated_at.max(link.at);
     }
     if !facets.is_empty() {
         facets.insert(root, own);
