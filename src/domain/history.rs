@@ -60,6 +60,9 @@ pub struct IdentityEvent {
     pub other_id: Option<CustomerId>,
     /// For merges: what the absorbed profile contributed.
     pub contributed: Option<Contribution>,
+    /// For merges: what the surviving profile held when it absorbed the other.
+    #[serde(default)]
+    pub survivor_contributed: Option<Contribution>,
     /// For consent entries: the purpose.
     #[serde(default)]
     pub purpose: Option<String>,

@@ -439,15 +439,18 @@ pub(super) fn absorb(
     // A suggestion between the two is settled by the merge.
     tx.delete_suggestion(survivor, absorbed_id);
     let contributed = Contribution::of(&absorbed);
+    let survivor_contributed = Some(Contribution::of(target));
     let mut merged_in = event(IdentityEventKind::MergedIn, now, cause);
     merged_in.identifier = linking.clone();
     merged_in.other_id = Some(absorbed_id);
     merged_in.contributed = Some(contributed);
+    merged_in.survivor_contributed = survivor_contributed;
     tx.add_history(survivor, &merged_in)?;
     let mut merged_out = event(IdentityEventKind::MergedOut, now, cause);
     merged_out.identifier = linking;
     merged_out.other_id = Some(survivor);
     merged_out.contributed = Some(contributed);
+    merged_out.survivor_contributed = survivor_contributed;
     tx.add_history(absorbed_id, &merged_out)?;
     for purpose in target.absorb_member(absorbed, cause, now, channels) {
         let mut restricted = event(IdentityEventKind::ConsentRestricted, now, cause);
@@ -500,6 +503,7 @@ pub(super) fn event(kind: IdentityEventKind, at: DateTime<Utc>, cause: &str) -> 
         identifier: None,
         other_id: None,
         contributed: None,
+        survivor_contributed: None,
         purpose: None,
     }
 }

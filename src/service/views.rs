@@ -455,6 +455,8 @@ pub struct HistoryEntry {
     pub other_id: Option<CustomerId>,
     /// For merges: what the absorbed profile brought.
     pub contributed: Option<Contribution>,
+    /// For merges: what the surviving profile held at the merge.
+    pub survivor_contributed: Option<Contribution>,
     /// For consent entries: the purpose.
     pub purpose: Option<String>,
 }
@@ -490,6 +492,7 @@ pub fn history_view(seq: u64, e: IdentityEvent, m: &Masking<'_>) -> HistoryEntry
         }),
         other_id: e.other_id,
         contributed: e.contributed,
+        survivor_contributed: e.survivor_contributed,
         purpose: e.purpose,
     }
 }

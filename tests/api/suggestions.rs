@@ -260,6 +260,16 @@ async fn merges_keep_the_most_restrictive_consent_and_unmerge_gives_each_its_own
     assert_eq!(restricted.len(), 1, "{history}");
     assert_eq!(restricted[0]["purpose"], "marketing");
     assert_eq!(restricted[0]["other_id"], b);
+    // The merge entry says what each side brought.
+    let merged_in = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "merged_in")
+        .unwrap();
+    assert_eq!(merged_in["contributed"]["identifiers"], 1);
+    assert_eq!(merged_in["survivor_contributed"]["identifiers"], 1);
+    assert_eq!(merged_in["survivor_contributed"]["traits"], 0);
 
     let resp = app
         .request(reqwest::Method::POST, &format!("/v1/profiles/{a}/unmerge"))
