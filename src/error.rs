@@ -107,6 +107,7 @@ fn signal_code(e: &SignalError) -> (StatusCode, &'static str) {
         SignalError::InvalidEventType(_) => "invalid_event_type",
         SignalError::InvalidEpisodeId => "invalid_episode_id",
         SignalError::PropertiesTooLarge => "properties_too_large",
+        SignalError::ValueTooDeep(_) => "value_too_deep",
         SignalError::UnknownJourneyStage(_) => "unknown_journey_stage",
         SignalError::OccurredInFuture => "occurred_at_in_future",
         SignalError::TooOld(_) => "timestamp_out_of_range",
@@ -173,7 +174,7 @@ impl ApiError {
         match self {
             ApiError::Service(ServiceError::Store(_))
             | ApiError::Service(ServiceError::NotDurable) => {
-                "the store could not complete the request; it was not applied, retry later".into()
+                "the store could not confirm the write as durable; retry with the same signal_id (or re-read first)".into()
             }
             ApiError::Internal(_) => "an internal error occurred".into(),
             other => other.to_string(),

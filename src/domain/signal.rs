@@ -23,6 +23,10 @@ pub const MAX_VALUE_BYTES: usize = 4096;
 pub const MAX_PROPERTIES_BYTES: usize = 16 * 1024;
 pub const MAX_SIGNAL_ID_CHARS: usize = 128;
 pub const MAX_TEXT_CHARS: usize = 2000;
+/// Deepest nesting of arrays and objects in a trait, answer or property value.
+/// Stored records wrap values a few levels deeper, and the store's decoder has
+/// a fixed depth limit: this keeps every accepted value readable forever.
+pub const MAX_VALUE_DEPTH: usize = 32;
 /// How far in the future `occurred_at` may lie (clock skew between channels).
 pub const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
@@ -222,6 +226,8 @@ pub enum SignalError {
     InvalidEpisodeId,
     #[error("event.properties are larger than {MAX_PROPERTIES_BYTES} bytes")]
     PropertiesTooLarge,
+    #[error("{0} nests arrays and objects deeper than {MAX_VALUE_DEPTH} levels")]
+    ValueTooDeep(String),
     #[error("journey stage `{0}` is not configured")]
     UnknownJourneyStage(String),
     #[error("occurred_at lies more than 5 minutes in the future")]
@@ -275,6 +281,29 @@ fn check_text(field: &'static str, text: &Option<String>) -> Result<(), SignalEr
     }
 }
 
+/// Nesting depth of a JSON value (a scalar is 0), stopping early past the limit.
+pub fn json_depth(value: &Value) -> usize {
+    fn walk(value: &Value, depth: usize) -> usize {
+        if depth > MAX_VALUE_DEPTH {
+            return depth;
+        }
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| walk(v, depth + 1))
+                .max()
+                .unwrap_or(depth + 1),
+            Value::Object(map) => map
+                .values()
+                .map(|v| walk(v, depth + 1))
+                .max()
+                .unwrap_or(depth + 1),
+            _ => depth,
+        }
+    }
+    walk(value, 0)
+}
+
 /// Serialized JSON size, counted without allocating the text.
 pub fn json_size(value: &Value) -> usize {
     struct Counter(usize);
@@ -316,6 +345,9 @@ pub fn check_traits(traits: &BTreeMap<String, Value>) -> Result<(), SignalError>
         if json_size(value) > MAX_VALUE_BYTES {
             return Err(SignalError::TraitValueTooLarge(name.clone()));
         }
+        if json_depth(value) > MAX_VALUE_DEPTH {
+            return Err(SignalError::ValueTooDeep(format!("trait `{name}`")));
+        }
     }
     Ok(())
 }
@@ -342,6 +374,9 @@ pub fn check_answers(
             }
             if json_size(&a.value) > MAX_VALUE_BYTES {
                 return Err(SignalError::AnswerValueTooLarge(i));
+            }
+            if json_depth(&a.value) > MAX_VALUE_DEPTH {
+                return Err(SignalError::ValueTooDeep(format!("answers[{i}].value")));
             }
             check_text("answers[].question", &a.question)?;
             let expires_at = a.expires_at.or_else(|| {
@@ -461,6 +496,12 @@ fn validate_event(e: EventInput, rules: &SignalRules) -> Result<ValidEvent, Sign
     }
     if json_size(&Value::Object(e.properties.clone())) > MAX_PROPERTIES_BYTES {
         return Err(SignalError::PropertiesTooLarge);
+    }
+    if e.properties
+        .values()
+        .any(|v| json_depth(v) + 1 > MAX_VALUE_DEPTH)
+    {
+        return Err(SignalError::ValueTooDeep("event.properties".into()));
     }
     let journey_stage = match e.journey_stage {
         Some(stage) => {

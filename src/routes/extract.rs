@@ -83,7 +83,7 @@ fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
             ApiError::MalformedJson(inner.to_string())
         }
         Category::Data => {
-            let text = inner.to_string();
+            let text = without_value(&inner.to_string());
             // serde_json appends " at line L column C" for body input; keep it, it helps.
             let message = if path == "." {
                 text.clone()
@@ -98,6 +98,24 @@ fn path_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
                 ApiError::InvalidField(message)
             }
         }
+    }
+}
+
+/// serde names the offending value (``invalid type: integer `612345678` ``);
+/// that value may be a phone number, so it never reaches the message.
+fn without_value(text: &str) -> String {
+    if !(text.starts_with("invalid type:") || text.starts_with("invalid value:")) {
+        return text.to_owned();
+    }
+    let Some(open) = text.find('`') else {
+        return text.to_owned();
+    };
+    match text[open + 1..].find('`') {
+        Some(len) => {
+            let close = open + 1 + len;
+            format!("{}…{}", &text[..open], &text[close + 1..])
+        }
+        None => text.to_owned(),
     }
 }
 

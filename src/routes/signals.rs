@@ -43,8 +43,8 @@ fn status_of(result: &IngestResult) -> StatusCode {
     post, path = "/v1/signals", tag = "ingest",
     request_body = SignalInput,
     responses(
-        (status = 201, description = "A new profile was created", body = IngestResult),
-        (status = 200, description = "The signal joined an existing profile (or was a replay)", body = IngestResult),
+        (status = 201, description = "A new profile was created (a replay of that signal answers the same)", body = IngestResult),
+        (status = 200, description = "The signal joined an existing profile", body = IngestResult),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Scope or channel not allowed", body = ErrorBody),

@@ -51,33 +51,34 @@ pub enum BatchItem<E> {
 /// builds and versions (unlike `std`'s hasher), so records written by one
 /// release are understood by the next.
 fn fingerprint(signal: &Signal, explicit_time: bool) -> String {
-    #[derive(Serialize)]
-    struct Canonical<'a> {
-        channel: &'a str,
-        occurred_at: Option<DateTime<Utc>>,
-        identifiers: Vec<String>,
-        traits: &'a BTreeMap<String, Option<serde_json::Value>>,
-        answers: Vec<(&'a str, &'a serde_json::Value, &'a Option<String>)>,
-        event: Option<(&'a str, &'a Option<String>, Option<&'a str>)>,
-    }
-    let canonical = Canonical {
-        channel: &signal.channel,
-        occurred_at: explicit_time.then_some(signal.occurred_at),
-        identifiers: signal.identifiers.iter().map(|i| i.to_string()).collect(),
-        traits: &signal.traits,
-        answers: signal
+    // Everything the signal asserts; a defaulted time is the receiving time and
+    // differs between retries, so only an explicit one counts.
+    let canonical = serde_json::json!({
+        "channel": signal.channel,
+        "occurred_at": explicit_time.then_some(signal.occurred_at),
+        "identifiers": signal
+            .identifiers
+            .iter()
+            .zip(&signal.verified)
+            .map(|(i, v)| (i.to_string(), *v))
+            .collect::<Vec<_>>(),
+        "traits": signal.traits,
+        "answers": signal
             .answers
             .iter()
-            .map(|a| (a.key.as_str(), &a.value, &a.question))
-            .collect(),
-        event: signal.event.as_ref().map(|e| {
-            (
-                e.kind.as_str(),
-                &e.summary,
-                e.episode.as_ref().map(|ep| ep.id.as_str()),
-            )
-        }),
-    };
+            // An expiry derived from a defaulted time varies between retries too.
+            .map(|a| {
+                serde_json::json!([a.key, a.value, a.question, explicit_time.then_some(a.expires_at)])
+            })
+            .collect::<Vec<_>>(),
+        "event": signal.event.as_ref().map(|e| serde_json::json!({
+            "type": e.kind,
+            "summary": e.summary,
+            "journey_stage": e.journey_stage,
+            "properties": e.properties,
+            "episode": e.episode.as_ref().map(|ep| serde_json::json!([ep.id, ep.title, ep.status])),
+        })),
+    });
     let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -272,10 +273,14 @@ fn resolve(
 
     for conflict in &plan.conflicts {
         if conflict.reason == ConflictReason::MergeSuggested {
+            let ours: Vec<CustomerId> = target.members().collect();
+            let theirs: Vec<CustomerId> = profiles
+                .get(&conflict.customer_id)
+                .map_or_else(|| vec![conflict.customer_id], |p| p.members().collect());
             suggest(
                 tx,
-                id,
-                conflict.customer_id,
+                (id, &ours),
+                (conflict.customer_id, &theirs),
                 &conflict.identifier,
                 &cause,
                 now,
@@ -302,7 +307,9 @@ fn resolve(
             tx.set_owner(identifier, id);
             let mut added = event(IdentityEventKind::IdentifierAdded, now, &cause);
             added.identifier = Some(identifier.clone());
-            tx.add_history(id, &added)?;
+            // In the ledger of the member that holds it, so that erasing that
+            // member (after an unmerge) erases this entry too.
+            tx.add_history(member, &added)?;
         }
         // A known identifier stays in the contribution that holds it; a new
         // one joins the member the signal speaks for.
@@ -410,7 +417,9 @@ fn resolve(
             fingerprint: fingerprint.to_owned(),
             result: Some(result.clone()),
         };
-        tx.put_signal_record(signal_id, id, record.encode()?);
+        // Indexed under the member it speaks for: erasing that member turns it
+        // into a tombstone, whatever it was merged into at the time.
+        tx.put_signal_record(signal_id, member, record.encode()?);
     }
     Ok(result)
 }
@@ -441,7 +450,8 @@ pub(super) fn absorb(
     let contributed = Contribution::of(&absorbed);
     let survivor_contributed = Some(Contribution::of(target));
     let mut merged_in = event(IdentityEventKind::MergedIn, now, cause);
-    merged_in.identifier = linking.clone();
+    // The linking identifier is the absorbed profile's: it is named in the
+    // absorbed profile's ledger only, which goes with it if it is erased.
     merged_in.other_id = Some(absorbed_id);
     merged_in.contributed = Some(contributed);
     merged_in.survivor_contributed = survivor_contributed;
@@ -465,12 +475,23 @@ pub(super) fn absorb(
 /// unless a person already dismissed it.
 fn suggest(
     tx: &mut dyn StoreTx,
-    a: CustomerId,
-    b: CustomerId,
+    (a, a_members): (CustomerId, &[CustomerId]),
+    (b, b_members): (CustomerId, &[CustomerId]),
     evidence: &Identifier,
     cause: &str,
     now: DateTime<Utc>,
 ) -> Result<(), ServiceError> {
+    // A dismissal is remembered whatever either side absorbed since.
+    for x in a_members {
+        for y in b_members {
+            if tx
+                .suggestion(*x, *y)?
+                .is_some_and(|s| s.dismissed_at.is_some())
+            {
+                return Ok(());
+            }
+        }
+    }
     let mut s = match tx.suggestion(a, b)? {
         Some(s) if s.dismissed_at.is_some() => return Ok(()),
         Some(s) => s,

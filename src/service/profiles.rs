@@ -129,10 +129,18 @@ impl Services {
             .store
             .owner(&identifier)?
             .ok_or(ServiceError::IdentifierNotOwned)?;
-        // The index always names a live profile; a miss is a race with erasure.
-        self.store
-            .profile(owner)?
-            .ok_or(ServiceError::IdentifierNotOwned)
+        // The index names a live profile, but a merge may land between the
+        // two reads: follow the alias; a miss is a race with erasure.
+        if let Some(p) = self.store.profile(owner)? {
+            return Ok(p);
+        }
+        match self.store.alias(owner)? {
+            Some(to) => self
+                .store
+                .profile(to)?
+                .ok_or(ServiceError::IdentifierNotOwned),
+            None => Err(ServiceError::IdentifierNotOwned),
+        }
     }
 
     pub fn profile(&self, id: CustomerId, access: Access) -> Result<ProfileView, ServiceError> {
@@ -457,7 +465,7 @@ impl Services {
                         &format!("token:{subject}"),
                     );
                     removed.identifier = Some(identifier.clone());
-                    tx.add_history(id, &removed)?;
+                    tx.add_history(member, &removed)?;
                     Ok(())
                 })
             })

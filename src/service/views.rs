@@ -63,7 +63,12 @@ impl Masking<'_> {
     }
 
     pub fn trait_value(&self, name: &str, value: &Value) -> Value {
-        if self.access.pii || !self.pii_traits.iter().any(|t| t == name) {
+        // `address` also covers namespaced `address.street`.
+        let is_pii = self.pii_traits.iter().any(|t| {
+            name == t
+                || (name.starts_with(t.as_str()) && name.as_bytes().get(t.len()) == Some(&b'.'))
+        });
+        if self.access.pii || !is_pii {
             return value.clone();
         }
         match value {

@@ -4,6 +4,7 @@ mod auth;
 mod bad_input;
 mod concurrency;
 mod contract;
+mod hardening;
 mod journeys;
 mod merges;
 mod restart;
