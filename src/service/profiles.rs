@@ -246,35 +246,21 @@ impl Services {
         self.rules.channels.check(&patch.channel)?;
         check_traits(&patch.traits)?;
         let now = Services::now();
-        let rules = self.rules.clone();
-        let p = self
-            .committer
-            .run(move |store| {
-                update(store, id, now, Attribution::Own, |_, p| {
-                    let mut changes: Vec<Change> = patch
-                        .traits
-                        .iter()
-                        .map(|(name, value)| Change::Trait {
-                            name: name.clone(),
-                            value: TraitValue {
-                                value: (!value.is_null()).then(|| value.clone()),
-                                channel: patch.channel.clone(),
-                                observed_at: now,
-                                signal_id: None,
-                            },
-                        })
-                        .collect();
-                    changes.push(Change::Channel {
-                        channel: patch.channel.clone(),
-                        at: now,
-                        interactions: 0,
-                    });
-                    apply_own(p, &changes, &rules.channels);
-                    Ok(())
-                })
+        let changes = patch
+            .traits
+            .iter()
+            .map(|(name, value)| Change::Trait {
+                name: name.clone(),
+                value: TraitValue {
+                    value: (!value.is_null()).then(|| value.clone()),
+                    channel: patch.channel.clone(),
+                    observed_at: now,
+                    signal_id: None,
+                },
             })
-            .await?;
-        Ok(views::profile_view(&p, &self.masking(access)))
+            .collect();
+        self.write_own(id, patch.channel, changes, now, access)
+            .await
     }
 
     pub async fn add_answers(
@@ -286,31 +272,44 @@ impl Services {
         self.rules.channels.check(&input.channel)?;
         let now = Services::now();
         let answers = check_answers(input.answers, now, &self.rules.answer_ttl)?;
+        let changes = answers
+            .into_iter()
+            .map(|a| Change::Answer {
+                key: a.key,
+                answer: Answer {
+                    value: a.value,
+                    question: a.question,
+                    channel: input.channel.clone(),
+                    captured_at: now,
+                    expires_at: a.expires_at,
+                    signal_id: None,
+                },
+            })
+            .collect();
+        self.write_own(id, input.channel, changes, now, access)
+            .await
+    }
+
+    /// Applies changes made on the profile's own behalf (an agent's or a
+    /// bot's direct write) on `channel`, as one durable write.
+    async fn write_own(
+        &self,
+        id: CustomerId,
+        channel: String,
+        mut changes: Vec<Change>,
+        now: DateTime<Utc>,
+        access: Access,
+    ) -> Result<ProfileView, ServiceError> {
+        changes.push(Change::Channel {
+            channel,
+            at: now,
+            interactions: 0,
+        });
         let rules = self.rules.clone();
-        let channel = input.channel;
         let p = self
             .committer
             .run(move |store| {
                 update(store, id, now, Attribution::Own, |_, p| {
-                    let mut changes: Vec<Change> = answers
-                        .iter()
-                        .map(|a| Change::Answer {
-                            key: a.key.clone(),
-                            answer: Answer {
-                                value: a.value.clone(),
-                                question: a.question.clone(),
-                                channel: channel.clone(),
-                                captured_at: now,
-                                expires_at: a.expires_at,
-                                signal_id: None,
-                            },
-                        })
-                        .collect();
-                    changes.push(Change::Channel {
-                        channel: channel.clone(),
-                        at: now,
-                        interactions: 0,
-                    });
                     apply_own(p, &changes, &rules.channels);
                     Ok(())
                 })
@@ -488,25 +487,16 @@ impl Services {
         }
         self.rules.channels.check(&input.channel)?;
         let now = Services::now();
-        let rules = self.rules.clone();
-        let p = self
-            .committer
-            .run(move |store| {
-                update(store, id, now, Attribution::Own, |_, p| {
-                    let change = Change::Consent {
-                        purpose: purpose.clone(),
-                        consent: Consent {
-                            granted: input.granted,
-                            channel: input.channel.clone(),
-                            at: now,
-                        },
-                    };
-                    apply_own(p, &[change], &rules.channels);
-                    Ok(())
-                })
-            })
-            .await?;
-        Ok(views::profile_view(&p, &self.masking(access)))
+        let change = Change::Consent {
+            purpose,
+            consent: Consent {
+                granted: input.granted,
+                channel: input.channel.clone(),
+                at: now,
+            },
+        };
+        self.write_own(id, input.channel, vec![change], now, access)
+            .await
     }
 
     /// Open merge suggestions involving this profile (or any profile it

@@ -84,12 +84,7 @@ async fn erasing_an_unmerged_profile_leaves_none_of_its_identifiers_elsewhere() 
     app.ingest(json!({"signal_id": "bob-phone", "channel": "ivr",
                       "identifiers": [{"type": "email", "value": "bob@example.com"}, {"type": "phone", "value": "0687654321"}]}))
         .await;
-    let resp = app
-        .request(reqwest::Method::POST, &format!("/v1/profiles/{a}/unmerge"))
-        .json(&json!({"merged_id": b}))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.unmerge(a, b).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(app.erase(b).await.status(), 204);
 
@@ -175,13 +170,7 @@ async fn namespaced_pii_traits_are_masked_and_errors_do_not_echo_values() {
         .await;
     let id = r["customer_id"].as_str().unwrap();
     let reader = app.token(&["profiles:read"], None);
-    let resp = app
-        .client
-        .get(format!("{}/v1/profiles/{id}", app.address))
-        .bearer_auth(reader)
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get_as(&reader, &format!("/v1/profiles/{id}")).await;
     let p = body(resp).await;
     assert_eq!(p["traits"]["address.street"]["value"], "Ma****");
     assert_eq!(p["traits"]["address"]["value"], "Ma****");

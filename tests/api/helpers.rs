@@ -152,6 +152,24 @@ impl TestApp {
         self.request(Method::GET, path).send().await.unwrap()
     }
 
+    /// A GET with another token than the admin's.
+    pub async fn get_as(&self, token: &str, path: &str) -> Response {
+        self.client
+            .get(format!("{}{}", self.address, path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn unmerge(&self, id: &str, merged: &str) -> Response {
+        self.request(Method::POST, &format!("/v1/profiles/{id}/unmerge"))
+            .json(&json!({ "merged_id": merged }))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_profile(&self, id: &str) -> Response {
         self.get(&format!("/v1/profiles/{id}")).await
     }

@@ -64,12 +64,8 @@ async fn a_shared_family_landline_suggests_and_never_merges() {
     // Without pii:read the evidence is masked.
     let reader = app.token(&["profiles:read"], None);
     let masked = app
-        .client
-        .get(format!("{}/v1/profiles/{anna}/suggestions", app.address))
-        .bearer_auth(reader)
-        .send()
-        .await
-        .unwrap();
+        .get_as(&reader, &format!("/v1/profiles/{anna}/suggestions"))
+        .await;
     assert_eq!(
         body(masked).await[0]["evidence"][0]["value"],
         "+312****4567"
@@ -271,12 +267,7 @@ async fn merges_keep_the_most_restrictive_consent_and_unmerge_gives_each_its_own
     assert_eq!(merged_in["survivor_contributed"]["identifiers"], 1);
     assert_eq!(merged_in["survivor_contributed"]["traits"], 0);
 
-    let resp = app
-        .request(reqwest::Method::POST, &format!("/v1/profiles/{a}/unmerge"))
-        .json(&json!({"merged_id": b}))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.unmerge(a, b).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         app.profile(a).await["consents"],
@@ -325,12 +316,7 @@ async fn after_an_unmerge_every_identifier_is_on_exactly_one_side() {
         ))
         .await;
     assert_eq!(r["customer_id"], t);
-    let resp = app
-        .request(reqwest::Method::POST, &format!("/v1/profiles/{t}/unmerge"))
-        .json(&json!({"merged_id": m}))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.unmerge(t, m).await;
     assert_eq!(resp.status(), 200);
     let ids = |p: &serde_json::Value| -> Vec<String> {
         p["identifiers"]
