@@ -615,13 +615,6 @@ impl Profile {
         self.identifiers.iter().any(|r| &r.identifier == identifier)
     }
 
-    pub fn count_of_type(&self, kind: &str) -> usize {
-        self.identifiers
-            .iter()
-            .filter(|r| r.identifier.kind() == kind)
-            .count()
-    }
-
     /// Records that `identifier` was seen on `channel` at `at`.
     pub fn see_identifier(
         &mut self,

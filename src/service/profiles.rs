@@ -370,7 +370,7 @@ impl Services {
     }
 
     /// Erases a profile and everything that leads to it: identifiers, aliases,
-    /// timelines of every member, kept snapshots, and the results stored for
+    /// timelines, ledgers and suggestions of every member, and the results stored for
     /// its signals (replaced by a record that keeps no personal data).
     pub async fn erase(&self, id: CustomerId, subject: String) -> Result<(), ServiceError> {
         let now = Services::now();
