@@ -241,6 +241,30 @@ impl TestApp {
     }
 }
 
+/// The `customer_id` of an ingest result or a profile.
+pub fn id_of(result: &Value) -> String {
+    result["customer_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no customer_id in {result}"))
+        .to_owned()
+}
+
+/// A profile's identifiers as `type:value`, in the order it lists them.
+pub fn identifier_list(p: &Value) -> Vec<String> {
+    p["identifiers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no identifiers in {p}"))
+        .iter()
+        .map(|i| {
+            format!(
+                "{}:{}",
+                i["type"].as_str().unwrap(),
+                i["value"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 /// A signal with the given channel and identifiers (`("phone", "06 1234 5678")`).
 pub fn signal(channel: &str, identifiers: &[(&str, &str)]) -> Value {
     json!({

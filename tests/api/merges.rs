@@ -13,19 +13,14 @@ use std::sync::Arc;
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, body, signal, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{
+    assert_error, body, id_of, identifier_list, signal, spawn_app, spawn_app_with, TestApp,
+};
 
 const NOBODY: &str = "cus_01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-fn id_of(result: &Value) -> String {
-    result["customer_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no customer_id in {result}"))
-        .to_owned()
-}
 
 fn version(p: &Value) -> u64 {
     p["version"]
@@ -43,17 +38,9 @@ fn without(v: &Value, keys: &[&str]) -> Value {
     v
 }
 
-async fn unmerge(app: &TestApp, id: &str, merged: &str) -> Response {
-    app.request(Method::POST, &format!("/v1/profiles/{id}/unmerge"))
-        .json(&json!({ "merged_id": merged }))
-        .send()
-        .await
-        .unwrap()
-}
-
 /// An unmerge that must succeed; returns `{survivor, restored}`.
 async fn unmerged(app: &TestApp, id: &str, merged: &str) -> Value {
-    let resp = unmerge(app, id, merged).await;
+    let resp = app.unmerge(id, merged).await;
     let status = resp.status();
     let b = body(resp).await;
     assert_eq!(status, 200, "unmerge {merged} from {id}: {b}");
@@ -247,18 +234,7 @@ async fn assert_redirects(app: &TestApp, absorbed: &str, survivor: &str) {
 }
 
 fn identifier_values(p: &Value) -> BTreeSet<String> {
-    p["identifiers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            format!(
-                "{}:{}",
-                i["type"].as_str().unwrap(),
-                i["value"].as_str().unwrap()
-            )
-        })
-        .collect()
+    identifier_list(p).into_iter().collect()
 }
 
 fn keys(v: &Value) -> Vec<&str> {
@@ -810,7 +786,7 @@ async fn a_chain_of_three_unmerges_link_by_link_from_the_top() {
         Some(a.as_str())
     );
     // C is no longer A's to give back.
-    assert_error(unmerge(&app, &a, &c).await, 409, "nothing_to_unmerge").await;
+    assert_error(app.unmerge(&a, &c).await, 409, "nothing_to_unmerge").await;
 
     // Then B lets go of C.
     unmerged(&app, &b, &c).await;
@@ -906,12 +882,7 @@ async fn unmerge_refuses_what_it_cannot_undo() {
 
     // Not merged into the profile: itself, an unrelated live profile, an id nobody has.
     for merged_id in [a.as_str(), other.as_str(), NOBODY] {
-        let err = assert_error(
-            unmerge(&app, &a, merged_id).await,
-            409,
-            "nothing_to_unmerge",
-        )
-        .await;
+        let err = assert_error(app.unmerge(&a, merged_id).await, 409, "nothing_to_unmerge").await;
         assert!(
             err["error"]["message"]
                 .as_str()
@@ -921,16 +892,11 @@ async fn unmerge_refuses_what_it_cannot_undo() {
         );
     }
     // Unknown profile.
-    assert_error(unmerge(&app, NOBODY, &b).await, 404, "profile_not_found").await;
+    assert_error(app.unmerge(NOBODY, &b).await, 404, "profile_not_found").await;
     // Malformed ids: in the path a 400, in the body the field is invalid.
-    assert_error(
-        unmerge(&app, "cus_123", &b).await,
-        400,
-        "invalid_customer_id",
-    )
-    .await;
+    assert_error(app.unmerge("cus_123", &b).await, 400, "invalid_customer_id").await;
     for bad in ["anna", "cus_01arz3ndektsv4rrffq69g5fav", ""] {
-        let err = assert_error(unmerge(&app, &a, bad).await, 422, "invalid_field").await;
+        let err = assert_error(app.unmerge(&a, bad).await, 422, "invalid_field").await;
         assert!(
             err["error"]["message"]
                 .as_str()
@@ -954,7 +920,7 @@ async fn unmerge_refuses_what_it_cannot_undo() {
         .unwrap();
     assert_error(resp, 422, "unknown_field").await;
     // Unmerging on the absorbed id redirects to the survivor.
-    let resp = unmerge(&app, &b, &b).await;
+    let resp = app.unmerge(&b, &b).await;
     assert_eq!(
         resp.headers().get("canonical-customer-id").unwrap(),
         a.as_str()
@@ -983,7 +949,7 @@ async fn unmerge_refuses_what_it_cannot_undo() {
 
     // The real unmerge works once; a second time there is nothing to undo.
     unmerged(&app, &a, &b).await;
-    assert_error(unmerge(&app, &a, &b).await, 409, "nothing_to_unmerge").await;
+    assert_error(app.unmerge(&a, &b).await, 409, "nothing_to_unmerge").await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1688,7 +1654,7 @@ async fn concurrent_identity_traffic(cross: bool) {
                         else {
                             break;
                         };
-                        let resp = unmerge(&app, &to, &people[j]).await;
+                        let resp = app.unmerge(&to, &people[j]).await;
                         let status = resp.status().as_u16();
                         let b = body(resp).await;
                         outcome = match (status, b["error"]["code"].as_str()) {

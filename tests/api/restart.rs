@@ -17,6 +17,33 @@ struct Server {
     lines: std::sync::mpsc::Receiver<String>,
 }
 
+impl Server {
+    async fn post_signal(&self, token: &str, signal: &serde_json::Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/v1/signals", self.base))
+            .bearer_auth(token)
+            .json(signal)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `kill -9`, and wait until the process is gone.
+    async fn kill(mut self) {
+        self.child.kill().unwrap();
+        wait_until_gone(&mut self.child).await;
+    }
+}
+
 impl Drop for Server {
     // A failed assertion must not leave a server running.
     fn drop(&mut self) {
@@ -102,19 +129,17 @@ async fn wait_until_gone(child: &mut Child) -> std::process::ExitStatus {
 async fn acknowledged_writes_survive_kill_dash_nine() {
     let dir = tempfile::tempdir().unwrap();
     let token = admin_token();
-    let client = reqwest::Client::new();
-    let mut server = start(dir.path());
+    let server = start(dir.path());
     let mut ids = Vec::new();
     for i in 0..20 {
-        let resp = client
-            .post(format!("{}/v1/signals", server.base))
-            .bearer_auth(&token)
-            .json(&json!({"signal_id": format!("k9-{i}"), "channel": "ivr",
+        let resp = server
+            .post_signal(
+                &token,
+                &json!({"signal_id": format!("k9-{i}"), "channel": "ivr",
                           "identifiers": [{"type": "account_id", "value": format!("C-{i}")}],
-                          "traits": {"n": i}, "event": {"type": "call_started"}}))
-            .send()
-            .await
-            .unwrap();
+                          "traits": {"n": i}, "event": {"type": "call_started"}}),
+            )
+            .await;
         assert_eq!(resp.status(), 201);
         ids.push(
             resp.json::<serde_json::Value>().await.unwrap()["customer_id"]
@@ -124,54 +149,44 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
         );
     }
     // The moment after the last acknowledgement: no graceful anything.
-    server.child.kill().unwrap();
-    wait_until_gone(&mut server.child).await;
+    server.kill().await;
 
-    let mut server = start(dir.path());
+    let server = start(dir.path());
     for (i, id) in ids.iter().enumerate() {
-        let resp = client
-            .get(format!("{}/v1/profiles/{id}", server.base))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let resp = server.get(&token, &format!("/v1/profiles/{id}")).await;
         assert_eq!(resp.status(), 200, "profile {i} lost");
         let p: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(p["traits"]["n"]["value"], i);
         assert_eq!(p["channels"]["ivr"]["interactions"], 1);
     }
     // Idempotency survives too.
-    let resp = client
-        .post(format!("{}/v1/signals", server.base))
-        .bearer_auth(&token)
-        .json(&json!({"signal_id": "k9-3", "channel": "ivr",
+    let resp = server
+        .post_signal(
+            &token,
+            &json!({"signal_id": "k9-3", "channel": "ivr",
                       "identifiers": [{"type": "account_id", "value": "C-3"}],
-                      "traits": {"n": 3}, "event": {"type": "call_started"}}))
-        .send()
-        .await
-        .unwrap();
+                      "traits": {"n": 3}, "event": {"type": "call_started"}}),
+        )
+        .await;
     assert_eq!(resp.status(), 201, "the replay answers like the first call");
     assert_eq!(
         resp.json::<serde_json::Value>().await.unwrap()["customer_id"],
         ids[3].as_str()
     );
-    server.child.kill().unwrap();
-    wait_until_gone(&mut server.child).await;
+    server.kill().await;
 }
 
 #[tokio::test]
 async fn sigterm_stops_gracefully_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let token = admin_token();
-    let client = reqwest::Client::new();
     let mut server = start(dir.path());
-    let resp = client
-        .post(format!("{}/v1/signals", server.base))
-        .bearer_auth(&token)
-        .json(&json!({"channel": "web", "identifiers": [{"type": "web_cookie", "value": "term"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = server
+        .post_signal(
+            &token,
+            &json!({"channel": "web", "identifiers": [{"type": "web_cookie", "value": "term"}]}),
+        )
+        .await;
     assert_eq!(resp.status(), 201);
     // The container health check probes /healthz without curl.
     let addr = server.base.trim_start_matches("http://").to_owned();
@@ -197,25 +212,18 @@ async fn sigterm_stops_gracefully_and_keeps_the_data() {
         !unhealthy.success(),
         "healthcheck fails when nothing serves"
     );
-    let mut server = start(dir.path());
-    let resp = client
-        .get(format!(
-            "{}/v1/profiles/lookup?type=web_cookie&value=term",
-            server.base
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let server = start(dir.path());
+    let resp = server
+        .get(&token, "/v1/profiles/lookup?type=web_cookie&value=term")
+        .await;
     assert_eq!(resp.status(), 200);
-    server.child.kill().unwrap();
-    wait_until_gone(&mut server.child).await;
+    server.kill().await;
 }
 
 #[tokio::test]
 async fn first_start_without_a_secret_prints_a_working_admin_token_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start_with(dir.path(), None);
+    let server = start_with(dir.path(), None);
     let mut token = None;
     let deadline = Instant::now() + Duration::from_secs(10);
     while token.is_none() {
@@ -231,13 +239,12 @@ async fn first_start_without_a_secret_prints_a_working_admin_token_once() {
     }
     let token = token.unwrap();
     let client = reqwest::Client::new();
-    let resp = client
-        .post(format!("{}/v1/signals", server.base))
-        .bearer_auth(&token)
-        .json(&json!({"channel": "web", "identifiers": [{"type": "web_cookie", "value": "first"}]}))
-        .send()
-        .await
-        .unwrap();
+    let resp = server
+        .post_signal(
+            &token,
+            &json!({"channel": "web", "identifiers": [{"type": "web_cookie", "value": "first"}]}),
+        )
+        .await;
     assert_eq!(resp.status(), 201, "the printed token works");
     let unauthenticated = client
         .get(format!(
@@ -265,20 +272,13 @@ async fn first_start_without_a_secret_prints_a_working_admin_token_once() {
             "the secret is readable by its owner only"
         );
     }
-    server.child.kill().unwrap();
-    wait_until_gone(&mut server.child).await;
+    server.kill().await;
 
     // Second start: same secret, so the old token still works, and no banner.
-    let mut server = start_with(dir.path(), None);
-    let resp = client
-        .get(format!(
-            "{}/v1/profiles/lookup?type=web_cookie&value=first",
-            server.base
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let server = start_with(dir.path(), None);
+    let resp = server
+        .get(&token, "/v1/profiles/lookup?type=web_cookie&value=first")
+        .await;
     assert_eq!(resp.status(), 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let printed: Vec<String> = server.lines.try_iter().collect();
@@ -286,6 +286,5 @@ async fn first_start_without_a_secret_prints_a_working_admin_token_once() {
         !printed.iter().any(|l| l.trim().starts_with("eyJ")),
         "the token is printed only once: {printed:?}"
     );
-    server.child.kill().unwrap();
-    wait_until_gone(&mut server.child).await;
+    server.kill().await;
 }

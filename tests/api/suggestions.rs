@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{assert_error, body, signal, spawn_app};
+use crate::helpers::{assert_error, body, identifier_list, signal, spawn_app};
 
 #[tokio::test]
 async fn a_shared_family_landline_suggests_and_never_merges() {
@@ -318,23 +318,9 @@ async fn after_an_unmerge_every_identifier_is_on_exactly_one_side() {
     assert_eq!(r["customer_id"], t);
     let resp = app.unmerge(t, m).await;
     assert_eq!(resp.status(), 200);
-    let ids = |p: &serde_json::Value| -> Vec<String> {
-        p["identifiers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                format!(
-                    "{}:{}",
-                    i["type"].as_str().unwrap(),
-                    i["value"].as_str().unwrap()
-                )
-            })
-            .collect()
-    };
-    assert_eq!(ids(&app.profile(t).await), ["web_cookie:c0"]);
+    assert_eq!(identifier_list(&app.profile(t).await), ["web_cookie:c0"]);
     assert_eq!(
-        ids(&app.profile(m).await),
+        identifier_list(&app.profile(m).await),
         ["email:e1@example.com", "device_id:d1"]
     );
     assert_eq!(
