@@ -242,6 +242,8 @@ pub struct Signal {
     pub signal_id: Option<String>,
     pub channel: String,
     pub occurred_at: DateTime<Utc>,
+    /// Whether the channel gave `occurred_at` (otherwise it is the receiving time).
+    pub occurred_at_given: bool,
     pub identifiers: Vec<Identifier>,
     /// `verified[i]` is the caller's claim about `identifiers[i]`.
     pub verified: Vec<bool>,
@@ -466,6 +468,7 @@ impl Signal {
             signal_id: input.signal_id,
             channel: input.channel,
             occurred_at,
+            occurred_at_given: input.occurred_at.is_some(),
             identifiers,
             verified,
             ignored,

@@ -50,7 +50,8 @@ pub enum BatchItem<E> {
 /// FNV-1a over the canonical JSON of what the signal asserts. Stable across
 /// builds and versions (unlike `std`'s hasher), so records written by one
 /// release are understood by the next.
-fn fingerprint(signal: &Signal, explicit_time: bool) -> String {
+fn fingerprint(signal: &Signal) -> String {
+    let explicit_time = signal.occurred_at_given;
     // Everything the signal asserts; a defaulted time is the receiving time and
     // differs between retries, so only an explicit one counts.
     let canonical = serde_json::json!({
@@ -92,13 +93,11 @@ impl Services {
     /// Resolves one signal. The result is unmasked; the caller masks it.
     pub async fn ingest(&self, input: SignalInput) -> Ingested {
         let now = Services::now();
-        let explicit_time = input.occurred_at.is_some();
         let signal = Signal::parse(input, &self.rules, now)?;
-        let fp = fingerprint(&signal, explicit_time);
         let rules = self.rules.clone();
         let result = self
             .committer
-            .run(move |store| apply_signal(store, &signal, &fp, &rules, now))
+            .run(move |store| apply_signal(store, &signal, &rules, now))
             .await;
         record_outcome(result.as_ref().ok());
         result
@@ -111,19 +110,12 @@ impl Services {
         items: Vec<BatchItem<E>>,
     ) -> Result<Vec<Result<IngestResult, Result<E, ServiceError>>>, ServiceError> {
         let now = Services::now();
-        let prepared: Vec<Result<(Signal, String), Result<E, ServiceError>>> = items
+        let prepared: Vec<Result<Signal, Result<E, ServiceError>>> = items
             .into_iter()
             .map(|item| match item {
                 BatchItem::Rejected(e) => Err(Ok(e)),
-                BatchItem::Signal(input) => {
-                    let explicit = input.occurred_at.is_some();
-                    Signal::parse(*input, &self.rules, now)
-                        .map(|s| {
-                            let fp = fingerprint(&s, explicit);
-                            (s, fp)
-                        })
-                        .map_err(|e| Err(ServiceError::Signal(e)))
-                }
+                BatchItem::Signal(input) => Signal::parse(*input, &self.rules, now)
+                    .map_err(|e| Err(ServiceError::Signal(e))),
             })
             .collect();
         let rules = self.rules.clone();
@@ -133,9 +125,7 @@ impl Services {
                 Ok(prepared
                     .into_iter()
                     .map(|p| match p {
-                        Ok((signal, fp)) => {
-                            apply_signal(store, &signal, &fp, &rules, now).map_err(Err)
-                        }
+                        Ok(signal) => apply_signal(store, &signal, &rules, now).map_err(Err),
                         Err(e) => Err(e),
                     })
                     .collect::<Vec<_>>())
@@ -170,26 +160,26 @@ fn record_outcome(result: Option<&IngestResult>) {
 fn apply_signal(
     store: &dyn Store,
     signal: &Signal,
-    fingerprint: &str,
     rules: &SignalRules,
     now: DateTime<Utc>,
 ) -> Ingested {
-    atomically(store, |tx| resolve(tx, signal, fingerprint, rules, now))
+    atomically(store, |tx| resolve(tx, signal, rules, now))
 }
 
 fn resolve(
     tx: &mut dyn StoreTx,
     signal: &Signal,
-    fingerprint: &str,
     rules: &SignalRules,
     now: DateTime<Utc>,
 ) -> Ingested {
-    if let Some(id) = &signal.signal_id {
+    // Only a signal with an id is ever compared with an earlier one.
+    let fingerprint = signal.signal_id.as_ref().map(|_| fingerprint(signal));
+    if let (Some(id), Some(fingerprint)) = (&signal.signal_id, &fingerprint) {
         if let Some(bytes) = tx.signal_record(id)? {
             let record = SignalRecord::decode(&bytes)?;
             return match record.result {
                 None => Err(ServiceError::SignalOfErasedProfile(id.clone())),
-                Some(_) if record.fingerprint != fingerprint => {
+                Some(_) if &record.fingerprint != fingerprint => {
                     Err(ServiceError::SignalIdReused(id.clone()))
                 }
                 Some(result) => Ok(result),
@@ -412,9 +402,9 @@ fn resolve(
         version: target.version,
         ignored_identifiers: signal.ignored.iter().map(ignored_view).collect(),
     };
-    if let Some(signal_id) = &signal.signal_id {
+    if let (Some(signal_id), Some(fingerprint)) = (&signal.signal_id, fingerprint) {
         let record = SignalRecord {
-            fingerprint: fingerprint.to_owned(),
+            fingerprint,
             result: Some(result.clone()),
         };
         // Indexed under the member it speaks for: erasing that member turns it
