@@ -130,16 +130,19 @@ impl Services {
             .owner(&identifier)?
             .ok_or(ServiceError::IdentifierNotOwned)?;
         // The index names a live profile, but a merge may land between the
-        // two reads: follow the alias; a miss is a race with erasure.
-        if let Some(p) = self.store.profile(owner)? {
-            return Ok(p);
+        // two reads; a miss is a race with erasure.
+        self.current(owner)?.ok_or(ServiceError::IdentifierNotOwned)
+    }
+
+    /// The live profile under `id`, or the one it was merged into; `None`
+    /// when neither exists.
+    fn current(&self, id: CustomerId) -> Result<Option<Profile>, ServiceError> {
+        if let Some(p) = self.store.profile(id)? {
+            return Ok(Some(p));
         }
-        match self.store.alias(owner)? {
-            Some(to) => self
-                .store
-                .profile(to)?
-                .ok_or(ServiceError::IdentifierNotOwned),
-            None => Err(ServiceError::IdentifierNotOwned),
+        match self.store.alias(id)? {
+            Some(to) => Ok(self.store.profile(to)?),
+            None => Ok(None),
         }
     }
 
@@ -513,13 +516,8 @@ impl Services {
                 if s.dismissed_at.is_some() {
                     continue;
                 }
-                let live = if self.store.profile(other)?.is_some() {
-                    other
-                } else {
-                    match self.store.alias(other)? {
-                        Some(to) => to,
-                        None => continue,
-                    }
+                let Some(live) = self.current(other)?.map(|o| o.customer_id) else {
+                    continue;
                 };
                 if live == p.customer_id {
                     continue;
