@@ -372,14 +372,17 @@ fn verify_jwt(c: &mut Criterion) {
     let settings = Settings::defaults();
     let auth = Authenticator::new(
         &settings.auth,
-        b"bench-secret-that-is-long-enough-for-hs256",
-    );
-    let token = auth.mint(
-        "agent-desk-7",
-        &[Scope::ProfilesRead, Scope::PiiRead, Scope::SignalsWrite],
-        Some("agent"),
-        Duration::from_secs(3600),
-    );
+        Some(b"bench-secret-that-is-long-enough-for-hs256"),
+    )
+    .expect("keys load");
+    let token = auth
+        .mint(
+            "agent-desk-7",
+            &[Scope::ProfilesRead, Scope::PiiRead, Scope::SignalsWrite],
+            Some("agent"),
+            Duration::from_secs(3600),
+        )
+        .expect("minted");
     c.bench_function("auth/verify_jwt", |b| {
         b.iter(|| auth.verify(black_box(&token)).expect("valid token"))
     });

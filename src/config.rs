@@ -44,6 +44,7 @@ pub struct Settings {
     #[serde(default)]
     pub redis: RedisSettings,
     pub auth: AuthSettings,
+    pub limits: LimitSettings,
     pub telemetry: TelemetrySettings,
     pub channels: ChannelSettings,
     pub journey: JourneySettings,
@@ -64,6 +65,12 @@ pub struct ServerSettings {
     pub max_batch_body_bytes: usize,
     pub max_batch_signals: usize,
     pub shutdown_timeout_secs: u64,
+    /// Time a client has to send the request line and headers.
+    pub request_head_timeout_ms: u64,
+    /// Time a client has to send the body once the headers arrived.
+    pub body_timeout_ms: u64,
+    /// How long an idle keep-alive connection stays open.
+    pub keep_alive_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -100,6 +107,67 @@ pub struct AuthSettings {
     pub issuer: Option<String>,
     #[serde(default)]
     pub disabled: bool,
+    /// Allowed clock difference for `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Keys chosen by a token's `kid`, each pinned to one algorithm.
+    #[serde(default)]
+    pub keys: Vec<KeySettings>,
+    /// A JSON Web Key Set file, re-read when it changes.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// How often the JWKS file is checked for changes.
+    pub jwks_poll_ms: u64,
+    /// Verified tokens remembered until they expire; 0 verifies every time.
+    pub token_cache_entries: usize,
+}
+
+/// Algorithms a key may be pinned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum KeyAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+/// One verification key from configuration.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    pub kid: String,
+    pub alg: KeyAlgorithm,
+    /// The shared secret of an HS256 key.
+    #[serde(default, skip_serializing)]
+    pub secret: Option<String>,
+    /// PEM file with the public key of an RS256, ES256 or EdDSA key.
+    #[serde(default)]
+    pub public_key_file: Option<PathBuf>,
+    /// PEM file with the private key, needed only by `anamnesis token` to
+    /// sign with this key; the service itself never signs with it.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for KeySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySettings")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key_file", &self.public_key_file)
+            .field("private_key_file", &self.private_key_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Sustained requests per second for one token subject; 0 turns the
+    /// limit off.
+    pub rate_per_second: u32,
+    /// Requests a subject may make at once above the sustained rate.
+    pub burst: u32,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -113,6 +181,11 @@ impl std::fmt::Debug for AuthSettings {
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .field("disabled", &self.disabled)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("keys", &self.keys)
+            .field("jwks_file", &self.jwks_file)
+            .field("jwks_poll_ms", &self.jwks_poll_ms)
+            .field("token_cache_entries", &self.token_cache_entries)
             .finish()
     }
 }
@@ -129,6 +202,9 @@ pub enum LogFormat {
 pub struct TelemetrySettings {
     pub format: LogFormat,
     pub level: String,
+    /// Where the audit log goes; unset: stdout, beside the other logs.
+    #[serde(default)]
+    pub audit_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -409,6 +485,8 @@ impl Settings {
         if self.auth.audience.trim().is_empty() {
             return Err(invalid("auth.audience", "must not be empty"));
         }
+        self.validate_keys()?;
+        self.validate_limits()?;
         if tracing_subscriber::EnvFilter::try_new(&self.telemetry.level).is_err() {
             return Err(invalid(
                 "telemetry.level",
@@ -475,6 +553,92 @@ impl Settings {
                     self.phone.default_region
                 ),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    fn validate_keys(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if auth.leeway_secs > 300 {
+            return Err(invalid("auth.leeway_secs", "must be at most 300"));
+        }
+        if !(100..=3_600_000).contains(&auth.jwks_poll_ms) {
+            return Err(invalid("auth.jwks_poll_ms", "must be 100 to 3600000"));
+        }
+        if auth.token_cache_entries > 10_000_000 {
+            return Err(invalid(
+                "auth.token_cache_entries",
+                "must be at most 10000000",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, key) in auth.keys.iter().enumerate() {
+            let at = |field: &str| format!("auth.keys[{i}].{field}");
+            if key.kid.is_empty() || key.kid.len() > 128 {
+                return Err(invalid(at("kid"), "must be 1 to 128 characters"));
+            }
+            if !seen.insert(key.kid.as_str()) {
+                return Err(invalid(
+                    at("kid"),
+                    format!("`{}` is used by two keys", key.kid),
+                ));
+            }
+            match key.alg {
+                KeyAlgorithm::HS256 => {
+                    match &key.secret {
+                        Some(secret) if secret.len() >= 32 => {}
+                        Some(_) => {
+                            return Err(invalid(at("secret"), "must be at least 32 bytes long"))
+                        }
+                        None => return Err(invalid(at("secret"), "is required for HS256")),
+                    }
+                    if key.public_key_file.is_some() || key.private_key_file.is_some() {
+                        return Err(invalid(
+                            at("public_key_file"),
+                            "an HS256 key has a secret, not key files",
+                        ));
+                    }
+                }
+                _ => {
+                    if key.secret.is_some() {
+                        return Err(invalid(
+                            at("secret"),
+                            "only HS256 keys have a secret; give public_key_file",
+                        ));
+                    }
+                    if key.public_key_file.is_none() {
+                        return Err(invalid(
+                            at("public_key_file"),
+                            format!("is required for {:?}", key.alg),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        if self.limits.rate_per_second > 0 && self.limits.burst == 0 {
+            return Err(invalid(
+                "limits.burst",
+                "must be at least 1 when limits.rate_per_second is set",
+            ));
+        }
+        let server = &self.server;
+        if !(100..=600_000).contains(&server.request_head_timeout_ms) {
+            return Err(invalid(
+                "server.request_head_timeout_ms",
+                "must be 100 to 600000",
+            ));
+        }
+        if !(100..=600_000).contains(&server.body_timeout_ms) {
+            return Err(invalid("server.body_timeout_ms", "must be 100 to 600000"));
+        }
+        if server.keep_alive_secs > 3600 {
+            return Err(invalid("server.keep_alive_secs", "must be at most 3600"));
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::TokenError;
 use crate::domain::{CustomerIdError, IdentifierError, SignalError};
 use crate::middleware::{current_request, CANONICAL_ID_HEADER};
 use crate::service::ServiceError;
@@ -29,6 +30,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("the body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the body did not arrive within {} ms", .0.as_millis())]
+    BodyTimeout(std::time::Duration),
     #[error("{0}")]
     InvalidQuery(String),
     #[error(transparent)]
@@ -39,8 +42,10 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("this route needs a bearer token (Authorization: Bearer <token>)")]
     MissingToken,
-    #[error("{0}")]
-    InvalidToken(&'static str),
+    #[error(transparent)]
+    InvalidToken(#[from] TokenError),
+    #[error("this token's subject is over its rate limit; retry after {} s", retry_after_secs(*.0))]
+    RateLimited(std::time::Duration),
     #[error("the token lacks the `{0}` scope")]
     InsufficientScope(&'static str),
     #[error("the token is bound to channel `{bound}` and may not write for `{requested}`")]
@@ -53,6 +58,12 @@ pub enum ApiError {
     Service(#[from] ServiceError),
     #[error("internal error: {0}")]
     Internal(&'static str),
+}
+
+/// `Retry-After` counts whole seconds; round up so a client that waits as told
+/// is let through.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl From<SignalError> for ApiError {
@@ -152,12 +163,14 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
             ApiError::InvalidCustomerId(_) => (StatusCode::BAD_REQUEST, "invalid_customer_id"),
             ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::MissingToken => (StatusCode::UNAUTHORIZED, "missing_token"),
-            ApiError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            ApiError::InvalidToken(e) => (StatusCode::UNAUTHORIZED, e.code()),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::ChannelNotAllowed { .. } => (StatusCode::FORBIDDEN, "channel_not_allowed"),
             ApiError::TooManySignals { .. } => {
@@ -222,6 +235,9 @@ impl ResponseError for ApiError {
             ApiError::MissingToken | ApiError::InvalidToken(_) => {
                 builder
                     .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            ApiError::RateLimited(wait) => {
+                builder.insert_header((header::RETRY_AFTER, retry_after_secs(*wait)));
             }
             _ => {}
         }

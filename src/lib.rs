@@ -18,6 +18,7 @@
 //! - [`domain`]: identifiers, normalisers, signals, profiles, reconciliation and resolution rules; pure.
 //! - [`store`]: the durable store behind a trait, and its sled implementation.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod domain;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use anamnesis::auth::{load_or_create_secret, Authenticator, Scope};
+use anamnesis::auth::{default_secret, Authenticator, Scope};
 use anamnesis::config::Settings;
 use anamnesis::startup::Application;
 
@@ -41,6 +41,10 @@ enum Command {
         /// Lifetime, e.g. 1h, 30days.
         #[arg(long, default_value = "1h")]
         ttl: humantime::Duration,
+        /// Sign with the configured key of this `kid` (its secret or its
+        /// private_key_file) instead of the default secret.
+        #[arg(long)]
+        kid: Option<String>,
     },
     /// Exit 0 when the service at the configured address answers /healthz
     /// (for container health checks: no curl needed).
@@ -76,20 +80,21 @@ fn run() -> anyhow::Result<()> {
             channel,
             subject,
             ttl,
+            kid,
         } => {
             let scopes = scope
                 .split([' ', ','])
                 .filter(|s| !s.is_empty())
                 .map(|s| Scope::parse(s).with_context(|| format!("unknown scope `{s}`")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let (secret, _) = load_or_create_secret(
-                settings.auth.hs256_secret.as_deref(),
-                &settings.storage.path,
-            )?;
-            let auth = Authenticator::new(&settings.auth, &secret);
+            let (secret, _) = default_secret(&settings.auth, &settings.storage.path)?;
+            let mut auth = Authenticator::new(&settings.auth, secret.as_deref())?;
+            if let Some(kid) = &kid {
+                auth = auth.sign_with(kid)?;
+            }
             println!(
                 "{}",
-                auth.mint(&subject, &scopes, channel.as_deref(), ttl.into())
+                auth.mint(&subject, &scopes, channel.as_deref(), ttl.into())?
             );
             Ok(())
         }
@@ -100,7 +105,17 @@ fn run() -> anyhow::Result<()> {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    anamnesis::telemetry::init(&settings.telemetry);
+    anamnesis::telemetry::init(&settings.telemetry).with_context(|| {
+        format!(
+            "opening the audit log {}",
+            settings
+                .telemetry
+                .audit_file
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"))
+                .display()
+        )
+    })?;
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings)?;
         if let Some(banner) = app.banner() {

@@ -13,11 +13,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::{load_or_create_secret, Authenticator, Scope, SecretSource};
+use crate::auth::{default_secret, Authenticator, RateLimiter, Scope, SecretSource};
 use crate::config::Settings;
 use crate::middleware::request_context;
 use crate::openapi::ApiDoc;
-use crate::routes::extract::{path_error_handler, query_error, BodyLimit};
+use crate::routes::extract::{path_error_handler, query_error, BodyLimit, BodyTimeout};
 use crate::routes::{self, ops::RedisProbe};
 use crate::service::Services;
 use crate::store::SledStore;
@@ -72,13 +72,12 @@ impl Application {
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let store = SledStore::open(&data_dir.join("db"))
             .with_context(|| format!("opening the store in {}", data_dir.display()))?;
-        let (secret, source) = if settings.auth.disabled {
-            (Vec::new(), SecretSource::Configured)
-        } else {
-            load_or_create_secret(settings.auth.hs256_secret.as_deref(), &data_dir)
-                .context("loading the auth secret")?
-        };
-        let authenticator = Authenticator::new(&settings.auth, &secret);
+        let (secret, source) =
+            default_secret(&settings.auth, &data_dir).context("loading the auth secret")?;
+        let authenticator = Arc::new(
+            Authenticator::new(&settings.auth, secret.as_deref()).context("loading auth keys")?,
+        );
+        authenticator.watch_jwks();
         if settings.auth.disabled {
             tracing::warn!("authentication is DISABLED by configuration (auth.disabled = true)");
         }
@@ -90,8 +89,9 @@ impl Application {
 
         let banner = match &source {
             SecretSource::Generated(path) => {
-                let token =
-                    authenticator.mint("bootstrap-admin", &[Scope::Admin], None, BANNER_TOKEN_TTL);
+                let token = authenticator
+                    .mint("bootstrap-admin", &[Scope::Admin], None, BANNER_TOKEN_TTL)
+                    .context("minting the first-start token")?;
                 Some(format!(
                     "anamnesis: generated an auth secret in {path}\n\
                      Admin token (valid 30 days; shown only now):\n\n  {token}\n\n\
@@ -103,11 +103,13 @@ impl Application {
         };
 
         let services = web::Data::new(Services::new(&settings, Arc::new(store)));
-        let authenticator = web::Data::new(authenticator);
+        let authenticator = web::Data::from(authenticator);
+        let limiter = web::Data::new(RateLimiter::new(&settings.limits));
         let prometheus = web::Data::new(metrics_handle());
         let redis = web::Data::new(RedisProbe(settings.redis.url.clone()));
         let single_limit = settings.server.max_body_bytes;
         let batch_limit = settings.server.max_batch_body_bytes;
+        let body_timeout = BodyTimeout(Duration::from_millis(settings.server.body_timeout_ms));
         let openapi = ApiDoc::openapi();
 
         let app_services = services.clone();
@@ -115,9 +117,11 @@ impl Application {
             App::new()
                 .app_data(app_services.clone())
                 .app_data(authenticator.clone())
+                .app_data(limiter.clone())
                 .app_data(prometheus.clone())
                 .app_data(redis.clone())
                 .app_data(BodyLimit(single_limit))
+                .app_data(body_timeout)
                 .app_data(web::QueryConfig::default().error_handler(query_error))
                 .app_data(web::PathConfig::default().error_handler(path_error_handler))
                 .wrap(Compress::default())
@@ -128,7 +132,15 @@ impl Application {
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
                 .default_service(web::to(routes::not_found))
         })
-        .shutdown_timeout(settings.server.shutdown_timeout_secs);
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .client_request_timeout(Duration::from_millis(
+            settings.server.request_head_timeout_ms,
+        ))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .keep_alive(match settings.server.keep_alive_secs {
+            0 => actix_web::http::KeepAlive::Disabled,
+            secs => actix_web::http::KeepAlive::Timeout(Duration::from_secs(secs)),
+        });
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }

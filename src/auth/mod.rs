@@ -1,24 +1,32 @@
 //! Bearer JWT verification, scopes, and the typed extractor that makes each
 //! handler's required scope part of its signature.
 
+mod cache;
+mod keys;
+mod limit;
 mod secret;
+mod token;
 
 use std::future::{ready, Ready};
 use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use jsonwebtoken::{EncodingKey, Validation};
 
-pub use secret::{load_or_create_secret, SecretSource};
+pub use keys::KeyError;
+pub use limit::RateLimiter;
+pub use secret::{default_secret, load_or_create_secret, SecretSource};
+pub use token::TokenError;
 
-use crate::config::AuthSettings;
+use crate::config::{AuthSettings, KeyAlgorithm};
 use crate::error::ApiError;
 use crate::service::Access;
-
-/// Leeway for `exp` and `nbf`, for clocks that disagree a little.
-const LEEWAY_SECS: u64 = 30;
+use cache::TokenCache;
+use keys::KeyRing;
+use token::{Audience, Claims, Header};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -61,33 +69,6 @@ impl Scope {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    nbf: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
-    aud: Audience,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iss: Option<String>,
-    #[serde(default)]
-    sub: String,
-    #[serde(default)]
-    scope: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    channel: Option<String>,
-}
-
-/// RFC 7519 allows one audience or a list; `jsonwebtoken` checks that ours is
-/// among them, the claims only carry it.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
 /// Who is calling, as the verified token says.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -95,6 +76,9 @@ pub struct Principal {
     scopes: u8,
     /// A token bound to a channel may only write for that channel.
     pub channel: Option<String>,
+    /// Whose budget a request spends: the subject, or the token itself when
+    /// it names none.
+    rate_key: Arc<str>,
 }
 
 impl Principal {
@@ -129,84 +113,280 @@ impl Principal {
     }
 }
 
-/// Verifies tokens (and mints them for the CLI and the first-start banner).
+/// The key ring in force, numbered so that cached verifications made with an
+/// older ring are not trusted after a rotation.
+struct Ring {
+    keys: KeyRing,
+    generation: u64,
+}
+
+/// Where the JWKS keys come from, and what was last read there.
+struct JwksSource {
+    path: PathBuf,
+    last: Mutex<JwksState>,
+}
+
+#[derive(Default)]
+struct JwksState {
+    bytes: Vec<u8>,
+    /// The last failure reported, so a bad file is logged once, not per poll.
+    error: Option<String>,
+}
+
+/// A key tokens are minted with (the CLI and the first-start banner).
+struct Signer {
+    kid: Option<String>,
+    alg: KeyAlgorithm,
+    key: EncodingKey,
+}
+
+/// Verifies tokens: picks the key by `kid`, checks the algorithm it is pinned
+/// to, the signature and the claims, and remembers the outcome until the
+/// token expires. Mints tokens too, for the CLI and the first-start banner.
 pub struct Authenticator {
-    decoding: DecodingKey,
-    encoding: EncodingKey,
-    validation: Validation,
-    audience: String,
-    issuer: Option<String>,
-    disabled: bool,
+    ring: RwLock<Arc<Ring>>,
+    settings: AuthSettings,
+    default_secret: Option<Vec<u8>>,
+    jwks: Option<JwksSource>,
+    cache: TokenCache,
+    signer: Option<Signer>,
 }
 
 impl Authenticator {
-    pub fn new(settings: &AuthSettings, secret: &[u8]) -> Authenticator {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
+    /// `default_secret` verifies (and signs) tokens that carry no `kid`.
+    /// Fails when a configured key or the JWKS file cannot be read.
+    pub fn new(
+        settings: &AuthSettings,
+        default_secret: Option<&[u8]>,
+    ) -> Result<Authenticator, KeyError> {
+        let jwks = settings.jwks_file.as_ref().map(|path| JwksSource {
+            path: path.clone(),
+            last: Mutex::new(JwksState::default()),
+        });
+        let jwks_keys = match &jwks {
+            Some(source) => {
+                let bytes = std::fs::read(&source.path).map_err(|e| KeyError::Read {
+                    path: source.path.clone(),
+                    source: e,
+                })?;
+                let keys = keys::parse_jwks(&source.path, &bytes)?;
+                source.last.lock().unwrap_or_else(|p| p.into_inner()).bytes = bytes;
+                Some(keys)
+            }
+            None => None,
+        };
+        let ring = KeyRing::load(settings, default_secret, jwks_keys.as_deref())?;
+        let signer = default_secret.map(|secret| Signer {
+            kid: None,
+            alg: KeyAlgorithm::HS256,
+            key: EncodingKey::from_secret(secret),
+        });
+        Ok(Authenticator {
+            ring: RwLock::new(Arc::new(Ring {
+                keys: ring,
+                generation: 0,
+            })),
+            settings: settings.clone(),
+            default_secret: default_secret.map(<[u8]>::to_vec),
+            jwks,
+            cache: TokenCache::new(settings.token_cache_entries),
+            signer,
+        })
+    }
+
+    /// Signs minted tokens with the configured key `kid` (its secret, or its
+    /// `private_key_file`) instead of the default secret.
+    pub fn sign_with(mut self, kid: &str) -> Result<Authenticator, KeyError> {
+        let key = self
+            .settings
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| KeyError::BadJwks {
+                path: PathBuf::from("auth.keys"),
+                reason: format!("no configured key has kid `{kid}`"),
+            })?;
+        let encoding = match (&key.secret, &key.private_key_file) {
+            (Some(secret), _) => EncodingKey::from_secret(secret.as_bytes()),
+            (None, Some(path)) => keys::private_key(key.alg, path, kid)?,
+            (None, None) => {
+                return Err(KeyError::BadJwks {
+                    path: PathBuf::from("auth.keys"),
+                    reason: format!("key `{kid}` has no secret or private_key_file to sign with"),
+                })
+            }
+        };
+        self.signer = Some(Signer {
+            kid: Some(kid.to_owned()),
+            alg: key.alg,
+            key: encoding,
+        });
+        Ok(self)
+    }
+
+    /// Whether any key verifies tokens.
+    pub fn has_keys(&self) -> bool {
+        !self.current().keys.is_empty()
+    }
+
+    fn current(&self) -> Arc<Ring> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the JWKS file and, when it changed and parses, puts its keys
+    /// in force. A file that is missing or invalid leaves the keys as they
+    /// were (and is logged once). Returns whether the keys changed.
+    pub fn reload_jwks(&self) -> bool {
+        let Some(source) = &self.jwks else {
+            return false;
+        };
+        let mut last = source.last.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded = std::fs::read(&source.path)
+            .map_err(|e| KeyError::Read {
+                path: source.path.clone(),
+                source: e,
+            })
+            .and_then(|bytes| {
+                if bytes == last.bytes {
+                    return Ok(None);
+                }
+                let jwks = keys::parse_jwks(&source.path, &bytes)?;
+                let ring =
+                    KeyRing::load(&self.settings, self.default_secret.as_deref(), Some(&jwks))?;
+                Ok(Some((bytes, ring, jwks.len())))
+            });
+        match loaded {
+            Ok(None) => false,
+            Ok(Some((bytes, ring, count))) => {
+                last.bytes = bytes;
+                last.error = None;
+                let mut current = self.ring.write().unwrap_or_else(|p| p.into_inner());
+                let generation = current.generation + 1;
+                *current = Arc::new(Ring {
+                    keys: ring,
+                    generation,
+                });
+                tracing::info!(file = %source.path.display(), keys = count, "JWKS reloaded");
+                true
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                if last.error.as_deref() != Some(&text) {
+                    tracing::error!(error = %text, "JWKS not reloaded; the previous keys stay in force");
+                    last.error = Some(text);
+                }
+                false
+            }
+        }
+    }
+
+    /// Checks the JWKS file every `auth.jwks_poll_ms` for as long as the
+    /// authenticator lives.
+    pub fn watch_jwks(self: &Arc<Self>) {
+        if self.jwks.is_none() {
+            return;
+        }
+        let weak: Weak<Authenticator> = Arc::downgrade(self);
+        let every = Duration::from_millis(self.settings.jwks_poll_ms);
+        std::thread::Builder::new()
+            .name("jwks-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                match weak.upgrade() {
+                    Some(auth) => {
+                        auth.reload_jwks();
+                    }
+                    None => return,
+                }
+            })
+            .expect("the JWKS watcher thread starts");
+    }
+
+    fn validation(&self, alg: KeyAlgorithm) -> Validation {
+        let mut validation = Validation::new(alg.algorithm());
+        validation.leeway = self.settings.leeway_secs;
         validation.validate_nbf = true;
-        validation.set_audience(&[settings.audience.as_str()]);
+        validation.set_audience(&[self.settings.audience.as_str()]);
         let mut required = vec!["exp", "aud"];
-        if let Some(iss) = &settings.issuer {
+        if let Some(iss) = &self.settings.issuer {
             validation.set_issuer(&[iss.as_str()]);
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
-        Authenticator {
-            decoding: DecodingKey::from_secret(secret),
-            encoding: EncodingKey::from_secret(secret),
-            validation,
-            audience: settings.audience.clone(),
-            issuer: settings.issuer.clone(),
-            disabled: settings.disabled,
-        }
+        validation
     }
 
     /// Verifies a bearer token and returns who it speaks for.
-    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                let reason = match e.kind() {
-                    ErrorKind::ExpiredSignature => "the token has expired",
-                    ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
-                    ErrorKind::InvalidAudience => "the token's audience (aud) does not match",
-                    ErrorKind::InvalidIssuer => "the token's issuer (iss) does not match",
-                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
-                    ErrorKind::InvalidSignature => "the token's signature does not verify",
-                    ErrorKind::InvalidAlgorithm => "the token is not signed with HS256",
-                    _ => "the token is malformed",
-                };
-                ApiError::InvalidToken(reason)
-            })?;
-        let claims = data.claims;
+    pub fn verify(&self, token: &str) -> Result<Arc<Principal>, TokenError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let ring = self.current();
+        if let Some(principal) = self.cache.get(token, ring.generation, now) {
+            return Ok(principal);
+        }
+        let header = Header::parse(token)?;
+        let key = match &header.kid {
+            Some(kid) => ring
+                .keys
+                .by_kid
+                .get(kid)
+                .map(|k| &**k)
+                .ok_or(TokenError::UnknownKey)?,
+            None => ring.keys.default.as_ref().ok_or(TokenError::NoKeyId)?,
+        };
+        if header.alg != key.alg.header_name() {
+            return Err(TokenError::AlgorithmNotAllowed);
+        }
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation(key.alg))
+                .map_err(|e| TokenError::from_jwt(&e))?
+                .claims;
         let mut scopes = 0;
         for s in claims.scope.split_whitespace() {
             if let Some(scope) = Scope::parse(s) {
                 scopes |= scope.bit();
             }
         }
-        Ok(Principal {
+        let rate_key: Arc<str> = if claims.sub.is_empty() {
+            token.into()
+        } else {
+            format!("sub:{}", claims.sub).into()
+        };
+        let principal = Arc::new(Principal {
             subject: claims.sub,
             scopes,
             channel: claims.channel,
-        })
+            rate_key,
+        });
+        // `exp` is required, so present after validation.
+        let valid_until = claims
+            .exp
+            .unwrap_or(0)
+            .saturating_add(self.settings.leeway_secs);
+        self.cache
+            .insert(token, principal.clone(), valid_until, ring.generation, now);
+        Ok(principal)
     }
 
-    /// Mints a token for `subject` with `scopes`, valid for `ttl`.
+    /// Mints a token for `subject` with `scopes`, valid for `ttl`, signed with
+    /// the default secret or the key chosen by [`Authenticator::sign_with`].
     pub fn mint(
         &self,
         subject: &str,
         scopes: &[Scope],
         channel: Option<&str>,
         ttl: Duration,
-    ) -> String {
+    ) -> Result<String, KeyError> {
+        let signer = self.signer.as_ref().ok_or_else(|| KeyError::BadJwks {
+            path: PathBuf::from("auth"),
+            reason: "no key to sign with: configure auth.hs256_secret, or pick a configured key with a secret or private_key_file".into(),
+        })?;
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
-            exp: now + ttl.as_secs(),
+            exp: Some(now + ttl.as_secs()),
             nbf: None,
             iat: Some(now),
-            aud: Audience::One(self.audience.clone()),
-            iss: self.issuer.clone(),
+            aud: Some(Audience::One(self.settings.audience.clone())),
+            iss: self.settings.issuer.clone(),
             sub: subject.to_owned(),
             scope: scopes
                 .iter()
@@ -215,32 +395,36 @@ impl Authenticator {
                 .join(" "),
             channel: channel.map(str::to_owned),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing with an in-memory key cannot fail")
+        let mut header = jsonwebtoken::Header::new(signer.alg.algorithm());
+        header.kid = signer.kid.clone();
+        jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|e| KeyError::BadJwks {
+            path: PathBuf::from("auth"),
+            reason: format!("signing failed: {e}"),
+        })
     }
 
-    fn principal_of(&self, req: &HttpRequest) -> Result<Principal, ApiError> {
-        if self.disabled {
-            return Ok(Principal {
+    fn principal_of(&self, req: &HttpRequest) -> Result<Arc<Principal>, ApiError> {
+        if self.settings.disabled {
+            return Ok(Arc::new(Principal {
                 subject: "anonymous".into(),
                 scopes: Scope::Admin.bit(),
                 channel: None,
-            });
+                rate_key: "anonymous".into(),
+            }));
+        }
+        if token::query_has_token(req.query_string()) {
+            return Err(TokenError::InQuery.into());
         }
         let header = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
             .ok_or(ApiError::MissingToken)?;
-        let text = header
-            .to_str()
-            .map_err(|_| ApiError::InvalidToken("the Authorization header is not text"))?;
+        let text = header.to_str().map_err(|_| TokenError::NotBearer)?;
         let token = text
             .strip_prefix("Bearer ")
             .or_else(|| text.strip_prefix("bearer "))
-            .ok_or(ApiError::InvalidToken(
-                "the Authorization header is not `Bearer <token>`",
-            ))?;
-        self.verify(token.trim())
+            .ok_or(TokenError::NotBearer)?;
+        Ok(self.verify(token.trim())?)
     }
 }
 
@@ -273,7 +457,7 @@ policy! {
 /// A verified caller holding the scope `P` requires. Extracting it fails with
 /// 401 (no or bad token) or 403 (scope missing).
 pub struct Authorized<P: Policy> {
-    pub principal: Principal,
+    pub principal: Arc<Principal>,
     _policy: PhantomData<P>,
 }
 
@@ -287,6 +471,13 @@ impl<P: Policy> FromRequest for Authorized<P> {
                 .app_data::<web::Data<Authenticator>>()
                 .ok_or(ApiError::Internal("authenticator not configured"))?;
             let principal = auth.principal_of(req)?;
+            if !auth.settings.disabled {
+                if let Some(limiter) = req.app_data::<web::Data<RateLimiter>>() {
+                    limiter
+                        .check(&principal.rate_key)
+                        .map_err(ApiError::RateLimited)?;
+                }
+            }
             if !principal.has(P::SCOPE) {
                 return Err(ApiError::InsufficientScope(P::SCOPE.as_str()));
             }

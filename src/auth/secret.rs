@@ -58,6 +58,25 @@ pub fn load_or_create_secret(
     Ok((secret.into_bytes(), SecretSource::Generated(path)))
 }
 
+/// The secret for tokens that name no `kid`: the configured one; else, when
+/// no other keys are configured, the generated one (created on first start).
+/// A deployment that configures `auth.keys` or `auth.jwks_file` and no
+/// `hs256_secret` has no default key: every token must name its key.
+pub fn default_secret(
+    settings: &crate::config::AuthSettings,
+    data_dir: &Path,
+) -> std::io::Result<(Option<Vec<u8>>, SecretSource)> {
+    if settings.disabled {
+        return Ok((None, SecretSource::Configured));
+    }
+    let external = !settings.keys.is_empty() || settings.jwks_file.is_some();
+    if external && settings.hs256_secret.is_none() {
+        return Ok((None, SecretSource::Configured));
+    }
+    let (secret, source) = load_or_create_secret(settings.hs256_secret.as_deref(), data_dir)?;
+    Ok((Some(secret), source))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! Profiles: read, look up, context cards, timeline, trait and answer writes,
 //! manual merge, erasure.
 
+use crate::audit::{self, Action, Detail};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -348,11 +349,16 @@ pub async fn merge(
     let source = CustomerId::parse(&input.source_id)
         .map_err(|e| ApiError::InvalidField(format!("source_id: {e}")))?;
     let subject = auth.principal.subject.clone();
-    Ok(web::Json(
-        services
-            .merge(target, source, subject, auth.principal.access())
-            .await?,
-    ))
+    let result = services
+        .merge(target, source, subject, auth.principal.access())
+        .await
+        .map_err(ApiError::from);
+    let detail = Detail {
+        other_id: Some(source),
+        ..Detail::default()
+    };
+    audit::record(&auth.principal, Action::Merge, target, detail, &result);
+    Ok(web::Json(result?))
 }
 
 /// Erase a profile: identifiers, traits, answers, timeline, aliases.
@@ -373,8 +379,18 @@ pub async fn erase(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = customer_id(&path)?;
-    services.erase(id, auth.principal.subject.clone()).await?;
-    tracing::info!(target: "audit", action = "erase", customer_id = %id, subject = %auth.principal.subject, "profile erased");
+    let result = services
+        .erase(id, auth.principal.subject.clone())
+        .await
+        .map_err(ApiError::from);
+    audit::record(
+        &auth.principal,
+        Action::Erase,
+        id,
+        Detail::default(),
+        &result,
+    );
+    result?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -403,10 +419,16 @@ pub async fn unmerge(
     let merged = CustomerId::parse(&input.merged_id)
         .map_err(|e| ApiError::InvalidField(format!("merged_id: {e}")))?;
     let subject = auth.principal.subject.clone();
-    let (survivor, restored) = services
-        .unmerge(id, merged, subject.clone(), auth.principal.access())
-        .await?;
-    tracing::info!(target: "audit", action = "unmerge", customer_id = %id, merged_id = %merged, subject = %subject, "profiles unmerged");
+    let result = services
+        .unmerge(id, merged, subject, auth.principal.access())
+        .await
+        .map_err(ApiError::from);
+    let detail = Detail {
+        other_id: Some(merged),
+        ..Detail::default()
+    };
+    audit::record(&auth.principal, Action::Unmerge, id, detail, &result);
+    let (survivor, restored) = result?;
     Ok(web::Json(UnmergeResult { survivor, restored }))
 }
 
@@ -461,17 +483,22 @@ pub async fn remove_identifier(
     let (raw_id, kind, value) = path.into_inner();
     let id = customer_id(&raw_id)?;
     let subject = auth.principal.subject.clone();
-    let view = services
-        .remove_identifier(
-            id,
-            kind.clone(),
-            value,
-            subject.clone(),
-            auth.principal.access(),
-        )
-        .await?;
-    tracing::info!(target: "audit", action = "remove_identifier", customer_id = %id, identifier_type = %kind, subject = %subject, "identifier removed");
-    Ok(web::Json(view))
+    let result = services
+        .remove_identifier(id, kind.clone(), value, subject, auth.principal.access())
+        .await
+        .map_err(ApiError::from);
+    let detail = Detail {
+        identifier_type: Some(&kind),
+        ..Detail::default()
+    };
+    audit::record(
+        &auth.principal,
+        Action::RemoveIdentifier,
+        id,
+        detail,
+        &result,
+    );
+    Ok(web::Json(result?))
 }
 
 /// Open merge suggestions: profiles that share a `suggest`-type identifier

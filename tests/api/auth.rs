@@ -165,7 +165,7 @@ async fn every_protected_route_needs_a_token() {
 }
 
 #[tokio::test]
-async fn bad_tokens_get_401_invalid_token() {
+async fn bad_tokens_get_401_with_a_code_naming_the_fault() {
     let app = spawn_app().await;
     let id = customer(&app, signal("web", &[("web_cookie", "auth-bad-token")])).await;
     let path = format!("/v1/profiles/{id}");
@@ -175,52 +175,65 @@ async fn bad_tokens_get_401_invalid_token() {
     let resp = send(&app, Some(&good), Method::GET, &path, None).await;
     assert_eq!(resp.status(), 200);
 
-    let cases: Vec<(&str, String)> = vec![
-        ("garbage", "not-a-token".into()),
-        ("three garbage parts", "aaa.bbb.ccc".into()),
+    let cases: Vec<(&str, &str, String)> = vec![
+        ("garbage", "invalid_token", "not-a-token".into()),
+        ("three garbage parts", "invalid_token", "aaa.bbb.ccc".into()),
         (
             "wrong signature",
+            "token_signature_invalid",
             forge(
                 &claims(),
                 "another-secret-that-is-long-enough",
                 Algorithm::HS256,
             ),
         ),
-        ("tampered payload", {
+        ("tampered payload", "token_signature_invalid", {
             let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
             let other = forge_with(|c| c["sub"] = json!("mallory"));
             parts[1] = other.split('.').nth(1).unwrap().to_owned();
             parts.join(".")
         }),
-        ("expired", forge_with(|c| c["exp"] = json!(now() - 600))),
+        (
+            "expired",
+            "token_expired",
+            forge_with(|c| c["exp"] = json!(now() - 600)),
+        ),
         (
             "not yet valid",
+            "token_not_yet_valid",
             forge_with(|c| c["nbf"] = json!(now() + 600)),
         ),
         (
             "wrong audience",
+            "token_audience_mismatch",
             forge_with(|c| c["aud"] = json!("someone-else")),
         ),
         (
             "no audience",
+            "token_claim_missing",
             forge_with(|c| {
                 c.as_object_mut().unwrap().remove("aud");
             }),
         ),
         (
             "no expiry",
+            "token_claim_missing",
             forge_with(|c| {
                 c.as_object_mut().unwrap().remove("exp");
             }),
         ),
-        ("HS512", forge(&claims(), SECRET, Algorithm::HS512)),
-        ("unsigned", {
+        (
+            "HS512",
+            "token_algorithm_not_allowed",
+            forge(&claims(), SECRET, Algorithm::HS512),
+        ),
+        ("unsigned", "token_algorithm_not_allowed", {
             let payload = good.split('.').nth(1).unwrap();
             // {"alg":"none","typ":"JWT"}
             format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.")
         }),
     ];
-    for (name, token) in cases {
+    for (name, code, token) in cases {
         let resp = send(&app, Some(&token), Method::GET, &path, None).await;
         assert_eq!(
             resp.headers()
@@ -231,7 +244,7 @@ async fn bad_tokens_get_401_invalid_token() {
         );
         // Shown with the failure, which assert_error reports without the name.
         println!("case {name}");
-        assert_error(resp, 401, "invalid_token").await;
+        assert_error(resp, 401, code).await;
     }
 
     // Not a bearer scheme at all.
@@ -256,7 +269,7 @@ async fn bad_tokens_get_401_invalid_token() {
         Some(&signal("chat", &[("web_cookie", "auth-expired-write")])),
     )
     .await;
-    assert_error(resp, 401, "invalid_token").await;
+    assert_error(resp, 401, "token_expired").await;
     assert_error(
         app.lookup("web_cookie", "auth-expired-write").await,
         404,
@@ -275,7 +288,7 @@ async fn an_audience_list_naming_the_service_is_accepted() {
     assert_eq!(resp.status(), 200, "{}", body(resp).await);
     let token = forge_with(|c| c["aud"] = json!(["crm", "billing"]));
     let resp = send(&app, Some(&token), Method::GET, &path, None).await;
-    assert_error(resp, 401, "invalid_token").await;
+    assert_error(resp, 401, "token_audience_mismatch").await;
 }
 
 #[tokio::test]

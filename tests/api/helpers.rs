@@ -42,13 +42,15 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let app = Application::build(settings.clone()).expect("application builds");
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
-    let auth = Authenticator::new(&settings.auth, SECRET.as_bytes());
-    let admin = auth.mint(
-        "test-admin",
-        &[Scope::Admin],
-        None,
-        Duration::from_secs(3600),
-    );
+    let auth = Authenticator::new(&settings.auth, Some(SECRET.as_bytes())).expect("keys load");
+    let admin = auth
+        .mint(
+            "test-admin",
+            &[Scope::Admin],
+            None,
+            Duration::from_secs(3600),
+        )
+        .expect("minted");
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
@@ -106,6 +108,7 @@ impl TestApp {
             .collect();
         self.auth
             .mint("test", &scopes, channel, Duration::from_secs(3600))
+            .expect("minted")
     }
 
     /// A request with the admin token.

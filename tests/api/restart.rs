@@ -106,12 +106,16 @@ fn start_with(data: &std::path::Path, secret: Option<&str>) -> Server {
 
 fn admin_token() -> String {
     let settings = anamnesis::config::Settings::defaults();
-    anamnesis::auth::Authenticator::new(&settings.auth, SECRET.as_bytes()).mint(
-        "restart-test",
-        &[anamnesis::auth::Scope::Admin],
-        None,
-        Duration::from_secs(600),
-    )
+    anamnesis::auth::Authenticator::new(&settings.auth, Some(SECRET.as_bytes()))
+        .and_then(|auth| {
+            auth.mint(
+                "restart-test",
+                &[anamnesis::auth::Scope::Admin],
+                None,
+                Duration::from_secs(600),
+            )
+        })
+        .expect("minted")
 }
 
 async fn wait_until_gone(child: &mut Child) -> std::process::ExitStatus {

@@ -1,0 +1,69 @@
+//! The audit log: one JSON line per destructive or administrative action —
+//! who (the token's subject), what, on which customer id, when, and how it
+//! ended. Events go to the `tracing` target `audit`; [`crate::telemetry`]
+//! writes that target as JSON lines of its own (to stdout, or to
+//! `telemetry.audit_file`), whatever the format of the other logs.
+//!
+//! No personal data: ids, identifier types and error codes only, never an
+//! identifier's value or a trait.
+
+use crate::auth::Principal;
+use crate::domain::CustomerId;
+use crate::error::ApiError;
+use crate::middleware::current_request;
+
+/// The `tracing` target of audit events.
+pub const TARGET: &str = "audit";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Erase,
+    Merge,
+    Unmerge,
+    RemoveIdentifier,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Erase => "erase",
+            Action::Merge => "merge",
+            Action::Unmerge => "unmerge",
+            Action::RemoveIdentifier => "remove_identifier",
+        }
+    }
+}
+
+/// What the action touched besides the profile it was addressed to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Detail<'a> {
+    /// The other profile of a merge (the source) or unmerge (the restored id).
+    pub other_id: Option<CustomerId>,
+    /// The type of a removed identifier (never its value).
+    pub identifier_type: Option<&'a str>,
+}
+
+/// Records one action and how it ended: `ok`, or the error code it failed with.
+pub fn record<T>(
+    who: &Principal,
+    action: Action,
+    customer_id: CustomerId,
+    detail: Detail<'_>,
+    outcome: &Result<T, ApiError>,
+) {
+    let outcome = match outcome {
+        Ok(_) => "ok",
+        Err(e) => e.status_and_code().1,
+    };
+    let request_id = current_request().map(|r| r.request_id).unwrap_or_default();
+    tracing::info!(
+        target: TARGET,
+        who = %who.subject,
+        action = action.as_str(),
+        customer_id = %customer_id,
+        other_id = detail.other_id.map(|id| id.to_string()),
+        identifier_type = detail.identifier_type,
+        outcome,
+        request_id = %request_id,
+    );
+}
