@@ -368,24 +368,55 @@ fn context_card(c: &mut Criterion) {
     group.finish();
 }
 
+/// Verifying a token per algorithm, the first time (signature and claims
+/// checked) and again (served by the verified-token cache).
 fn verify_jwt(c: &mut Criterion) {
-    let settings = Settings::defaults();
-    let auth = Authenticator::new(
-        &settings.auth,
-        Some(b"bench-secret-that-is-long-enough-for-hs256"),
-    )
-    .expect("keys load");
-    let token = auth
-        .mint(
-            "agent-desk-7",
-            &[Scope::ProfilesRead, Scope::PiiRead, Scope::SignalsWrite],
-            Some("agent"),
-            Duration::from_secs(3600),
-        )
-        .expect("minted");
-    c.bench_function("auth/verify_jwt", |b| {
-        b.iter(|| auth.verify(black_box(&token)).expect("valid token"))
-    });
+    use anamnesis::config::{KeyAlgorithm, KeySettings};
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys");
+    let mut settings = Settings::defaults();
+    settings.auth.keys = [
+        ("rs", KeyAlgorithm::RS256, "rsa"),
+        ("es", KeyAlgorithm::ES256, "ec"),
+        ("ed", KeyAlgorithm::EdDSA, "ed"),
+    ]
+    .into_iter()
+    .map(|(kid, alg, file)| KeySettings {
+        kid: kid.into(),
+        alg,
+        secret: None,
+        public_key_file: Some(keys.join(format!("{file}.pub"))),
+        private_key_file: Some(keys.join(format!("{file}.key"))),
+    })
+    .collect();
+    let secret: &[u8] = b"bench-secret-that-is-long-enough-for-hs256";
+    let mut group = c.benchmark_group("auth/verify");
+    for (name, kid) in [
+        ("HS256", None),
+        ("RS256", Some("rs")),
+        ("ES256", Some("es")),
+        ("EdDSA", Some("ed")),
+    ] {
+        for cached in [false, true] {
+            settings.auth.token_cache_entries = if cached { 10_000 } else { 0 };
+            let mut auth = Authenticator::new(&settings.auth, Some(secret)).expect("keys load");
+            if let Some(kid) = kid {
+                auth = auth.sign_with(kid).expect("the private key loads");
+            }
+            let token = auth
+                .mint(
+                    "agent-desk-7",
+                    &[Scope::ProfilesRead, Scope::PiiRead, Scope::SignalsWrite],
+                    Some("agent"),
+                    Duration::from_secs(3600),
+                )
+                .expect("minted");
+            let label = if cached { "cached" } else { "uncached" };
+            group.bench_function(BenchmarkId::new(name, label), |b| {
+                b.iter(|| auth.verify(black_box(&token)).expect("valid token"))
+            });
+        }
+    }
+    group.finish();
 }
 
 fn phone_of(i: u64) -> String {

@@ -21,6 +21,7 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod domain;
 pub mod error;
 pub mod middleware;

@@ -5,9 +5,14 @@ use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use std::future::ready;
+
+use actix_http::{error::DispatchError, HttpService, KeepAlive};
+use actix_service::{fn_service, map_config, ServiceFactoryExt};
+use actix_web::dev::{AppConfig, Server};
 use actix_web::middleware::{from_fn, Compress};
-use actix_web::{web, App, HttpServer};
+use actix_web::rt::net::TcpStream;
+use actix_web::{web, App};
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use utoipa::OpenApi;
@@ -15,6 +20,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{default_secret, Authenticator, RateLimiter, Scope, SecretSource};
 use crate::config::Settings;
+use crate::conn::DeadlineStream;
 use crate::middleware::request_context;
 use crate::openapi::ApiDoc;
 use crate::routes::extract::{path_error_handler, query_error, BodyLimit, BodyTimeout};
@@ -113,7 +119,7 @@ impl Application {
         let openapi = ApiDoc::openapi();
 
         let app_services = services.clone();
-        let mut server = HttpServer::new(move || {
+        let app = move || {
             App::new()
                 .app_data(app_services.clone())
                 .app_data(authenticator.clone())
@@ -131,20 +137,44 @@ impl Application {
                 .configure(routes::profiles::configure)
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
                 .default_service(web::to(routes::not_found))
-        })
-        .shutdown_timeout(settings.server.shutdown_timeout_secs)
-        .client_request_timeout(Duration::from_millis(
-            settings.server.request_head_timeout_ms,
-        ))
-        .client_disconnect_timeout(Duration::from_secs(1))
-        .keep_alive(match settings.server.keep_alive_secs {
-            0 => actix_web::http::KeepAlive::Disabled,
-            secs => actix_web::http::KeepAlive::Timeout(Duration::from_secs(secs)),
-        });
+        };
+        let server_settings = settings.server.clone();
+        // Every request of a connection gets the head and body deadlines,
+        // not only the first (see `conn`).
+        let head_limit = Duration::from_millis(server_settings.request_head_timeout_ms);
+        // A second more for the body here, so that where a handler reads the
+        // body it answers 408 itself before the connection is cut.
+        let body_limit = Duration::from_millis(server_settings.body_timeout_ms + 1000);
+        let mut builder =
+            actix_server::Server::build().shutdown_timeout(settings.server.shutdown_timeout_secs);
         if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
+            builder = builder.workers(settings.server.workers);
         }
-        let server = server.listen(listener)?.run();
+        let server = builder
+            .listen("anamnesis", listener, move || {
+                let http = HttpService::build()
+                    .client_request_timeout(Duration::from_millis(
+                        server_settings.request_head_timeout_ms,
+                    ))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .keep_alive(match server_settings.keep_alive_secs {
+                        0 => KeepAlive::Disabled,
+                        secs => KeepAlive::Timeout(Duration::from_secs(secs)),
+                    })
+                    .local_addr(address)
+                    .h1(map_config(app(), |_| AppConfig::default()));
+                fn_service(move |io: TcpStream| {
+                    let peer = io.peer_addr().ok();
+                    // Small responses go out at once rather than waiting for Nagle.
+                    let _ = io.set_nodelay(true);
+                    ready(Ok::<_, DispatchError>((
+                        DeadlineStream::new(io, head_limit, body_limit),
+                        peer,
+                    )))
+                })
+                .and_then(http)
+            })?
+            .run();
         tracing::info!(%address, "anamnesis listening");
         Ok(Application {
             port,

@@ -145,6 +145,12 @@ impl IdentifierRules {
         self.types.get(kind).or(self.unknown.as_ref())
     }
 
+    /// Whether `kind` is a type named in configuration (not merely accepted
+    /// as an unknown type).
+    pub fn is_configured(&self, kind: &str) -> bool {
+        self.types.contains_key(kind)
+    }
+
     pub fn is_pii(&self, kind: &str) -> bool {
         self.rule(kind).is_none_or(|r| r.pii)
     }

@@ -487,8 +487,11 @@ pub async fn remove_identifier(
         .remove_identifier(id, kind.clone(), value, subject, auth.principal.access())
         .await
         .map_err(ApiError::from);
+    // A path segment in the type's place may be anything, even a value:
+    // only a configured type name reaches the audit log.
+    let configured = services.rules().identifiers.is_configured(&kind);
     let detail = Detail {
-        identifier_type: Some(&kind),
+        identifier_type: Some(if configured { &kind } else { "unconfigured" }),
         ..Detail::default()
     };
     audit::record(

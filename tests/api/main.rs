@@ -7,5 +7,7 @@ mod contract;
 mod hardening;
 mod journeys;
 mod merges;
+mod protection;
 mod restart;
 mod suggestions;
+mod tokens;

@@ -52,7 +52,7 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -118,7 +118,7 @@ fn admin_token() -> String {
         .expect("minted")
 }
 
-async fn wait_until_gone(child: &mut Child) -> std::process::ExitStatus {
+pub(crate) async fn wait_until_gone(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
