@@ -30,6 +30,8 @@ export ANAMNESIS__AUTH__HS256_SECRET=$SECRET
 export ANAMNESIS__STORAGE__PATH=$DATA
 export ANAMNESIS__SERVER__LISTEN=127.0.0.1:$PORT
 export ANAMNESIS__TELEMETRY__LEVEL=warn
+# Measures the service, not the per-subject limit (one token drives all load).
+export ANAMNESIS__LIMITS__RATE_PER_SECOND=0
 "$BIN" serve >"$DATA/server.log" 2>&1 &
 SERVER=$!
 stop_server() {

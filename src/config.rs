@@ -168,6 +168,9 @@ pub struct LimitSettings {
     pub rate_per_second: u32,
     /// Requests a subject may make at once above the sustained rate.
     pub burst: u32,
+    /// How long a refused request waits before its 429 goes out, so a
+    /// client that retries in a tight loop cannot spend the CPU others need.
+    pub reject_delay_ms: u64,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -626,6 +629,9 @@ impl Settings {
                 "limits.burst",
                 "must be at least 1 when limits.rate_per_second is set",
             ));
+        }
+        if self.limits.reject_delay_ms > 10_000 {
+            return Err(invalid("limits.reject_delay_ms", "must be at most 10000"));
         }
         let server = &self.server;
         if !(100..=600_000).contains(&server.request_head_timeout_ms) {

@@ -12,6 +12,8 @@ const SHARDS: usize = 16;
 const PRUNE_AT: usize = 4096;
 
 pub struct RateLimiter {
+    /// Pause before a refusal is answered.
+    pub reject_delay: Duration,
     /// Nanoseconds one request costs of the budget; 0 when off.
     interval: u64,
     /// How far ahead of now the theoretical arrival time may run (the burst).
@@ -30,6 +32,7 @@ impl RateLimiter {
             1_000_000_000 / u64::from(settings.rate_per_second)
         };
         RateLimiter {
+            reject_delay: Duration::from_millis(settings.reject_delay_ms),
             interval,
             tolerance: interval * u64::from(settings.burst),
             epoch: Instant::now(),
@@ -72,6 +75,7 @@ mod tests {
         let limiter = RateLimiter::new(&LimitSettings {
             rate_per_second: 10,
             burst: 5,
+            reject_delay_ms: 0,
         });
         let who: Arc<str> = "bot".into();
         for i in 0..5 {
@@ -91,6 +95,7 @@ mod tests {
         let limiter = RateLimiter::new(&LimitSettings {
             rate_per_second: 0,
             burst: 0,
+            reject_delay_ms: 0,
         });
         let who: Arc<str> = "bot".into();
         assert!((0..10_000).all(|_| limiter.check(&who).is_ok()));

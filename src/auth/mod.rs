@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+use futures_util::future::{Either, LocalBoxFuture};
 use jsonwebtoken::{EncodingKey, Validation};
 
 pub use keys::KeyError;
@@ -463,7 +464,8 @@ pub struct Authorized<P: Policy> {
 
 impl<P: Policy> FromRequest for Authorized<P> {
     type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
+    type Future =
+        Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let result = (|| {
@@ -473,19 +475,33 @@ impl<P: Policy> FromRequest for Authorized<P> {
             let principal = auth.principal_of(req)?;
             if !auth.settings.disabled {
                 if let Some(limiter) = req.app_data::<web::Data<RateLimiter>>() {
-                    limiter
-                        .check(&principal.rate_key)
-                        .map_err(ApiError::RateLimited)?;
+                    if let Err(wait) = limiter.check(&principal.rate_key) {
+                        return Err((ApiError::RateLimited(wait), limiter.reject_delay));
+                    }
                 }
             }
             if !principal.has(P::SCOPE) {
-                return Err(ApiError::InsufficientScope(P::SCOPE.as_str()));
+                return Err(ApiError::InsufficientScope(P::SCOPE.as_str()).into());
             }
             Ok(Authorized {
                 principal,
                 _policy: PhantomData,
             })
         })();
-        ready(result)
+        match result {
+            Err((refusal, delay)) if !delay.is_zero() => Either::Right(Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Err(refusal)
+            })),
+            Err((error, _)) => Either::Left(ready(Err(error))),
+            Ok(authorized) => Either::Left(ready(Ok(authorized))),
+        }
+    }
+}
+
+/// An error answered at once.
+impl From<ApiError> for (ApiError, Duration) {
+    fn from(e: ApiError) -> Self {
+        (e, Duration::ZERO)
     }
 }

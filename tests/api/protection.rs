@@ -53,6 +53,8 @@ async fn a_subject_over_its_rate_waits_its_retry_after_while_others_are_served()
     let app = spawn_app_with(|s| {
         s.limits.rate_per_second = 5;
         s.limits.burst = 5;
+        // The pause before a 429 would earn budget back; timed separately.
+        s.limits.reject_delay_ms = 0;
     })
     .await;
     // Set-up spends the admin subject's budget, not the desk's.
@@ -110,6 +112,37 @@ async fn a_subject_over_its_rate_waits_its_retry_after_while_others_are_served()
         app.get_as(&desk, &profile).await.status(),
         200,
         "served again after Retry-After"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_goes_out_only_after_the_reject_delay() {
+    let app = spawn_app_with(|s| {
+        s.limits.rate_per_second = 1;
+        s.limits.burst = 1;
+        s.limits.reject_delay_ms = 400;
+    })
+    .await;
+    let id = id_of(
+        &app.ingest(signal("web", &[("web_cookie", "rl-delay")]))
+            .await,
+    );
+    let profile = format!("/v1/profiles/{id}");
+    let desk = token_for("desk", &[Scope::ProfilesRead]);
+    let started = Instant::now();
+    assert_eq!(app.get_as(&desk, &profile).await.status(), 200);
+    let served_in = started.elapsed();
+    let started = Instant::now();
+    let refused = app.get_as(&desk, &profile).await;
+    let refused_in = started.elapsed();
+    assert_error(refused, 429, "rate_limited").await;
+    assert!(
+        served_in < Duration::from_millis(400),
+        "served in {served_in:?}"
+    );
+    assert!(
+        refused_in >= Duration::from_millis(400),
+        "refused in {refused_in:?}"
     );
 }
 
