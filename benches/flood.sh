@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Does one client's flood hurt the others? Measures the context-card latency
+# of a well-behaved client ("desk", 4 connections) alone, and again while
+# another client ("flooder", same token scopes, its own subject) hammers the
+# same endpoint with 64 connections, far above its rate limit.
+#
+#   bash benches/flood.sh                 # 10 s per phase
+#   DURATION=20s RATE=1000 bash benches/flood.sh
+#
+# Prints both runs of the desk, the flooder's own figures (mostly 429s) and
+# the ratio of the desk's p99 under flood to its quiet p99. Server, both load
+# generators and this script share the machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+RATE=${RATE:-2000}
+BURST=${BURST:-4000}
+
+if ! command -v wrk >/dev/null; then
+    echo "installing wrk" >&2
+    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
+fi
+
+cargo build --release --locked -q
+BIN=target/release/anamnesis
+DATA=$(mktemp -d)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export ANAMNESIS__AUTH__HS256_SECRET=flood-test-secret-flood-test-secret-0123456789
+export ANAMNESIS__STORAGE__PATH=$DATA
+export ANAMNESIS__SERVER__LISTEN=127.0.0.1:$PORT
+export ANAMNESIS__TELEMETRY__LEVEL=warn
+export ANAMNESIS__LIMITS__RATE_PER_SECOND=$RATE
+export ANAMNESIS__LIMITS__BURST=$BURST
+"$BIN" serve >"$DATA/server.log" 2>&1 &
+SERVER=$!
+cleanup() {
+    kill "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true
+    rm -rf "$DATA"
+}
+trap cleanup EXIT
+for _ in $(seq 100); do
+    curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+BASE=http://127.0.0.1:$PORT
+ADMIN=$("$BIN" token --scope admin --subject setup --ttl 1h)
+DESK=$("$BIN" token --scope profiles:read --subject desk --ttl 1h)
+FLOODER=$("$BIN" token --scope profiles:read --subject flooder --ttl 1h)
+
+ID=$(curl -fsS -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d '{"channel":"ivr","identifiers":[{"type":"phone","value":"0612345678"}],"traits":{"tier":"gold"},"event":{"type":"call_started"}}' \
+    "$BASE/v1/signals" | python3 -c 'import json,sys; print(json.load(sys.stdin)["customer_id"])')
+URL="$BASE/v1/profiles/$ID/context"
+
+LUA=$(mktemp)
+trap 'cleanup; rm -f "$LUA"' EXIT
+cat >"$LUA" <<'LUA'
+request = function()
+  return wrk.format("GET", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN")})
+end
+LUA
+
+desk() {
+    TOKEN=$DESK wrk --latency -t1 -c4 -d"$DURATION" -s "$LUA" "$URL"
+}
+p99_ms() {
+    # wrk prints "99%  1.23ms" (or us / s); normalise to milliseconds.
+    awk '$1 == "99%" {
+        v = $2; unit = v; gsub(/[0-9.]/, "", unit); gsub(/[a-z]/, "", v);
+        if (unit == "us") v = v / 1000; else if (unit == "s") v = v * 1000;
+        printf "%.3f", v }'
+}
+
+printf '### desk alone (4 connections, limit %s/s per subject)\n' "$RATE"
+QUIET=$(desk)
+echo "$QUIET" | grep -E 'Requests/sec|50%|99%|Non-2xx'
+
+printf '\n### desk while the flooder hammers with 64 connections\n'
+TOKEN=$FLOODER wrk --latency -t1 -c64 -d"$(( ${DURATION%s} + 4 ))s" -s "$LUA" "$URL" >"$DATA/flood.txt" &
+FLOOD=$!
+sleep 2
+LOUD=$(desk)
+wait "$FLOOD"
+echo "$LOUD" | grep -E 'Requests/sec|50%|99%|Non-2xx'
+
+printf '\n### the flooder itself (mostly 429 rate_limited)\n'
+grep -E 'Requests/sec|50%|99%|Non-2xx' "$DATA/flood.txt"
+
+Q=$(echo "$QUIET" | p99_ms)
+L=$(echo "$LOUD" | p99_ms)
+printf '\ndesk p99: quiet %s ms, under flood %s ms, ratio %s\n' "$Q" "$L" \
+    "$(python3 -c "print(round($L / $Q, 2))")"
