@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Does one client's flood hurt the others? Measures the context-card latency
-# of a well-behaved client ("desk", 4 connections) alone, and again while
-# another client ("flooder", same token scopes, its own subject) hammers the
-# same endpoint with 64 connections, far above its rate limit.
+# of a well-behaved client ("desk": 4 connections, paced to half its rate
+# limit in all) alone, and again while
+# another client ("flooder", same scopes, its own subject) hammers the same
+# endpoint with 64 connections and no pause, far above its rate limit.
 #
 #   bash benches/flood.sh                 # 10 s per phase
 #   DURATION=20s RATE=1000 bash benches/flood.sh
+#   REJECT_DELAY_MS=0 bash benches/flood.sh   # 429s at once: what the pause buys
 #
 # Prints both runs of the desk, the flooder's own figures (mostly 429s) and
 # the ratio of the desk's p99 under flood to its quiet p99. Server, both load
@@ -16,6 +18,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 RATE=${RATE:-2000}
 BURST=${BURST:-4000}
+REJECT_DELAY_MS=${REJECT_DELAY_MS:-250}
 
 if ! command -v wrk >/dev/null; then
     echo "installing wrk" >&2
@@ -32,6 +35,7 @@ export ANAMNESIS__SERVER__LISTEN=127.0.0.1:$PORT
 export ANAMNESIS__TELEMETRY__LEVEL=warn
 export ANAMNESIS__LIMITS__RATE_PER_SECOND=$RATE
 export ANAMNESIS__LIMITS__BURST=$BURST
+export ANAMNESIS__LIMITS__REJECT_DELAY_MS=$REJECT_DELAY_MS
 "$BIN" serve >"$DATA/server.log" 2>&1 &
 SERVER=$!
 cleanup() {
@@ -54,16 +58,28 @@ ID=$(curl -fsS -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/j
     "$BASE/v1/signals" | python3 -c 'import json,sys; print(json.load(sys.stdin)["customer_id"])')
 URL="$BASE/v1/profiles/$ID/context"
 
-LUA=$(mktemp)
-trap 'cleanup; rm -f "$LUA"' EXIT
-cat >"$LUA" <<'LUA'
+LUA=$(mktemp -d)
+trap 'cleanup; rm -rf "$LUA"' EXIT
+cat >"$LUA/flood.lua" <<'LUA'
 request = function()
   return wrk.format("GET", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN")})
 end
 LUA
+cat >"$LUA/paced.lua" <<'LUA'
+request = function()
+  return wrk.format("GET", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN")})
+end
+-- A pause before each request: the desk stays well within its budget.
+local pause = tonumber(os.getenv("DESK_DELAY_MS"))
+delay = function()
+  return pause
+end
+LUA
 
+# Four connections at half the subject's rate.
+export DESK_DELAY_MS=$(( 8000 / RATE ))
 desk() {
-    TOKEN=$DESK wrk --latency -t1 -c4 -d"$DURATION" -s "$LUA" "$URL"
+    TOKEN=$DESK wrk --latency -t1 -c4 -d"$DURATION" -s "$LUA/paced.lua" "$URL"
 }
 p99_ms() {
     # wrk prints "99%  1.23ms" (or us / s); normalise to milliseconds.
@@ -73,12 +89,12 @@ p99_ms() {
         printf "%.3f", v }'
 }
 
-printf '### desk alone (4 connections, limit %s/s per subject)\n' "$RATE"
+printf '### desk alone (4 paced connections; limit %s/s per subject, 429 after %s ms)\n' "$RATE" "$REJECT_DELAY_MS"
 QUIET=$(desk)
 echo "$QUIET" | grep -E 'Requests/sec|50%|99%|Non-2xx'
 
 printf '\n### desk while the flooder hammers with 64 connections\n'
-TOKEN=$FLOODER wrk --latency -t1 -c64 -d"$(( ${DURATION%s} + 4 ))s" -s "$LUA" "$URL" >"$DATA/flood.txt" &
+TOKEN=$FLOODER wrk --latency -t1 -c64 -d"$(( ${DURATION%s} + 4 ))s" -s "$LUA/flood.lua" "$URL" >"$DATA/flood.txt" &
 FLOOD=$!
 sleep 2
 LOUD=$(desk)

@@ -29,6 +29,8 @@ pub enum KeyError {
     },
     #[error("{path} is not a JSON Web Key Set: {reason}")]
     BadJwks { path: PathBuf, reason: String },
+    #[error("cannot sign: {0}")]
+    Signing(String),
 }
 
 impl KeyAlgorithm {

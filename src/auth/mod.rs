@@ -203,18 +203,14 @@ impl Authenticator {
             .keys
             .iter()
             .find(|k| k.kid == kid)
-            .ok_or_else(|| KeyError::BadJwks {
-                path: PathBuf::from("auth.keys"),
-                reason: format!("no configured key has kid `{kid}`"),
-            })?;
+            .ok_or_else(|| KeyError::Signing(format!("no configured key has kid `{kid}`")))?;
         let encoding = match (&key.secret, &key.private_key_file) {
             (Some(secret), _) => EncodingKey::from_secret(secret.as_bytes()),
             (None, Some(path)) => keys::private_key(key.alg, path, kid)?,
             (None, None) => {
-                return Err(KeyError::BadJwks {
-                    path: PathBuf::from("auth.keys"),
-                    reason: format!("key `{kid}` has no secret or private_key_file to sign with"),
-                })
+                return Err(KeyError::Signing(format!(
+                    "key `{kid}` has no secret or private_key_file to sign with"
+                )))
             }
         };
         self.signer = Some(Signer {
@@ -377,9 +373,8 @@ impl Authenticator {
         channel: Option<&str>,
         ttl: Duration,
     ) -> Result<String, KeyError> {
-        let signer = self.signer.as_ref().ok_or_else(|| KeyError::BadJwks {
-            path: PathBuf::from("auth"),
-            reason: "no key to sign with: configure auth.hs256_secret, or pick a configured key with a secret or private_key_file".into(),
+        let signer = self.signer.as_ref().ok_or_else(|| {
+            KeyError::Signing("no key to sign with: configure auth.hs256_secret, or pick a configured key with a secret or private_key_file (--kid)".into())
         })?;
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
@@ -398,10 +393,8 @@ impl Authenticator {
         };
         let mut header = jsonwebtoken::Header::new(signer.alg.algorithm());
         header.kid = signer.kid.clone();
-        jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|e| KeyError::BadJwks {
-            path: PathBuf::from("auth"),
-            reason: format!("signing failed: {e}"),
-        })
+        jsonwebtoken::encode(&header, &claims, &signer.key)
+            .map_err(|e| KeyError::Signing(e.to_string()))
     }
 
     fn principal_of(&self, req: &HttpRequest) -> Result<Arc<Principal>, ApiError> {

@@ -722,3 +722,65 @@ async fn unusable_key_files_fail_the_build_naming_the_file() {
         );
     }
 }
+
+/// Runs `anamnesis token` with `config` and `args`; returns the token, or the
+/// error output when it fails.
+fn cli_token(config: &Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anamnesis"))
+        .arg("--config")
+        .arg(config)
+        .arg("token")
+        .args(args)
+        .env_remove("ANAMNESIS_CONFIG")
+        .output()
+        .expect("the binary runs");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn the_cli_mints_with_a_configured_key_chosen_by_kid() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keys.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = {data:?}\n\n[[auth.keys]]\nkid = \"desk-ed\"\nalg = \"EdDSA\"\n\
+             public_key_file = {public:?}\nprivate_key_file = {private:?}\n\n\
+             [[auth.keys]]\nkid = \"verify-only\"\nalg = \"RS256\"\npublic_key_file = {rsa:?}\n",
+            data = dir.path().join("data"),
+            public = fixture("ed.pub"),
+            private = fixture("ed.key"),
+            rsa = fixture("rsa.pub"),
+        ),
+    )
+    .unwrap();
+    let app = spawn_app_with(|s| s.auth.keys = vec![Pair::Ed.configured("desk-ed")]).await;
+    let path = profile_path(&app, &app.admin).await;
+
+    let token = cli_token(&config, &["--kid", "desk-ed", "--scope", "profiles:read"]).unwrap();
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["kid"], "desk-ed");
+    assert_accepted(app.get_as(&token, &path).await, "CLI EdDSA token").await;
+
+    // A key without private material, an unknown kid, and no default key:
+    // each refused with a message naming the problem.
+    let error = cli_token(&config, &["--kid", "verify-only"]).unwrap_err();
+    assert!(
+        error.contains("verify-only") && error.contains("private_key_file"),
+        "{error}"
+    );
+    let error = cli_token(&config, &["--kid", "nobody"]).unwrap_err();
+    assert!(error.contains("nobody"), "{error}");
+    let error = cli_token(&config, &[]).unwrap_err();
+    assert!(error.contains("no key to sign with"), "{error}");
+}
