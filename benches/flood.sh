@@ -20,35 +20,11 @@ RATE=${RATE:-2000}
 BURST=${BURST:-4000}
 REJECT_DELAY_MS=${REJECT_DELAY_MS:-250}
 
-if ! command -v wrk >/dev/null; then
-    echo "installing wrk" >&2
-    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
-
-cargo build --release --locked -q
-BIN=target/release/anamnesis
-DATA=$(mktemp -d)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export ANAMNESIS__AUTH__HS256_SECRET=flood-test-secret-flood-test-secret-0123456789
-export ANAMNESIS__STORAGE__PATH=$DATA
-export ANAMNESIS__SERVER__LISTEN=127.0.0.1:$PORT
-export ANAMNESIS__TELEMETRY__LEVEL=warn
 export ANAMNESIS__LIMITS__RATE_PER_SECOND=$RATE
 export ANAMNESIS__LIMITS__BURST=$BURST
 export ANAMNESIS__LIMITS__REJECT_DELAY_MS=$REJECT_DELAY_MS
-"$BIN" serve >"$DATA/server.log" 2>&1 &
-SERVER=$!
-cleanup() {
-    kill "$SERVER" 2>/dev/null || true
-    wait "$SERVER" 2>/dev/null || true
-    rm -rf "$DATA"
-}
-trap cleanup EXIT
-for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-BASE=http://127.0.0.1:$PORT
+# shellcheck source=benches/server.sh
+source benches/server.sh
 ADMIN=$("$BIN" token --scope admin --subject setup --ttl 1h)
 DESK=$("$BIN" token --scope profiles:read --subject desk --ttl 1h)
 FLOODER=$("$BIN" token --scope profiles:read --subject flooder --ttl 1h)
@@ -58,8 +34,8 @@ ID=$(curl -fsS -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/j
     "$BASE/v1/signals" | python3 -c 'import json,sys; print(json.load(sys.stdin)["customer_id"])')
 URL="$BASE/v1/profiles/$ID/context"
 
-LUA=$(mktemp -d)
-trap 'cleanup; rm -rf "$LUA"' EXIT
+LUA=$DATA/lua
+mkdir "$LUA"
 cat >"$LUA/flood.lua" <<'LUA'
 request = function()
   return wrk.format("GET", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN")})

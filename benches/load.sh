@@ -15,45 +15,14 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 POPULATION=${POPULATION:-2000}
 
-if ! command -v wrk >/dev/null; then
-    echo "installing wrk" >&2
-    (apt-get update -qq && apt-get install -y -qq wrk) >/dev/null
-fi
-
-cargo build --release --locked -q
-BIN=target/release/anamnesis
-DATA=$(mktemp -d)
-LUA=$(mktemp -d)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-SECRET=load-test-secret-load-test-secret-0123456789
-export ANAMNESIS__AUTH__HS256_SECRET=$SECRET
-export ANAMNESIS__STORAGE__PATH=$DATA
-export ANAMNESIS__SERVER__LISTEN=127.0.0.1:$PORT
-export ANAMNESIS__TELEMETRY__LEVEL=warn
 # Measures the service, not the per-subject limit (one token drives all load).
 export ANAMNESIS__LIMITS__RATE_PER_SECOND=0
-"$BIN" serve >"$DATA/server.log" 2>&1 &
-SERVER=$!
-stop_server() {
-    kill "$SERVER" 2>/dev/null || return 0
-    for _ in $(seq 300); do
-        kill -0 "$SERVER" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$SERVER" 2>/dev/null; then
-        echo "server did not stop within 30 s of SIGTERM; killing it" >&2
-        kill -9 "$SERVER"
-    fi
-    rm -rf "$DATA" "$LUA"
-}
-trap stop_server EXIT
-for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+# shellcheck source=benches/server.sh
+source benches/server.sh
+LUA=$DATA/lua
+mkdir "$LUA"
 TOKEN=$("$BIN" token --scope admin --ttl 1h)
 export TOKEN
-BASE=http://127.0.0.1:$PORT
 
 cat >"$LUA/signal.lua" <<'LUA'
 -- Unique signals: one new web visitor per request, with a trait and an event.

@@ -6,23 +6,12 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, body, signal, spawn_app, TestApp, SECRET};
+use crate::helpers::{admin_claims, assert_error, body, now, signal, spawn_app, TestApp, SECRET};
 
 const NOBODY: &str = "cus_01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// Valid claims for an admin, to be spoiled one at a time.
 fn claims() -> Value {
-    json!({
-        "exp": now() + 3600,
-        "iat": now(),
-        "aud": "anamnesis",
-        "sub": "forger",
-        "scope": "admin",
-    })
+    admin_claims("forger")
 }
 
 fn forge(claims: &Value, secret: &str, algorithm: Algorithm) -> String {

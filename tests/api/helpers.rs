@@ -278,3 +278,20 @@ pub fn signal(channel: &str, identifiers: &[(&str, &str)]) -> Value {
             .collect::<Vec<_>>(),
     })
 }
+
+/// Seconds since the epoch, as JWT claims count time.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Valid admin claims for `subject`, to be spoiled one at a time by the
+/// token tests.
+pub fn admin_claims(subject: &str) -> Value {
+    json!({
+        "exp": now() + 3600,
+        "iat": now(),
+        "aud": "anamnesis",
+        "sub": subject,
+        "scope": "admin",
+    })
+}

@@ -16,21 +16,12 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Response;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, body, id_of, signal, spawn_app_with, TestApp, SECRET};
+use crate::helpers::{
+    admin_claims, assert_error, body, id_of, now, signal, spawn_app_with, TestApp, SECRET,
+};
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// Valid admin claims, to be spoiled one at a time.
 fn claims() -> Value {
-    json!({
-        "exp": now() + 3600,
-        "iat": now(),
-        "aud": "anamnesis",
-        "sub": "tokens",
-        "scope": "admin",
-    })
+    admin_claims("tokens")
 }
 
 fn claims_with(change: impl FnOnce(&mut Value)) -> Value {
