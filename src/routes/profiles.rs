@@ -119,6 +119,16 @@ fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     Ok(id)
 }
 
+/// A page size of the timeline or the ledger: 1 to [`MAX_PAGE`] when given.
+fn check_page_limit(limit: Option<usize>) -> Result<(), ApiError> {
+    match limit {
+        Some(n) if n == 0 || n > MAX_PAGE => Err(ApiError::InvalidQuery(format!(
+            "limit must be 1 to {MAX_PAGE}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn context_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     match limit {
         None => Ok(DEFAULT_CONTEXT_INTERACTIONS),
@@ -248,13 +258,7 @@ pub async fn timeline(
     query: web::Query<TimelineQuery>,
 ) -> Result<web::Json<TimelinePage>, ApiError> {
     let id = customer_id(&path)?;
-    if let Some(limit) = query.limit {
-        if limit == 0 || limit > MAX_PAGE {
-            return Err(ApiError::InvalidQuery(format!(
-                "limit must be 1 to {MAX_PAGE}"
-            )));
-        }
-    }
+    check_page_limit(query.limit)?;
     if let Some(c) = &query.channel {
         if !valid_channel_filter(c) {
             return Err(ApiError::InvalidQuery(
@@ -429,6 +433,7 @@ pub async fn history(
     query: web::Query<HistoryQuery>,
 ) -> Result<web::Json<HistoryPage>, ApiError> {
     let id = customer_id(&path)?;
+    check_page_limit(query.limit)?;
     Ok(web::Json(services.history(
         id,
         &query,

@@ -18,7 +18,7 @@ use crate::domain::{
     ConflictReason, Consent, CustomerId, IdentityEventKind, Interaction, NormaliseOutcome, Profile,
     Suggestion, TraitValue,
 };
-use crate::store::{Store, StoreTx, TimelinePosition};
+use crate::store::{parse_decimal, Store, StoreTx, TimelinePosition};
 
 pub const DEFAULT_CONTEXT_INTERACTIONS: usize = 10;
 pub const MAX_PAGE: usize = 200;
@@ -94,17 +94,21 @@ pub struct TimelineQuery {
 }
 
 /// A `limit` query parameter. The query deserializer's own error for a value
-/// that is not a number does not name the parameter; this one does.
+/// that is not a number does not name the parameter; this one does. Only
+/// plain decimal digits count (`+5` is not a page size).
 pub fn deserialize_limit<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<usize>, D::Error> {
     let Some(raw) = Option::<String>::deserialize(d)? else {
         return Ok(None);
     };
-    raw.parse().map(Some).map_err(|_| {
-        let shown: String = raw.chars().take(32).collect();
-        serde::de::Error::custom(format!("limit must be a whole number, not `{shown}`"))
-    })
+    parse_decimal(&raw)
+        .and_then(|n| usize::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            let shown: String = raw.chars().take(32).collect();
+            serde::de::Error::custom(format!("limit must be a whole number, not `{shown}`"))
+        })
 }
 
 impl Services {
@@ -592,7 +596,7 @@ impl Services {
         access: Access,
     ) -> Result<HistoryPage, ServiceError> {
         let before = match &q.cursor {
-            Some(c) => Some(c.parse::<u64>().map_err(|_| ServiceError::InvalidCursor)?),
+            Some(c) => Some(parse_decimal(c).ok_or(ServiceError::InvalidCursor)?),
             None => None,
         };
         let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);

@@ -130,6 +130,7 @@ fn cases(existing: &str, other: &str) -> Vec<Case> {
     let answers = format!("{profile}/answers");
     let merge = format!("{profile}/merge");
     let timeline = format!("{profile}/timeline");
+    let history = format!("{profile}/history");
     let batch = |signals: Value| {
         Case::new(
             "",
@@ -769,6 +770,24 @@ fn cases(existing: &str, other: &str) -> Vec<Case> {
         Case::get("timeline_limit_not_a_number", format!("{timeline}?limit=ten"))
             .expect(400, "invalid_query")
             .mentions(&["limit"]),
+        // Only the shapes the service writes are cursors and page sizes: no
+        // sign, no more digits than fit.
+        Case::get("timeline_signed_cursor", format!("{timeline}?cursor=%2B1-2"))
+            .expect(400, "invalid_cursor"),
+        Case::get("timeline_cursor_of_20_digits", format!("{timeline}?cursor=1-{}", "9".repeat(20)))
+            .expect(400, "invalid_cursor"),
+        Case::get("timeline_signed_limit", format!("{timeline}?limit=%2B5"))
+            .expect(400, "invalid_query")
+            .mentions(&["limit"]),
+        // The ledger pages like the timeline.
+        Case::get("history_limit_zero", format!("{history}?limit=0"))
+            .expect(400, "invalid_query")
+            .mentions(&["limit"]),
+        Case::get("history_limit_over_200", format!("{history}?limit=201"))
+            .expect(400, "invalid_query")
+            .mentions(&["limit"]),
+        Case::get("history_signed_cursor", format!("{history}?cursor=%2B5"))
+            .expect(400, "invalid_cursor"),
         Case::get("timeline_unknown_parameter", format!("{timeline}?order=asc"))
             .expect(400, "invalid_query")
             .mentions(&["order"]),
