@@ -141,8 +141,15 @@ impl IdentifierRules {
         }
     }
 
+    /// The rule of a configured type; with `allow_unknown_types`, also of any
+    /// other name in the type-name shape (a `:` in a type would make index
+    /// keys ambiguous).
     pub fn rule(&self, kind: &str) -> Option<&TypeRule> {
-        self.types.get(kind).or(self.unknown.as_ref())
+        self.types.get(kind).or_else(|| {
+            self.unknown
+                .as_ref()
+                .filter(|_| crate::domain::is_valid_name(kind, 32))
+        })
     }
 
     pub fn is_pii(&self, kind: &str) -> bool {
@@ -315,6 +322,27 @@ mod tests {
             rules().normalise("shoe_size", "42").err(),
             Some(IdentifierError::UnknownType("shoe_size".into()))
         );
+    }
+
+    #[test]
+    fn unknown_types_when_allowed_still_need_a_type_name() {
+        let mut settings = Settings::defaults();
+        settings.identifiers.allow_unknown_types = true;
+        let rules = IdentifierRules::new(&settings.identifiers, &settings.phone.default_region);
+        assert!(matches!(
+            rules.normalise("shoe_size", "42"),
+            Ok(NormaliseOutcome::Usable(_))
+        ));
+        // A `:` would make the index key ambiguous; the rest is the published shape.
+        for bad in ["shoe:size", "Shoe", "", "9lives", &"x".repeat(33)] {
+            assert!(
+                matches!(
+                    rules.normalise(bad, "42"),
+                    Err(IdentifierError::UnknownType(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
