@@ -10,13 +10,11 @@ use actix_web::middleware::{from_fn, Compress};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{load_or_create_secret, Authenticator, Scope, SecretSource};
 use crate::config::Settings;
 use crate::middleware::request_context;
-use crate::openapi::ApiDoc;
 use crate::routes::extract::{path_error_handler, query_error, BodyLimit};
 use crate::routes::{self, ops::RedisProbe};
 use crate::service::Services;
@@ -108,7 +106,7 @@ impl Application {
         let redis = web::Data::new(RedisProbe(settings.redis.url.clone()));
         let single_limit = settings.server.max_body_bytes;
         let batch_limit = settings.server.max_batch_body_bytes;
-        let openapi = ApiDoc::openapi();
+        let openapi = crate::openapi::api_doc(&settings);
 
         let app_services = services.clone();
         let mut server = HttpServer::new(move || {
@@ -125,7 +123,10 @@ impl Application {
                 .configure(routes::ops::configure)
                 .configure(|cfg| routes::signals::configure(cfg, single_limit, batch_limit))
                 .configure(routes::profiles::configure)
-                .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+                .service(
+                    SwaggerUi::new("/docs/{_:.*}")
+                        .external_url_unchecked("/openapi.json", openapi.clone()),
+                )
                 .default_service(web::to(routes::not_found))
         })
         .shutdown_timeout(settings.server.shutdown_timeout_secs);

@@ -160,14 +160,22 @@ impl IdentifierRules {
         self.rule(kind).map_or(u32::MAX, |r| r.priority)
     }
 
-    /// Turns a raw `{type, value}` into its canonical identifier, or says why not.
-    pub fn normalise(&self, kind: &str, raw: &str) -> Result<NormaliseOutcome, IdentifierError> {
+    /// What the published schema states about a raw identifier: a known
+    /// type, a value of at most [`MAX_IDENTIFIER_CHARS`] characters. Whether
+    /// the value is one the type's normaliser accepts only [`Self::normalise`] says.
+    pub fn check_shape(&self, kind: &str, raw: &str) -> Result<&TypeRule, IdentifierError> {
         let rule = self
             .rule(kind)
             .ok_or_else(|| IdentifierError::UnknownType(kind.chars().take(64).collect()))?;
         if raw.chars().count() > MAX_IDENTIFIER_CHARS {
             return Err(IdentifierError::TooLong);
         }
+        Ok(rule)
+    }
+
+    /// Turns a raw `{type, value}` into its canonical identifier, or says why not.
+    pub fn normalise(&self, kind: &str, raw: &str) -> Result<NormaliseOutcome, IdentifierError> {
+        let rule = self.check_shape(kind, raw)?;
         let trimmed = raw.trim();
         let folded = trimmed.to_lowercase();
         if self.placeholders.contains(&folded) || rule.placeholders.contains(&folded) {

@@ -13,10 +13,11 @@ use super::views::{
     self, Access, ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage,
 };
 use super::{atomically, ServiceError, Services};
+use crate::domain::names::ChannelName;
 use crate::domain::{
-    check_answers, check_traits, is_valid_name, Answer, AnswerInput, Change, ChannelRules,
-    ConflictReason, Consent, CustomerId, IdentityEventKind, Interaction, NormaliseOutcome, Profile,
-    Suggestion, TraitValue,
+    check_answers, check_traits, is_valid_name, trait_map_schema, Answer, AnswerInput, Change,
+    ChannelRules, ConflictReason, Consent, CustomerId, IdentityEventKind, Interaction,
+    NormaliseOutcome, Profile, Suggestion, TraitValue,
 };
 use crate::store::{parse_decimal, Store, StoreTx, TimelinePosition};
 
@@ -27,10 +28,10 @@ pub const MAX_PAGE: usize = 200;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TraitsPatch {
-    #[schema(example = "agent")]
+    #[schema(value_type = ChannelName)]
     pub channel: String,
-    /// Trait name -> new value; `null` deletes the trait.
-    #[schema(value_type = Object)]
+    /// Trait name -> new value (at most 4 KiB as JSON); `null` deletes the trait.
+    #[schema(schema_with = trait_map_schema)]
     pub traits: BTreeMap<String, Value>,
 }
 
@@ -38,8 +39,9 @@ pub struct TraitsPatch {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnswersInput {
-    #[schema(example = "chat")]
+    #[schema(value_type = ChannelName)]
     pub channel: String,
+    #[schema(max_items = 50)]
     pub answers: Vec<AnswerInput>,
 }
 
@@ -49,7 +51,7 @@ pub struct AnswersInput {
 pub struct ConsentInput {
     pub granted: bool,
     /// Where the customer gave the decision.
-    #[schema(example = "web")]
+    #[schema(value_type = ChannelName)]
     pub channel: String,
 }
 
@@ -58,6 +60,7 @@ pub struct ConsentInput {
 #[serde(deny_unknown_fields)]
 pub struct UnmergeInput {
     /// The absorbed profile to restore.
+    #[schema(value_type = CustomerId)]
     pub merged_id: String,
 }
 
@@ -67,8 +70,10 @@ pub struct UnmergeInput {
 pub struct HistoryQuery {
     /// Page size, 1 to 200 (default 50).
     #[serde(default, deserialize_with = "deserialize_limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,19}$")]
     pub cursor: Option<String>,
 }
 
@@ -77,6 +82,7 @@ pub struct HistoryQuery {
 #[serde(deny_unknown_fields)]
 pub struct MergeInput {
     /// The profile to fold into the target; its id becomes an alias.
+    #[schema(value_type = CustomerId)]
     pub source_id: String,
 }
 
@@ -86,10 +92,14 @@ pub struct MergeInput {
 pub struct TimelineQuery {
     /// Page size, 1 to 200 (default 50).
     #[serde(default, deserialize_with = "deserialize_limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,19}-[0-9]{1,19}$")]
     pub cursor: Option<String>,
-    /// Only interactions on this channel.
+    /// Only interactions on this channel (any channel name, also one no
+    /// longer configured).
+    #[param(pattern = "^[a-z][a-z0-9_]{0,31}$")]
     pub channel: Option<String>,
 }
 
