@@ -129,6 +129,7 @@ fn signal_code(e: &SignalError) -> (StatusCode, &'static str) {
 fn service_code(e: &ServiceError) -> (StatusCode, &'static str) {
     match e {
         ServiceError::Signal(s) => signal_code(s),
+        ServiceError::InvalidBatchItem { source, .. } => signal_code(source),
         ServiceError::Identifier(i) => identifier_code(i),
         ServiceError::ProfileNotFound(_) | ServiceError::IdentifierNotOwned => {
             (StatusCode::NOT_FOUND, "profile_not_found")

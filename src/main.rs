@@ -72,7 +72,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
         Command::Openapi => {
-            print!("{}", anamnesis::openapi::document());
+            print!("{}", anamnesis::openapi::document(&settings));
             Ok(())
         }
         Command::Token {

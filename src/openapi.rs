@@ -1,17 +1,28 @@
 //! The OpenAPI document, generated from the handlers and types. Served at
 //! `/openapi.json` and committed as `openapi/openapi.json` (a test keeps the
 //! two identical; `anamnesis openapi > openapi/openapi.json` regenerates it).
+//!
+//! The derive gives the shapes; [`api_doc`] then makes the document tell the
+//! whole truth for the running configuration: the configured channels,
+//! identifier types, journey stages and consent purposes become enums, the
+//! batch size its `maxItems`, and every operation lists every error it can
+//! answer, each with the error envelope and the `x-request-id` header every
+//! response carries. A fuzzer (`tests/fuzz.rs`) holds the service to it.
 
+use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::config::Settings;
+use crate::domain::names::{ChannelName, ConsentPurpose, IdentifierType, JourneyStage};
+use crate::domain::CustomerId;
 use crate::routes::{ops, profiles, signals};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "anamnesis",
-        description = "Unified customer profile service: identity signals from every channel resolved to one customer, served back as one profile and one context card.",
+        description = "Unified customer profile service: identity signals from every channel resolved to one customer, served back as one profile and one context card.\n\nEvery error has the body `{\"error\": {\"code\", \"message\", \"request_id\"}}`; match on `code`. Every response carries an `x-request-id` header. A method a path does not list is answered with `405` and an `Allow` header. Unknown fields in request bodies and unknown query parameters are refused.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -36,7 +47,15 @@ use crate::routes::{ops, profiles, signals};
         ops::readyz,
         ops::metrics,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    components(schemas(
+        crate::error::ErrorBody,
+        crate::error::ErrorDetail,
+        CustomerId,
+        ChannelName,
+        IdentifierType,
+        JourneyStage,
+        ConsentPurpose
+    )),
     modifiers(&BearerAuth),
     tags(
         (name = "ingest", description = "Identity signals from channels"),
@@ -59,11 +78,279 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The document as served with these settings.
+pub fn api_doc(settings: &Settings) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+    configured_names(&mut doc, settings);
+    complete_responses(&mut doc);
+    doc
+}
+
 /// The document as served, pretty-printed with a trailing newline.
-pub fn document() -> String {
-    let mut text = ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serialises");
+pub fn document(settings: &Settings) -> String {
+    let mut text =
+        serde_json::to_string_pretty(&api_doc(settings)).expect("the OpenAPI document serialises");
     text.push('\n');
     text
+}
+
+/// Where the configuration fixes a set of names, the schema lists exactly it.
+fn configured_names(doc: &mut Value, settings: &Settings) {
+    let schemas = &mut doc["components"]["schemas"];
+    if !settings.channels.allow_unknown {
+        restrict(&mut schemas["ChannelName"], &settings.channels.priority);
+    }
+    if !settings.identifiers.allow_unknown_types {
+        let mut types: Vec<(&u32, &String)> = settings
+            .identifiers
+            .types
+            .iter()
+            .map(|(name, t)| (&t.priority, name))
+            .collect();
+        types.sort();
+        let names: Vec<String> = types.into_iter().map(|(_, n)| n.clone()).collect();
+        restrict(&mut schemas["IdentifierType"], &names);
+    }
+    restrict(&mut schemas["JourneyStage"], &settings.journey.stages);
+    restrict(&mut schemas["ConsentPurpose"], &settings.consents.purposes);
+    schemas["BatchRequest"]["properties"]["signals"]["maxItems"] =
+        json!(settings.server.max_batch_signals);
+}
+
+/// Replaces a name schema's pattern with the list of allowed names.
+fn restrict(schema: &mut Value, names: &[String]) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    object.remove("pattern");
+    object.insert("enum".into(), json!(names));
+    if let Some(first) = names.first() {
+        object.insert("examples".into(), json!([first]));
+    }
+}
+
+/// The error answers shared by many operations: `(component name, status,
+/// description)`.
+const SHARED_ERRORS: &[(&str, &str, &str)] = &[
+    ("BadRequest", "400", "Malformed JSON, query string or path: `malformed_json`, `invalid_query`, `invalid_customer_id`, `invalid_cursor`"),
+    ("Unauthorized", "401", "Missing or refused bearer token, with a code naming the fault: `missing_token`, `invalid_token`, `token_in_query`, `token_algorithm_not_allowed`, `unknown_key_id`, `token_signature_invalid`, `token_expired`, `token_not_yet_valid`, `token_audience_mismatch`, `token_issuer_mismatch`, `token_claim_missing`, `token_claims_invalid`"),
+    ("Forbidden", "403", "The token lacks the scope, or may not write for this channel: `insufficient_scope`, `channel_not_allowed`"),
+    ("NotFound", "404", "No such profile (or identifier, suggestion, purpose), or no such route"),
+    ("MethodNotAllowed", "405", "The path does not support this method; `Allow` lists the ones it does"),
+    ("RequestTimeout", "408", "The body did not arrive within the configured time: `request_timeout`"),
+    ("PayloadTooLarge", "413", "The body is larger than the configured limit: `payload_too_large`"),
+    ("UnsupportedMediaType", "415", "The body is not declared as JSON: `unsupported_media_type`"),
+    ("UnprocessableEntity", "422", "The body is JSON but breaks a rule; the code and message name it"),
+    ("TooManyRequests", "429", "The token's subject is over its rate limit: `rate_limited`; retry after `Retry-After` seconds"),
+    ("Unavailable", "503", "The store could not confirm the write, or the service is shutting down: `store_unavailable`, `shutting_down`"),
+];
+
+fn request_id_header() -> Value {
+    json!({
+        "description": "The request id, also in the body of an error: the caller's own plain id of up to 64 characters, or a generated one.",
+        "required": true,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 64}
+    })
+}
+
+fn error_content() -> Value {
+    json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}})
+}
+
+/// Headers an answer with this status always carries besides `x-request-id`.
+fn status_headers(status: &str) -> Vec<(&'static str, Value)> {
+    match status {
+        "308" => vec![
+            (
+                "location",
+                json!({"description": "The same request on the surviving profile", "required": true, "schema": {"type": "string"}}),
+            ),
+            (
+                "canonical-customer-id",
+                json!({"description": "The id the profile now lives under", "required": true, "schema": {"$ref": "#/components/schemas/CustomerId"}}),
+            ),
+        ],
+        "401" => vec![(
+            "www-authenticate",
+            json!({"description": "`Bearer`", "required": true, "schema": {"type": "string"}}),
+        )],
+        "429" => vec![(
+            "retry-after",
+            json!({"description": "Seconds to wait before retrying", "required": true, "schema": {"type": "integer", "minimum": 1}}),
+        )],
+        "405" => vec![(
+            "allow",
+            json!({"description": "The methods the path supports", "required": true, "schema": {"type": "string"}}),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// Every operation lists every error it can answer; every response declares
+/// the headers it always carries, and has a description.
+fn complete_responses(doc: &mut Value) {
+    let mut shared = Map::new();
+    for (name, status, description) in SHARED_ERRORS {
+        let mut headers = Map::new();
+        headers.insert("x-request-id".into(), request_id_header());
+        for (header, spec) in status_headers(status) {
+            headers.insert(header.into(), spec);
+        }
+        shared.insert(
+            (*name).into(),
+            json!({"description": description, "headers": headers, "content": error_content()}),
+        );
+    }
+    doc["components"]["responses"] = Value::Object(shared);
+
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in item.values_mut() {
+            complete_operation(path, operation);
+        }
+    }
+}
+
+fn complete_operation(path: &str, operation: &mut Value) {
+    let secured = operation["security"].as_array().is_some_and(|reqs| {
+        reqs.iter()
+            .any(|r| r.as_object().is_some_and(|o| !o.is_empty()))
+    });
+    let has_body = operation.get("requestBody").is_some();
+    let has_params = operation["parameters"]
+        .as_array()
+        .is_some_and(|p| !p.is_empty());
+    let mut wanted: Vec<&str> = Vec::new();
+    if has_params || has_body {
+        wanted.push("400");
+    }
+    if secured {
+        wanted.extend(["401", "403", "429", "503"]);
+    }
+    if path.contains('{') {
+        wanted.push("404");
+    }
+    if has_body {
+        wanted.extend(["408", "413", "415", "422"]);
+    }
+    let Some(responses) = operation["responses"].as_object_mut() else {
+        return;
+    };
+    for status in wanted {
+        if !responses.contains_key(status) {
+            let (name, _, _) = SHARED_ERRORS
+                .iter()
+                .find(|(_, s, _)| *s == status)
+                .expect("every wanted status has a shared response");
+            responses.insert(
+                status.into(),
+                json!({"$ref": format!("#/components/responses/{name}")}),
+            );
+        }
+    }
+    for (status, response) in responses.iter_mut() {
+        let Some(response) = response.as_object_mut() else {
+            continue;
+        };
+        if response.contains_key("$ref") {
+            continue;
+        }
+        let described = response
+            .get("description")
+            .and_then(Value::as_str)
+            .is_some_and(|d| !d.is_empty());
+        if !described {
+            let fallback = SHARED_ERRORS
+                .iter()
+                .find(|(_, s, _)| s == status)
+                .map_or("Success", |(_, _, d)| d);
+            response.insert("description".into(), json!(fallback));
+        }
+        let headers = response
+            .entry("headers")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("headers is an object");
+        headers.insert("x-request-id".into(), request_id_header());
+        for (header, spec) in status_headers(status) {
+            headers.insert(header.into(), spec);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::names;
+
+    fn patterns(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("pattern", Value::String(p)) => found.push(p.clone()),
+                        _ => patterns(v, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| patterns(v, found)),
+            _ => {}
+        }
+    }
+
+    /// Patterns written as literals in `#[schema]` attributes are the ones
+    /// `domain::names` tests against the checks.
+    #[test]
+    fn every_pattern_in_the_document_is_a_tested_one() {
+        let known = [
+            names::CHANNEL_PATTERN,
+            names::KEY_PATTERN,
+            names::TRAIT_NAME_PATTERN,
+            names::SIGNAL_ID_PATTERN,
+            names::CUSTOMER_ID_PATTERN,
+            names::TIMELINE_CURSOR_PATTERN,
+            names::HISTORY_CURSOR_PATTERN,
+        ];
+        let mut found = Vec::new();
+        patterns(&api_doc(&Settings::defaults()), &mut found);
+        assert!(found.len() > 5, "{found:?}");
+        for p in found {
+            assert!(known.contains(&p.as_str()), "untested pattern {p}");
+        }
+    }
+
+    /// Every response of every operation has a description and the request id.
+    #[test]
+    fn every_response_is_described_and_carries_the_request_id() {
+        let doc = api_doc(&Settings::defaults());
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    let response = match response.get("$ref").and_then(Value::as_str) {
+                        Some(r) => {
+                            &doc["components"]["responses"]
+                                [r.trim_start_matches("#/components/responses/")]
+                        }
+                        None => response,
+                    };
+                    let at = format!("{method} {path} {status}");
+                    assert!(
+                        response["description"]
+                            .as_str()
+                            .is_some_and(|d| !d.is_empty()),
+                        "{at}"
+                    );
+                    assert_eq!(
+                        response["headers"]["x-request-id"]["required"], true,
+                        "{at}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -15,14 +15,12 @@ use actix_web::rt::net::TcpStream;
 use actix_web::{web, App};
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{default_secret, Authenticator, RateLimiter, Scope, SecretSource};
 use crate::config::Settings;
 use crate::conn::DeadlineStream;
 use crate::middleware::request_context;
-use crate::openapi::ApiDoc;
 use crate::routes::extract::{path_error_handler, query_error, BodyLimit, BodyTimeout};
 use crate::routes::{self, ops::RedisProbe};
 use crate::service::Services;
@@ -116,7 +114,7 @@ impl Application {
         let single_limit = settings.server.max_body_bytes;
         let batch_limit = settings.server.max_batch_body_bytes;
         let body_timeout = BodyTimeout(Duration::from_millis(settings.server.body_timeout_ms));
-        let openapi = ApiDoc::openapi();
+        let openapi = crate::openapi::api_doc(&settings);
 
         let app_services = services.clone();
         let app = move || {
@@ -135,7 +133,10 @@ impl Application {
                 .configure(routes::ops::configure)
                 .configure(|cfg| routes::signals::configure(cfg, single_limit, batch_limit))
                 .configure(routes::profiles::configure)
-                .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi.clone()))
+                .service(
+                    SwaggerUi::new("/docs/{_:.*}")
+                        .external_url_unchecked("/openapi.json", openapi.clone()),
+                )
                 .default_service(web::to(routes::not_found))
         };
         let server_settings = settings.server.clone();

@@ -141,8 +141,15 @@ impl IdentifierRules {
         }
     }
 
+    /// The rule of a configured type; with `allow_unknown_types`, also of any
+    /// other name in the type-name shape (a `:` in a type would make index
+    /// keys ambiguous).
     pub fn rule(&self, kind: &str) -> Option<&TypeRule> {
-        self.types.get(kind).or(self.unknown.as_ref())
+        self.types.get(kind).or_else(|| {
+            self.unknown
+                .as_ref()
+                .filter(|_| crate::domain::is_valid_name(kind, 32))
+        })
     }
 
     /// Whether `kind` is a type named in configuration (not merely accepted
@@ -159,14 +166,22 @@ impl IdentifierRules {
         self.rule(kind).map_or(u32::MAX, |r| r.priority)
     }
 
-    /// Turns a raw `{type, value}` into its canonical identifier, or says why not.
-    pub fn normalise(&self, kind: &str, raw: &str) -> Result<NormaliseOutcome, IdentifierError> {
+    /// What the published schema states about a raw identifier: a known
+    /// type, a value of at most [`MAX_IDENTIFIER_CHARS`] characters. Whether
+    /// the value is one the type's normaliser accepts only [`Self::normalise`] says.
+    pub fn check_shape(&self, kind: &str, raw: &str) -> Result<&TypeRule, IdentifierError> {
         let rule = self
             .rule(kind)
             .ok_or_else(|| IdentifierError::UnknownType(kind.chars().take(64).collect()))?;
         if raw.chars().count() > MAX_IDENTIFIER_CHARS {
             return Err(IdentifierError::TooLong);
         }
+        Ok(rule)
+    }
+
+    /// Turns a raw `{type, value}` into its canonical identifier, or says why not.
+    pub fn normalise(&self, kind: &str, raw: &str) -> Result<NormaliseOutcome, IdentifierError> {
+        let rule = self.check_shape(kind, raw)?;
         let trimmed = raw.trim();
         let folded = trimmed.to_lowercase();
         if self.placeholders.contains(&folded) || rule.placeholders.contains(&folded) {
@@ -321,6 +336,27 @@ mod tests {
             rules().normalise("shoe_size", "42").err(),
             Some(IdentifierError::UnknownType("shoe_size".into()))
         );
+    }
+
+    #[test]
+    fn unknown_types_when_allowed_still_need_a_type_name() {
+        let mut settings = Settings::defaults();
+        settings.identifiers.allow_unknown_types = true;
+        let rules = IdentifierRules::new(&settings.identifiers, &settings.phone.default_region);
+        assert!(matches!(
+            rules.normalise("shoe_size", "42"),
+            Ok(NormaliseOutcome::Usable(_))
+        ));
+        // A `:` would make the index key ambiguous; the rest is the published shape.
+        for bad in ["shoe:size", "Shoe", "", "9lives", &"x".repeat(33)] {
+            assert!(
+                matches!(
+                    rules.normalise(bad, "42"),
+                    Err(IdentifierError::UnknownType(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod customer_id;
 mod history;
 mod identifier;
+pub mod names;
 mod profile;
 mod resolve;
 mod signal;
@@ -20,9 +21,9 @@ pub use profile::{
 };
 pub use resolve::{plan_resolution, Conflict, ConflictReason, Owner, ResolutionPlan};
 pub use signal::{
-    check_answers, check_signal_id, check_traits, AnswerInput, Caps, ChannelRules, EpisodeInput,
-    EventInput, IdentifierInput, Signal, SignalError, SignalInput, SignalRules, ValidAnswer,
-    ValidEvent, MAX_IDENTIFIERS,
+    check_answers, check_signal_id, check_traits, non_null_value_schema, trait_map_schema,
+    AnswerInput, Caps, ChannelRules, EpisodeInput, EventInput, IdentifierInput, Signal,
+    SignalError, SignalInput, SignalRules, ValidAnswer, ValidEvent, MAX_IDENTIFIERS,
 };
 
 /// `[a-z][a-z0-9_]{0,max-1}`: the shape of channel, identifier type and question

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use super::identifier::{
     Identifier, IdentifierError, IdentifierRules, IgnoredIdentifier, NormaliseOutcome,
 };
+use super::names::{ChannelName, IdentifierType, JourneyStage, TRAIT_NAME_PATTERN};
 use super::profile::EpisodeStatus;
 use super::{is_valid_name, is_valid_trait_name};
 
@@ -31,34 +32,79 @@ pub const MAX_VALUE_DEPTH: usize = 32;
 pub const MAX_FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// One observation from one channel, as posted to `POST /v1/signals`.
+///
+/// This schema states every rule a client can check from the document alone.
+/// What it cannot state (a phone number that is no phone number, only
+/// placeholder values, two `account_id`s, a time in the future, a value over
+/// its byte or depth limit) is answered with a `422` whose code names the rule.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalInput {
     /// Makes the call idempotent: the same id again returns the first result.
-    #[schema(example = "ivr-7f3a-0001")]
+    #[schema(
+        example = "ivr-7f3a-0001",
+        pattern = "^[!-~]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub signal_id: Option<String>,
-    #[schema(example = "ivr")]
+    #[schema(value_type = ChannelName)]
     pub channel: String,
-    /// Defaults to the time the signal was received.
+    /// Defaults to the time the signal was received; not before 1970 and at
+    /// most 5 minutes in the future.
     pub occurred_at: Option<DateTime<Utc>>,
     /// All identifiers in one signal belong to the same person.
+    #[schema(min_items = 1, max_items = 50)]
     pub identifiers: Vec<IdentifierInput>,
-    /// Trait name -> value; `null` deletes the trait.
+    /// Trait name -> value (at most 4 KiB as JSON); `null` deletes the trait.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(schema_with = trait_map_schema)]
     pub traits: BTreeMap<String, Value>,
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub answers: Vec<AnswerInput>,
     pub event: Option<EventInput>,
+}
+
+/// `traits` of a signal or a trait patch: names in the trait-name shape, at
+/// most [`MAX_TRAITS`], any JSON value (`null` deletes).
+pub fn trait_map_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(TRAIT_NAME_PATTERN)),
+        ))
+        .max_properties(Some(MAX_TRAITS))
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+        .build()
+}
+
+/// Any JSON value but `null` (answers; trait values as served).
+pub fn non_null_value_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(vec![
+            Type::Object,
+            Type::Array,
+            Type::String,
+            Type::Number,
+            Type::Boolean,
+        ]))
+        .build()
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdentifierInput {
     #[serde(rename = "type")]
-    #[schema(example = "phone")]
+    #[schema(value_type = IdentifierType)]
     pub kind: String,
-    #[schema(example = "06 1234 5678")]
+    /// Written any way the type's normaliser accepts (phones to E.164 with
+    /// the default region, e-mails trimmed and lower-cased).
+    #[schema(example = "06 1234 5678", max_length = 256)]
     pub value: String,
     /// The caller checked that this identifier belongs to the customer (a
     /// login, a confirmed e-mail): it may merge profiles whatever its type's
@@ -70,11 +116,13 @@ pub struct IdentifierInput {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnswerInput {
-    #[schema(example = "reason_for_contact")]
+    #[schema(example = "reason_for_contact", pattern = "^[a-z][a-z0-9_]{0,63}$")]
     pub key: String,
-    #[schema(value_type = Object)]
+    /// Any JSON value but `null` (at most 4 KiB as JSON).
+    #[schema(schema_with = non_null_value_schema)]
     pub value: Value,
     /// The question as the channel asked it.
+    #[schema(max_length = 2000)]
     pub question: Option<String>,
     /// Overrides the configured time-to-live of the key.
     pub expires_at: Option<DateTime<Utc>>,
@@ -84,11 +132,15 @@ pub struct AnswerInput {
 #[serde(deny_unknown_fields)]
 pub struct EventInput {
     #[serde(rename = "type")]
-    #[schema(example = "call_started")]
+    #[schema(example = "call_started", pattern = "^[a-z][a-z0-9_]{0,63}$")]
     pub kind: String,
+    #[schema(max_length = 2000)]
     pub summary: Option<String>,
     pub episode: Option<EpisodeInput>,
+    /// Defaults to the stage `journey.event_stages` gives the event type.
+    #[schema(value_type = Option<JourneyStage>)]
     pub journey_stage: Option<String>,
+    /// Free-form (at most 16 KiB as JSON).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub properties: serde_json::Map<String, Value>,
@@ -97,8 +149,14 @@ pub struct EventInput {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EpisodeInput {
-    #[schema(example = "order-A-1001")]
+    #[schema(
+        example = "order-A-1001",
+        pattern = "^[!-~]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub id: String,
+    #[schema(max_length = 2000)]
     pub title: Option<String>,
     pub status: Option<EpisodeStatus>,
 }
@@ -337,13 +395,24 @@ pub fn check_signal_id(id: &str) -> Result<(), SignalError> {
 
 /// Validates trait names and values (shared by signals and `PATCH .../traits`).
 pub fn check_traits(traits: &BTreeMap<String, Value>) -> Result<(), SignalError> {
+    check_trait_names(traits)?;
+    check_trait_values(traits)
+}
+
+/// What the schema states about `traits`: how many, and the names.
+fn check_trait_names(traits: &BTreeMap<String, Value>) -> Result<(), SignalError> {
     if traits.len() > MAX_TRAITS {
         return Err(SignalError::TooManyTraits(traits.len()));
     }
+    match traits.keys().find(|name| !is_valid_trait_name(name)) {
+        Some(name) => Err(SignalError::InvalidTraitName(clip(name))),
+        None => Ok(()),
+    }
+}
+
+/// What no schema states: each value's size as JSON and its depth.
+fn check_trait_values(traits: &BTreeMap<String, Value>) -> Result<(), SignalError> {
     for (name, value) in traits {
-        if !is_valid_trait_name(name) {
-            return Err(SignalError::InvalidTraitName(clip(name)));
-        }
         if json_size(value) > MAX_VALUE_BYTES {
             return Err(SignalError::TraitValueTooLarge(name.clone()));
         }
@@ -361,26 +430,17 @@ pub fn check_answers(
     captured_at: DateTime<Utc>,
     ttl: &BTreeMap<String, Duration>,
 ) -> Result<Vec<ValidAnswer>, SignalError> {
-    if answers.len() > MAX_ANSWERS {
-        return Err(SignalError::TooManyAnswers(answers.len()));
-    }
+    check_answer_shapes(&answers)?;
     answers
         .into_iter()
         .enumerate()
         .map(|(i, a)| {
-            if !is_valid_name(&a.key, 64) {
-                return Err(SignalError::InvalidAnswerKey(i));
-            }
-            if a.value.is_null() {
-                return Err(SignalError::NullAnswer(i));
-            }
             if json_size(&a.value) > MAX_VALUE_BYTES {
                 return Err(SignalError::AnswerValueTooLarge(i));
             }
             if json_depth(&a.value) > MAX_VALUE_DEPTH {
                 return Err(SignalError::ValueTooDeep(format!("answers[{i}].value")));
             }
-            check_text("answers[].question", &a.question)?;
             let expires_at = a.expires_at.or_else(|| {
                 ttl.get(&a.key)
                     .and_then(|d| chrono::TimeDelta::from_std(*d).ok())
@@ -396,30 +456,75 @@ pub fn check_answers(
         .collect()
 }
 
+/// What the schema states about `answers`: how many, the keys, no `null`
+/// value, the length of the question.
+fn check_answer_shapes(answers: &[AnswerInput]) -> Result<(), SignalError> {
+    if answers.len() > MAX_ANSWERS {
+        return Err(SignalError::TooManyAnswers(answers.len()));
+    }
+    for (i, a) in answers.iter().enumerate() {
+        if !is_valid_name(&a.key, 64) {
+            return Err(SignalError::InvalidAnswerKey(i));
+        }
+        if a.value.is_null() {
+            return Err(SignalError::NullAnswer(i));
+        }
+        check_text("answers[].question", &a.question)?;
+    }
+    Ok(())
+}
+
+impl SignalInput {
+    /// Checks exactly the rules the published schema states (names, lengths,
+    /// counts, configured channels, identifier types and journey stages), so
+    /// a signal that passes is one the OpenAPI document calls valid.
+    ///
+    /// A batch refuses as a whole any item that fails these (`422`, naming the
+    /// item): it is malformed the way a body that is not JSON is. What only
+    /// the service can judge is left to [`Signal::parse`], and a batch answers
+    /// it per item.
+    pub fn check_shape(&self, rules: &SignalRules) -> Result<(), SignalError> {
+        rules.channels.check(&self.channel)?;
+        if let Some(id) = &self.signal_id {
+            check_signal_id(id)?;
+        }
+        if self.identifiers.is_empty() {
+            return Err(SignalError::NoIdentifiers);
+        }
+        if self.identifiers.len() > MAX_IDENTIFIERS {
+            return Err(SignalError::TooManyIdentifiers(self.identifiers.len()));
+        }
+        for (index, raw) in self.identifiers.iter().enumerate() {
+            rules
+                .identifiers
+                .check_shape(&raw.kind, &raw.value)
+                .map_err(|source| SignalError::Identifier { index, source })?;
+        }
+        check_trait_names(&self.traits)?;
+        check_answer_shapes(&self.answers)?;
+        if let Some(e) = &self.event {
+            check_event_shape(e, rules)?;
+        }
+        Ok(())
+    }
+}
+
 impl Signal {
     /// Checks every limit and normalises every identifier. `now` is the time
-    /// the signal was received.
+    /// the signal was received. The rules the schema states come first
+    /// ([`SignalInput::check_shape`]), then the ones only the service can judge.
     pub fn parse(
         input: SignalInput,
         rules: &SignalRules,
         now: DateTime<Utc>,
     ) -> Result<Signal, SignalError> {
-        rules.channels.check(&input.channel)?;
-        if let Some(id) = &input.signal_id {
-            check_signal_id(id)?;
-        }
+        input.check_shape(rules)?;
         let occurred_at = input.occurred_at.unwrap_or(now);
         if occurred_at > now + MAX_FUTURE_SKEW {
             return Err(SignalError::OccurredInFuture);
         }
         if occurred_at.timestamp_millis() < 0 {
             return Err(SignalError::TooOld("occurred_at"));
-        }
-        if input.identifiers.is_empty() {
-            return Err(SignalError::NoIdentifiers);
-        }
-        if input.identifiers.len() > MAX_IDENTIFIERS {
-            return Err(SignalError::TooManyIdentifiers(input.identifiers.len()));
         }
         let mut identifiers: Vec<Identifier> = Vec::with_capacity(input.identifiers.len());
         let mut verified: Vec<bool> = Vec::with_capacity(input.identifiers.len());
@@ -461,7 +566,7 @@ impl Signal {
                 }
             }
         }
-        check_traits(&input.traits)?;
+        check_trait_values(&input.traits)?;
         let answers = check_answers(input.answers, occurred_at, &rules.answer_ttl)?;
         let event = input.event.map(|e| validate_event(e, rules)).transpose()?;
         Ok(Signal {
@@ -483,7 +588,9 @@ impl Signal {
     }
 }
 
-fn validate_event(e: EventInput, rules: &SignalRules) -> Result<ValidEvent, SignalError> {
+/// What the schema states about an event: the type's shape, text lengths,
+/// the episode id, a configured journey stage.
+fn check_event_shape(e: &EventInput, rules: &SignalRules) -> Result<(), SignalError> {
     if !is_valid_name(&e.kind, 64) {
         return Err(SignalError::InvalidEventType(clip(&e.kind)));
     }
@@ -497,6 +604,16 @@ fn validate_event(e: EventInput, rules: &SignalRules) -> Result<ValidEvent, Sign
         }
         check_text("event.episode.title", &ep.title)?;
     }
+    if let Some(stage) = &e.journey_stage {
+        if !rules.stages.contains(stage) {
+            return Err(SignalError::UnknownJourneyStage(clip(stage)));
+        }
+    }
+    Ok(())
+}
+
+fn validate_event(e: EventInput, rules: &SignalRules) -> Result<ValidEvent, SignalError> {
+    check_event_shape(&e, rules)?;
     if json_size(&Value::Object(e.properties.clone())) > MAX_PROPERTIES_BYTES {
         return Err(SignalError::PropertiesTooLarge);
     }
@@ -506,15 +623,9 @@ fn validate_event(e: EventInput, rules: &SignalRules) -> Result<ValidEvent, Sign
     {
         return Err(SignalError::ValueTooDeep("event.properties".into()));
     }
-    let journey_stage = match e.journey_stage {
-        Some(stage) => {
-            if !rules.stages.contains(&stage) {
-                return Err(SignalError::UnknownJourneyStage(clip(&stage)));
-            }
-            Some(stage)
-        }
-        None => rules.event_stages.get(&e.kind).cloned(),
-    };
+    let journey_stage = e
+        .journey_stage
+        .or_else(|| rules.event_stages.get(&e.kind).cloned());
     Ok(ValidEvent {
         kind: e.kind,
         summary: e.summary,

@@ -9,6 +9,7 @@ use utoipa::IntoParams;
 use super::extract::JsonBody;
 use super::resource;
 use crate::auth::{Authorized, EraseProfiles, ReadProfiles, WriteProfiles};
+use crate::domain::names::{ConsentPurpose, IdentifierType};
 use crate::domain::CustomerId;
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::note_customer;
@@ -83,10 +84,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct LookupQuery {
     /// Identifier type, e.g. `phone`.
     #[serde(rename = "type")]
-    #[param(rename = "type", example = "phone")]
+    #[param(rename = "type", value_type = IdentifierType)]
     pub kind: String,
     /// Identifier value, written any way the type's normaliser accepts.
-    #[param(example = "0612345678")]
+    #[param(example = "0612345678", max_length = 256)]
     pub value: String,
 }
 
@@ -96,12 +97,14 @@ pub struct LookupQuery {
 pub struct ContextByIdentifierQuery {
     /// Identifier type, e.g. `phone`.
     #[serde(rename = "type")]
-    #[param(rename = "type", example = "phone")]
+    #[param(rename = "type", value_type = IdentifierType)]
     pub kind: String,
-    #[param(example = "0612345678")]
+    /// Identifier value, written any way the type's normaliser accepts.
+    #[param(example = "0612345678", max_length = 256)]
     pub value: String,
     /// Recent interactions to include, 0 to 200 (default 10).
     #[serde(default, deserialize_with = "deserialize_limit")]
+    #[param(minimum = 0, maximum = 200)]
     pub limit: Option<usize>,
 }
 
@@ -111,6 +114,7 @@ pub struct ContextByIdentifierQuery {
 pub struct ContextQuery {
     /// Recent interactions to include, 0 to 200 (default 10).
     #[serde(default, deserialize_with = "deserialize_limit")]
+    #[param(minimum = 0, maximum = 200)]
     pub limit: Option<usize>,
 }
 
@@ -118,6 +122,16 @@ fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     let id = CustomerId::parse(raw)?;
     note_customer(&id);
     Ok(id)
+}
+
+/// A page size of the timeline or the ledger: 1 to [`MAX_PAGE`] when given.
+fn check_page_limit(limit: Option<usize>) -> Result<(), ApiError> {
+    match limit {
+        Some(n) if n == 0 || n > MAX_PAGE => Err(ApiError::InvalidQuery(format!(
+            "limit must be 1 to {MAX_PAGE}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn context_limit(limit: Option<usize>) -> Result<usize, ApiError> {
@@ -133,12 +147,11 @@ fn context_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 /// Read a whole profile.
 #[utoipa::path(
     get, path = "/v1/profiles/{customer_id}", tag = "profiles",
-    params(("customer_id" = String, Path, description = "The customer id")),
+    params(("customer_id" = CustomerId, Path, description = "The customer id")),
     responses(
         (status = 200, body = ProfileView),
         (status = 308, description = "Merged into another profile: see Location and canonical-customer-id", body = ErrorBody),
         (status = 400, description = "Malformed customer id", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "No such profile", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -158,10 +171,8 @@ pub async fn get_profile(
     params(LookupQuery),
     responses(
         (status = 200, body = ProfileView),
-        (status = 400, description = "Bad query", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "Nobody owns the identifier", body = ErrorBody),
-        (status = 422, description = "Unknown type or malformed value", body = ErrorBody),
+        (status = 422, description = "Unknown type, or a value the type's normaliser refuses", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -180,12 +191,10 @@ pub async fn lookup(
 /// The context card of a profile.
 #[utoipa::path(
     get, path = "/v1/profiles/{customer_id}/context", tag = "context",
-    params(("customer_id" = String, Path, description = "The customer id"), ContextQuery),
+    params(("customer_id" = CustomerId, Path, description = "The customer id"), ContextQuery),
     responses(
         (status = 200, body = ContextCard),
         (status = 308, description = "Merged into another profile", body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -210,9 +219,8 @@ pub async fn context(
     params(ContextByIdentifierQuery),
     responses(
         (status = 200, body = ContextCard),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "Nobody owns the identifier", body = ErrorBody),
-        (status = 422, body = ErrorBody),
+        (status = 422, description = "Unknown type, or a value the type's normaliser refuses", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -233,12 +241,11 @@ pub async fn context_by_identifier(
 /// Interactions across all channels, newest first, cursor-paginated.
 #[utoipa::path(
     get, path = "/v1/profiles/{customer_id}/timeline", tag = "profiles",
-    params(("customer_id" = String, Path, description = "The customer id"), TimelineQuery),
+    params(("customer_id" = CustomerId, Path, description = "The customer id"), TimelineQuery),
     responses(
         (status = 200, body = TimelinePage),
         (status = 308, description = "Merged into another profile", body = ErrorBody),
         (status = 400, description = "Bad cursor, limit or channel", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -249,13 +256,7 @@ pub async fn timeline(
     query: web::Query<TimelineQuery>,
 ) -> Result<web::Json<TimelinePage>, ApiError> {
     let id = customer_id(&path)?;
-    if let Some(limit) = query.limit {
-        if limit == 0 || limit > MAX_PAGE {
-            return Err(ApiError::InvalidQuery(format!(
-                "limit must be 1 to {MAX_PAGE}"
-            )));
-        }
-    }
+    check_page_limit(query.limit)?;
     if let Some(c) = &query.channel {
         if !valid_channel_filter(c) {
             return Err(ApiError::InvalidQuery(
@@ -269,14 +270,11 @@ pub async fn timeline(
 /// Set or delete traits (`null` deletes).
 #[utoipa::path(
     patch, path = "/v1/profiles/{customer_id}/traits", tag = "profiles",
-    params(("customer_id" = String, Path, description = "The customer id")),
+    params(("customer_id" = CustomerId, Path, description = "The customer id")),
     request_body = TraitsPatch,
     responses(
         (status = 200, description = "The updated profile", body = ProfileView),
         (status = 308, description = "Merged into another profile", body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 422, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -298,14 +296,11 @@ pub async fn patch_traits(
 /// Record answers the customer gave.
 #[utoipa::path(
     post, path = "/v1/profiles/{customer_id}/answers", tag = "profiles",
-    params(("customer_id" = String, Path, description = "The customer id")),
+    params(("customer_id" = CustomerId, Path, description = "The customer id")),
     request_body = AnswersInput,
     responses(
         (status = 200, description = "The updated profile", body = ProfileView),
         (status = 308, description = "Merged into another profile", body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-        (status = 422, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -327,15 +322,12 @@ pub async fn add_answers(
 /// Confirmed manual merge of `source_id` into the target.
 #[utoipa::path(
     post, path = "/v1/profiles/{target_id}/merge", tag = "profiles",
-    params(("target_id" = String, Path, description = "The surviving profile")),
+    params(("target_id" = CustomerId, Path, description = "The surviving profile")),
     request_body = MergeInput,
     responses(
         (status = 200, description = "The merged profile", body = ProfileView),
         (status = 308, description = "The target was merged into another profile", body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
         (status = 409, description = "Limits forbid the merge", body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -364,12 +356,10 @@ pub async fn merge(
 /// Erase a profile: identifiers, traits, answers, timeline, aliases.
 #[utoipa::path(
     delete, path = "/v1/profiles/{customer_id}", tag = "profiles",
-    params(("customer_id" = String, Path, description = "The customer id")),
+    params(("customer_id" = CustomerId, Path, description = "The customer id")),
     responses(
         (status = 204, description = "Erased; its identifiers are free again"),
         (status = 308, description = "Merged into another profile: erase the survivor", body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -397,15 +387,12 @@ pub async fn erase(
 /// Undo a merge: restore an absorbed profile under its own id.
 #[utoipa::path(
     post, path = "/v1/profiles/{customer_id}/unmerge", tag = "merges",
-    params(("customer_id" = String, Path, description = "The profile that absorbed the other")),
+    params(("customer_id" = CustomerId, Path, description = "The profile that absorbed the other")),
     request_body = UnmergeInput,
     responses(
         (status = 200, description = "Both profiles after the unmerge", body = UnmergeResult),
         (status = 308, description = "Merged into another profile", body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
         (status = 409, description = "nothing_to_unmerge: merged_id is not merged into this profile", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -436,11 +423,9 @@ pub async fn unmerge(
 /// merges in and out, unmerges, erasure. Newest first.
 #[utoipa::path(
     get, path = "/v1/profiles/{customer_id}/history", tag = "merges",
-    params(("customer_id" = String, Path, description = "Any id, live, absorbed or erased"), HistoryQuery),
+    params(("customer_id" = CustomerId, Path, description = "Any id, live, absorbed or erased"), HistoryQuery),
     responses(
         (status = 200, body = HistoryPage),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -451,6 +436,7 @@ pub async fn history(
     query: web::Query<HistoryQuery>,
 ) -> Result<web::Json<HistoryPage>, ApiError> {
     let id = customer_id(&path)?;
+    check_page_limit(query.limit)?;
     Ok(web::Json(services.history(
         id,
         &query,
@@ -462,16 +448,15 @@ pub async fn history(
 #[utoipa::path(
     delete, path = "/v1/profiles/{customer_id}/identifiers/{type}/{value}", tag = "merges",
     params(
-        ("customer_id" = String, Path, description = "The customer id"),
-        ("type" = String, Path, description = "Identifier type"),
-        ("value" = String, Path, description = "Identifier value, URL-encoded; normalised like any other"),
+        ("customer_id" = CustomerId, Path, description = "The customer id"),
+        ("type" = IdentifierType, Path, description = "Identifier type"),
+        ("value" = String, Path, min_length = 1, max_length = 256, description = "Identifier value, URL-encoded; normalised like any other"),
     ),
     responses(
         (status = 200, description = "The profile without the identifier", body = ProfileView),
         (status = 308, description = "Merged into another profile", body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "No such profile, or the identifier is not on it", body = ErrorBody),
-        (status = 422, body = ErrorBody),
+        (status = 422, description = "Unknown type, or a value the type's normaliser refuses", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -508,12 +493,10 @@ pub async fn remove_identifier(
 /// (by default a phone) with this one, with the evidence.
 #[utoipa::path(
     get, path = "/v1/profiles/{customer_id}/suggestions", tag = "merges",
-    params(("customer_id" = String, Path, description = "The customer id")),
+    params(("customer_id" = CustomerId, Path, description = "The customer id")),
     responses(
         (status = 200, description = "Open suggestions; accept one with POST .../merge", body = Vec<SuggestionView>),
         (status = 308, description = "Merged into another profile", body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -532,13 +515,12 @@ pub async fn suggestions(
 #[utoipa::path(
     delete, path = "/v1/profiles/{customer_id}/suggestions/{other_id}", tag = "merges",
     params(
-        ("customer_id" = String, Path, description = "The customer id"),
-        ("other_id" = String, Path, description = "The other profile of the suggestion"),
+        ("customer_id" = CustomerId, Path, description = "The customer id"),
+        ("other_id" = CustomerId, Path, description = "The other profile of the suggestion"),
     ),
     responses(
         (status = 204, description = "Dismissed"),
         (status = 308, description = "Merged into another profile", body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "No such profile or no open suggestion", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -561,16 +543,14 @@ pub async fn dismiss_suggestion(
 #[utoipa::path(
     put, path = "/v1/profiles/{customer_id}/consents/{purpose}", tag = "profiles",
     params(
-        ("customer_id" = String, Path, description = "The customer id"),
-        ("purpose" = String, Path, description = "A configured purpose, e.g. marketing"),
+        ("customer_id" = CustomerId, Path, description = "The customer id"),
+        ("purpose" = ConsentPurpose, Path, description = "A configured purpose (`consents.purposes`)"),
     ),
     request_body = ConsentInput,
     responses(
         (status = 200, description = "The updated profile", body = ProfileView),
         (status = 308, description = "Merged into another profile", body = ErrorBody),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "No such profile, or unknown purpose", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

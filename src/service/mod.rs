@@ -12,7 +12,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
-use crate::domain::{ConflictReason, CustomerId, IdentifierError, SignalError, SignalRules};
+use crate::domain::{
+    ConflictReason, CustomerId, IdentifierError, SignalError, SignalInput, SignalRules,
+};
 use crate::store::{Store, StoreError, StoreTx};
 
 pub use committer::Committer;
@@ -32,6 +34,10 @@ pub enum ServiceError {
     ProfileNotFound(&'static str),
     #[error("{0}")]
     Identifier(#[from] IdentifierError),
+    /// A batch item that breaks a rule the schema states: the whole batch is
+    /// refused, naming the item (see [`SignalInput::check_shape`]).
+    #[error("signals[{index}]: {source}")]
+    InvalidBatchItem { index: usize, source: SignalError },
     #[error("no profile owns this identifier")]
     IdentifierNotOwned,
     /// The id was merged into another profile; answer with a redirect.
@@ -116,6 +122,15 @@ impl Services {
 
     pub fn max_batch(&self) -> usize {
         self.max_batch
+    }
+
+    /// Refuses a batch holding an item the published schema calls malformed,
+    /// naming the first such item; the rest of validation is per item.
+    pub fn check_batch_shape(&self, signals: &[SignalInput]) -> Result<(), ServiceError> {
+        signals.iter().enumerate().try_for_each(|(index, s)| {
+            s.check_shape(&self.rules)
+                .map_err(|source| ServiceError::InvalidBatchItem { index, source })
+        })
     }
 
     /// Whether the store answers (for `/readyz`).

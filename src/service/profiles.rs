@@ -13,12 +13,13 @@ use super::views::{
     self, Access, ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage,
 };
 use super::{atomically, ServiceError, Services};
+use crate::domain::names::ChannelName;
 use crate::domain::{
-    check_answers, check_traits, is_valid_name, Answer, AnswerInput, Change, ChannelRules,
-    ConflictReason, Consent, CustomerId, IdentityEventKind, Interaction, NormaliseOutcome, Profile,
-    Suggestion, TraitValue,
+    check_answers, check_traits, is_valid_name, trait_map_schema, Answer, AnswerInput, Change,
+    ChannelRules, ConflictReason, Consent, CustomerId, IdentityEventKind, Interaction,
+    NormaliseOutcome, Profile, Suggestion, TraitValue,
 };
-use crate::store::{Store, StoreTx, TimelinePosition};
+use crate::store::{parse_decimal, Store, StoreTx, TimelinePosition};
 
 pub const DEFAULT_CONTEXT_INTERACTIONS: usize = 10;
 pub const MAX_PAGE: usize = 200;
@@ -27,10 +28,10 @@ pub const MAX_PAGE: usize = 200;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TraitsPatch {
-    #[schema(example = "agent")]
+    #[schema(value_type = ChannelName)]
     pub channel: String,
-    /// Trait name -> new value; `null` deletes the trait.
-    #[schema(value_type = Object)]
+    /// Trait name -> new value (at most 4 KiB as JSON); `null` deletes the trait.
+    #[schema(schema_with = trait_map_schema)]
     pub traits: BTreeMap<String, Value>,
 }
 
@@ -38,8 +39,9 @@ pub struct TraitsPatch {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnswersInput {
-    #[schema(example = "chat")]
+    #[schema(value_type = ChannelName)]
     pub channel: String,
+    #[schema(max_items = 50)]
     pub answers: Vec<AnswerInput>,
 }
 
@@ -49,7 +51,7 @@ pub struct AnswersInput {
 pub struct ConsentInput {
     pub granted: bool,
     /// Where the customer gave the decision.
-    #[schema(example = "web")]
+    #[schema(value_type = ChannelName)]
     pub channel: String,
 }
 
@@ -58,6 +60,7 @@ pub struct ConsentInput {
 #[serde(deny_unknown_fields)]
 pub struct UnmergeInput {
     /// The absorbed profile to restore.
+    #[schema(value_type = CustomerId)]
     pub merged_id: String,
 }
 
@@ -67,8 +70,10 @@ pub struct UnmergeInput {
 pub struct HistoryQuery {
     /// Page size, 1 to 200 (default 50).
     #[serde(default, deserialize_with = "deserialize_limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,19}$")]
     pub cursor: Option<String>,
 }
 
@@ -77,6 +82,7 @@ pub struct HistoryQuery {
 #[serde(deny_unknown_fields)]
 pub struct MergeInput {
     /// The profile to fold into the target; its id becomes an alias.
+    #[schema(value_type = CustomerId)]
     pub source_id: String,
 }
 
@@ -86,25 +92,33 @@ pub struct MergeInput {
 pub struct TimelineQuery {
     /// Page size, 1 to 200 (default 50).
     #[serde(default, deserialize_with = "deserialize_limit")]
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,19}-[0-9]{1,19}$")]
     pub cursor: Option<String>,
-    /// Only interactions on this channel.
+    /// Only interactions on this channel (any channel name, also one no
+    /// longer configured).
+    #[param(pattern = "^[a-z][a-z0-9_]{0,31}$")]
     pub channel: Option<String>,
 }
 
 /// A `limit` query parameter. The query deserializer's own error for a value
-/// that is not a number does not name the parameter; this one does.
+/// that is not a number does not name the parameter; this one does. Only
+/// plain decimal digits count (`+5` is not a page size).
 pub fn deserialize_limit<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<usize>, D::Error> {
     let Some(raw) = Option::<String>::deserialize(d)? else {
         return Ok(None);
     };
-    raw.parse().map(Some).map_err(|_| {
-        let shown: String = raw.chars().take(32).collect();
-        serde::de::Error::custom(format!("limit must be a whole number, not `{shown}`"))
-    })
+    parse_decimal(&raw)
+        .and_then(|n| usize::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            let shown: String = raw.chars().take(32).collect();
+            serde::de::Error::custom(format!("limit must be a whole number, not `{shown}`"))
+        })
 }
 
 impl Services {
@@ -592,7 +606,7 @@ impl Services {
         access: Access,
     ) -> Result<HistoryPage, ServiceError> {
         let before = match &q.cursor {
-            Some(c) => Some(c.parse::<u64>().map_err(|_| ServiceError::InvalidCursor)?),
+            Some(c) => Some(parse_decimal(c).ok_or(ServiceError::InvalidCursor)?),
             None => None,
         };
         let limit = q.limit.unwrap_or(50).clamp(1, MAX_PAGE);

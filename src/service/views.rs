@@ -9,9 +9,9 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::domain::{
-    Answer, ConflictReason, Contribution, CustomerId, Episode, EpisodeStatus, IdentifierRecord,
-    IdentifierRules, IdentityEvent, IdentityEventKind, IgnoredIdentifier, Interaction, Profile,
-    Suggestion,
+    non_null_value_schema, Answer, ConflictReason, Contribution, CustomerId, Episode,
+    EpisodeStatus, IdentifierRecord, IdentifierRules, IdentityEvent, IdentityEventKind,
+    IgnoredIdentifier, Interaction, Profile, Suggestion,
 };
 
 /// What the caller may see. Built from the token's scopes.
@@ -92,7 +92,8 @@ pub struct IdentifierView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct TraitView {
-    #[schema(value_type = Object)]
+    /// Any JSON value (a deleted trait is not listed); masked ones are strings.
+    #[schema(schema_with = non_null_value_schema)]
     pub value: Value,
     pub channel: String,
     pub observed_at: DateTime<Utc>,
@@ -101,7 +102,7 @@ pub struct TraitView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct AnswerView {
-    #[schema(value_type = Object)]
+    #[schema(schema_with = non_null_value_schema)]
     pub value: Value,
     pub question: Option<String>,
     pub channel: String,
@@ -137,7 +138,6 @@ pub struct EpisodeView {
 /// The whole profile, as `GET /v1/profiles/{customer_id}` returns it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ProfileView {
-    #[schema(value_type = String, example = "cus_01JD3X4Y5Z6A7B8C9D0E1F2G3H")]
     pub customer_id: CustomerId,
     pub version: u64,
     pub created_at: DateTime<Utc>,
@@ -146,7 +146,6 @@ pub struct ProfileView {
     pub traits: BTreeMap<String, TraitView>,
     pub answers: BTreeMap<String, AnswerView>,
     pub channels: BTreeMap<String, ChannelView>,
-    #[schema(value_type = Vec<String>)]
     pub merged_ids: Vec<CustomerId>,
     pub journey: JourneyView,
     pub episodes: Vec<EpisodeView>,
@@ -189,7 +188,6 @@ pub struct CardIdentifier {
 /// The context card: everything a desk or a bot needs, in one round trip.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ContextCard {
-    #[schema(value_type = String)]
     pub customer_id: CustomerId,
     pub version: u64,
     pub identifiers: Vec<CardIdentifier>,
@@ -207,7 +205,6 @@ pub struct ContextCard {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct TimelinePage {
-    #[schema(value_type = String)]
     pub customer_id: CustomerId,
     pub interactions: Vec<InteractionView>,
     /// Pass as `cursor` for the next (older) page; absent on the last page.
@@ -217,7 +214,6 @@ pub struct TimelinePage {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ConflictView {
     /// The profile that stayed apart, or the one that could not take the identifier.
-    #[schema(value_type = String)]
     pub customer_id: CustomerId,
     #[serde(rename = "type")]
     pub kind: String,
@@ -239,12 +235,10 @@ pub struct IgnoredView {
 /// The result of one signal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct IngestResult {
-    #[schema(value_type = String)]
     pub customer_id: CustomerId,
     /// Whether this signal created the profile (the response is then `201`).
     pub created: bool,
     /// Profiles this signal merged into `customer_id`.
-    #[schema(value_type = Vec<String>)]
     pub merged_ids: Vec<CustomerId>,
     pub conflicts: Vec<ConflictView>,
     pub version: u64,
@@ -456,7 +450,6 @@ pub struct HistoryEntry {
     /// The identifier added, removed, or linking a merge (masked without `pii:read`).
     pub identifier: Option<CardIdentifier>,
     /// The other profile of a merge or unmerge.
-    #[schema(value_type = Option<String>)]
     pub other_id: Option<CustomerId>,
     /// For merges: what the absorbed profile brought.
     pub contributed: Option<Contribution>,
@@ -468,7 +461,6 @@ pub struct HistoryEntry {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct HistoryPage {
-    #[schema(value_type = String)]
     pub customer_id: CustomerId,
     /// Newest first.
     pub events: Vec<HistoryEntry>,
@@ -507,7 +499,6 @@ pub fn history_view(seq: u64, e: IdentityEvent, m: &Masking<'_>) -> HistoryEntry
 pub struct SuggestionView {
     /// The other profile; also the id to dismiss (`DELETE .../suggestions/{id}`)
     /// or to accept (`POST .../merge` with it as `source_id`).
-    #[schema(value_type = String)]
     pub customer_id: CustomerId,
     /// The identifiers the two share (masked without `pii:read`).
     pub evidence: Vec<CardIdentifier>,

@@ -32,16 +32,24 @@ impl TimelinePosition {
         format!("{:013}-{}", self.millis, self.seq)
     }
 
+    /// Reads an id back; only the shape [`Self::to_id`] writes is one
+    /// (`<digits>-<digits>`, each at most 19 digits).
     pub fn from_id(id: &str) -> Option<TimelinePosition> {
         let (millis, seq) = id.split_once('-')?;
-        if millis.is_empty() || seq.is_empty() || millis.len() > 20 || seq.len() > 20 {
-            return None;
-        }
         Some(TimelinePosition {
-            millis: millis.parse().ok()?,
-            seq: seq.parse().ok()?,
+            millis: parse_decimal(millis)?,
+            seq: parse_decimal(seq)?,
         })
     }
+}
+
+/// A number as this service writes it in ids and cursors: 1 to 19 decimal
+/// digits (so every such text fits a `u64`), nothing else (no sign, no space).
+pub fn parse_decimal(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// The changes of one use case, applied all together or not at all.

@@ -20,7 +20,7 @@ async fn served_openapi_matches_the_committed_file() {
             .expect("openapi/openapi.json is JSON");
     if served != committed {
         if std::env::var_os("UPDATE_OPENAPI").is_some() {
-            std::fs::write(path, anamnesis::openapi::document()).unwrap();
+            std::fs::write(path, anamnesis::openapi::document(&app.settings)).unwrap();
         }
         panic!(
             "openapi/openapi.json differs from the served document; regenerate with \
