@@ -12,8 +12,8 @@ const SHARDS: usize = 16;
 const PRUNE_AT: usize = 4096;
 
 pub struct RateLimiter {
-    /// Pause before a refusal is answered.
-    pub reject_delay: Duration,
+    /// Pause before a refusal is answered (see [`RateLimiter::reject_delay`]).
+    reject_delay: Duration,
     /// Nanoseconds one request costs of the budget; 0 when off.
     interval: u64,
     /// How far ahead of now the theoretical arrival time may run (the burst).
@@ -38,6 +38,13 @@ impl RateLimiter {
             epoch: Instant::now(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
+    }
+
+    /// How long to hold a refusal: `limits.reject_delay_ms`, spread at random
+    /// over half to one and a half times that, so the refused connections of
+    /// a flooding client come back one by one rather than in one wave.
+    pub fn reject_delay(&self) -> Duration {
+        self.reject_delay.mul_f64(0.5 + rand::random::<f64>())
     }
 
     /// Spends one request of `subject`'s budget, or says how long until one

@@ -469,7 +469,7 @@ impl<P: Policy> FromRequest for Authorized<P> {
             if !auth.settings.disabled {
                 if let Some(limiter) = req.app_data::<web::Data<RateLimiter>>() {
                     if let Err(wait) = limiter.check(&principal.rate_key) {
-                        return Err((ApiError::RateLimited(wait), limiter.reject_delay));
+                        return Err((ApiError::RateLimited(wait), limiter.reject_delay()));
                     }
                 }
             }
