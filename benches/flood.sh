@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-20s}
-RATE=${RATE:-2000}
+RATE=${RATE:-1000}
 BURST=${BURST:-100}
 REJECT_DELAY_MS=${REJECT_DELAY_MS:-250}
 

@@ -455,46 +455,47 @@ pub struct Authorized<P: Policy> {
     _policy: PhantomData<P>,
 }
 
+impl<P: Policy> Authorized<P> {
+    fn authorize(req: &HttpRequest) -> Result<Self, ApiError> {
+        let auth = req
+            .app_data::<web::Data<Authenticator>>()
+            .ok_or(ApiError::Internal("authenticator not configured"))?;
+        let principal = auth.principal_of(req)?;
+        if !auth.settings.disabled {
+            if let Some(limiter) = req.app_data::<web::Data<RateLimiter>>() {
+                limiter
+                    .check(&principal.rate_key)
+                    .map_err(ApiError::RateLimited)?;
+            }
+        }
+        if !principal.has(P::SCOPE) {
+            return Err(ApiError::InsufficientScope(P::SCOPE.as_str()));
+        }
+        Ok(Authorized {
+            principal,
+            _policy: PhantomData,
+        })
+    }
+}
+
 impl<P: Policy> FromRequest for Authorized<P> {
     type Error = ApiError;
     type Future =
         Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let result = (|| {
-            let auth = req
-                .app_data::<web::Data<Authenticator>>()
-                .ok_or(ApiError::Internal("authenticator not configured"))?;
-            let principal = auth.principal_of(req)?;
-            if !auth.settings.disabled {
-                if let Some(limiter) = req.app_data::<web::Data<RateLimiter>>() {
-                    if let Err(wait) = limiter.check(&principal.rate_key) {
-                        return Err((ApiError::RateLimited(wait), limiter.reject_delay()));
-                    }
-                }
+        match Self::authorize(req) {
+            // Held a while before it goes out: see `RateLimiter::reject_delay`.
+            Err(refusal @ ApiError::RateLimited(_)) => {
+                let delay = req
+                    .app_data::<web::Data<RateLimiter>>()
+                    .map_or(Duration::ZERO, |l| l.reject_delay());
+                Either::Right(Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    Err(refusal)
+                }))
             }
-            if !principal.has(P::SCOPE) {
-                return Err(ApiError::InsufficientScope(P::SCOPE.as_str()).into());
-            }
-            Ok(Authorized {
-                principal,
-                _policy: PhantomData,
-            })
-        })();
-        match result {
-            Err((refusal, delay)) if !delay.is_zero() => Either::Right(Box::pin(async move {
-                tokio::time::sleep(delay).await;
-                Err(refusal)
-            })),
-            Err((error, _)) => Either::Left(ready(Err(error))),
-            Ok(authorized) => Either::Left(ready(Ok(authorized))),
+            other => Either::Left(ready(other)),
         }
-    }
-}
-
-/// An error answered at once.
-impl From<ApiError> for (ApiError, Duration) {
-    fn from(e: ApiError) -> Self {
-        (e, Duration::ZERO)
     }
 }
