@@ -7,12 +7,15 @@
 //! # Layout
 //!
 //! - [`config`]: typed, validated settings loaded in layers (defaults, file, environment).
-//! - [`telemetry`]: the `tracing` subscriber.
+//! - [`telemetry`]: the `tracing` subscriber, and the audit log's JSON lines.
 //! - [`startup`]: `Application::build`: store, services, listener, routes, middleware.
+//! - [`conn`]: deadlines on every request of a connection (slow clients).
 //! - [`middleware`]: request ids, request spans, HTTP metrics.
 //! - [`error`]: the one error-code table and the one `ResponseError`.
 //! - [`openapi`]: the OpenAPI document generated from the handlers.
-//! - [`auth`]: JWT verification, scopes, the typed `Authorized<Policy>` extractor.
+//! - [`auth`]: keys by `kid` (configuration, JWKS), JWT verification and its cache,
+//!   scopes, per-subject rate limits, the typed `Authorized<Policy>` extractor.
+//! - [`audit`]: one audit line per destructive or administrative action.
 //! - [`routes`]: one module per resource; thin handlers.
 //! - [`service`]: use cases (ingest, read, write, merge, erase), the group-commit writer, response views.
 //! - [`domain`]: identifiers, normalisers, signals, profiles, reconciliation and resolution rules; pure.

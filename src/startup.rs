@@ -82,6 +82,11 @@ impl Application {
             Authenticator::new(&settings.auth, secret.as_deref()).context("loading auth keys")?,
         );
         authenticator.watch_jwks();
+        if !settings.auth.disabled && !authenticator.has_keys() {
+            tracing::warn!(
+                "no verification keys (the JWKS file holds none usable and no other key is configured): every token is refused until keys arrive"
+            );
+        }
         if settings.auth.disabled {
             tracing::warn!("authentication is DISABLED by configuration (auth.disabled = true)");
         }

@@ -233,7 +233,7 @@ impl Authenticator {
     /// Re-reads the JWKS file and, when it changed and parses, puts its keys
     /// in force. A file that is missing or invalid leaves the keys as they
     /// were (and is logged once). Returns whether the keys changed.
-    pub fn reload_jwks(&self) -> bool {
+    fn reload_jwks(&self) -> bool {
         let Some(source) = &self.jwks else {
             return false;
         };

@@ -53,7 +53,7 @@ impl TokenError {
     }
 
     /// Maps a failure of `jsonwebtoken::decode`. The header was read before
-    /// (see [`Header::parse`]), so a JSON error here is about the claims.
+    /// (see `Header::parse`), so a JSON error here is about the claims.
     pub fn from_jwt(e: &jsonwebtoken::errors::Error) -> TokenError {
         use jsonwebtoken::errors::ErrorKind;
         match e.kind() {

@@ -167,7 +167,7 @@ impl IdentifierRules {
     }
 
     /// What the published schema states about a raw identifier: a known
-    /// type, a value of at most [`MAX_IDENTIFIER_CHARS`] characters. Whether
+    /// type, a value of at most `MAX_IDENTIFIER_CHARS` characters. Whether
     /// the value is one the type's normaliser accepts only [`Self::normalise`] says.
     pub fn check_shape(&self, kind: &str, raw: &str) -> Result<&TypeRule, IdentifierError> {
         let rule = self

@@ -67,7 +67,7 @@ pub struct SignalInput {
 }
 
 /// `traits` of a signal or a trait patch: names in the trait-name shape, at
-/// most [`MAX_TRAITS`], any JSON value (`null` deletes).
+/// most `MAX_TRAITS`, any JSON value (`null` deletes).
 pub fn trait_map_schema() -> utoipa::openapi::Object {
     use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
     ObjectBuilder::new()
