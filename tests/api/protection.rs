@@ -120,7 +120,7 @@ async fn a_refusal_goes_out_only_after_the_reject_delay() {
     let app = spawn_app_with(|s| {
         s.limits.rate_per_second = 1;
         s.limits.burst = 1;
-        s.limits.reject_delay_ms = 400;
+        s.limits.reject_delay_ms = 1000;
     })
     .await;
     let id = id_of(
@@ -132,23 +132,18 @@ async fn a_refusal_goes_out_only_after_the_reject_delay() {
     let started = Instant::now();
     assert_eq!(app.get_as(&desk, &profile).await.status(), 200);
     let served_in = started.elapsed();
-    // Each refusal is held 0.5 to 1.5 times the delay, at random. Two fit
-    // before the second's budget is back.
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let started = Instant::now();
-        let refused = app.get_as(&desk, &profile).await;
-        held.push(started.elapsed());
-        assert_error(refused, 429, "rate_limited").await;
-    }
+    // A refusal is held 0.5 to 1.5 times the delay, at random.
+    let started = Instant::now();
+    let refused = app.get_as(&desk, &profile).await;
+    let held = started.elapsed();
+    assert_error(refused, 429, "rate_limited").await;
     assert!(
-        served_in < Duration::from_millis(200),
+        served_in < Duration::from_millis(500),
         "served in {served_in:?}"
     );
     assert!(
-        held.iter()
-            .all(|h| (Duration::from_millis(200)..Duration::from_millis(900)).contains(h)),
-        "refusals held {held:?}"
+        (Duration::from_millis(500)..Duration::from_millis(2500)).contains(&held),
+        "refusal held {held:?}"
     );
 }
 
