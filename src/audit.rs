@@ -51,6 +51,27 @@ pub fn record<T>(
     detail: Detail<'_>,
     outcome: &Result<T, ApiError>,
 ) {
+    write(who, action, Some(customer_id), detail, outcome);
+}
+
+/// Records an action refused before it started (the token lacks its scope).
+/// The customer id is the one in the path when it is a customer id at all.
+pub fn record_refusal<T>(
+    who: &Principal,
+    action: Action,
+    customer_id: Option<CustomerId>,
+    outcome: &Result<T, ApiError>,
+) {
+    write(who, action, customer_id, Detail::default(), outcome);
+}
+
+fn write<T>(
+    who: &Principal,
+    action: Action,
+    customer_id: Option<CustomerId>,
+    detail: Detail<'_>,
+    outcome: &Result<T, ApiError>,
+) {
     let outcome = match outcome {
         Ok(_) => "ok",
         Err(e) => e.status_and_code().1,
@@ -60,7 +81,7 @@ pub fn record<T>(
         target: TARGET,
         who = %who.subject,
         action = action.as_str(),
-        customer_id = %customer_id,
+        customer_id = customer_id.map(|id| id.to_string()),
         other_id = detail.other_id.map(|id| id.to_string()),
         identifier_type = detail.identifier_type,
         outcome,

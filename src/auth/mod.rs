@@ -22,7 +22,9 @@ pub use limit::RateLimiter;
 pub use secret::{default_secret, load_or_create_secret, SecretSource};
 pub use token::TokenError;
 
+use crate::audit::{self, Action};
 use crate::config::{AuthSettings, KeyAlgorithm};
+use crate::domain::CustomerId;
 use crate::error::ApiError;
 use crate::service::Access;
 use cache::TokenCache;
@@ -422,17 +424,21 @@ impl Authenticator {
     }
 }
 
-/// The scope a route requires.
+/// The scope a route requires, and the audited action it performs, if any:
+/// a caller refused for lacking the scope of an audited action leaves an
+/// audit line too.
 pub trait Policy {
     const SCOPE: Scope;
+    const AUDITED: Option<Action> = None;
 }
 
 macro_rules! policy {
-    ($($(#[$doc:meta])* $name:ident => $scope:expr;)*) => {$(
+    ($($(#[$doc:meta])* $name:ident => $scope:expr $(, $action:expr)?;)*) => {$(
         $(#[$doc])*
         pub struct $name;
         impl Policy for $name {
             const SCOPE: Scope = $scope;
+            $(const AUDITED: Option<Action> = Some($action);)?
         }
     )*};
 }
@@ -444,8 +450,14 @@ policy! {
     WriteSignals => Scope::SignalsWrite;
     /// `profiles:write`
     WriteProfiles => Scope::ProfilesWrite;
-    /// `profiles:erase`
-    EraseProfiles => Scope::ProfilesErase;
+    /// `profiles:write`, audited
+    MergeProfiles => Scope::ProfilesWrite, Action::Merge;
+    /// `profiles:write`, audited
+    UnmergeProfiles => Scope::ProfilesWrite, Action::Unmerge;
+    /// `profiles:write`, audited
+    RemoveIdentifiers => Scope::ProfilesWrite, Action::RemoveIdentifier;
+    /// `profiles:erase`, audited
+    EraseProfiles => Scope::ProfilesErase, Action::Erase;
 }
 
 /// A verified caller holding the scope `P` requires. Extracting it fails with
@@ -469,7 +481,15 @@ impl<P: Policy> Authorized<P> {
             }
         }
         if !principal.has(P::SCOPE) {
-            return Err(ApiError::InsufficientScope(P::SCOPE.as_str()));
+            let refusal = Err(ApiError::InsufficientScope(P::SCOPE.as_str()));
+            if let Some(action) = P::AUDITED {
+                let id = ["customer_id", "target_id"]
+                    .into_iter()
+                    .find_map(|name| req.match_info().get(name))
+                    .and_then(|raw| CustomerId::parse(raw).ok());
+                audit::record_refusal(&principal, action, id, &refusal);
+            }
+            return refusal;
         }
         Ok(Authorized {
             principal,

@@ -8,7 +8,10 @@ use utoipa::IntoParams;
 
 use super::extract::JsonBody;
 use super::resource;
-use crate::auth::{Authorized, EraseProfiles, ReadProfiles, WriteProfiles};
+use crate::auth::{
+    Authorized, EraseProfiles, MergeProfiles, ReadProfiles, RemoveIdentifiers, UnmergeProfiles,
+    WriteProfiles,
+};
 use crate::domain::names::{ConsentPurpose, IdentifierType};
 use crate::domain::CustomerId;
 use crate::error::{ApiError, ErrorBody};
@@ -332,7 +335,7 @@ pub async fn add_answers(
     security(("bearer" = []))
 )]
 pub async fn merge(
-    auth: Authorized<WriteProfiles>,
+    auth: Authorized<MergeProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
     JsonBody(input): JsonBody<MergeInput>,
@@ -397,7 +400,7 @@ pub async fn erase(
     security(("bearer" = []))
 )]
 pub async fn unmerge(
-    auth: Authorized<WriteProfiles>,
+    auth: Authorized<UnmergeProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
     JsonBody(input): JsonBody<UnmergeInput>,
@@ -461,7 +464,7 @@ pub async fn history(
     security(("bearer" = []))
 )]
 pub async fn remove_identifier(
-    auth: Authorized<WriteProfiles>,
+    auth: Authorized<RemoveIdentifiers>,
     services: web::Data<Services>,
     path: web::Path<(String, String, String)>,
 ) -> Result<web::Json<ProfileView>, ApiError> {

@@ -570,6 +570,7 @@ async fn each_destructive_action_leaves_one_audit_line_without_personal_data() {
     let since = chrono::Utc::now();
     let desk = token_for("desk-7", &[Scope::Admin]);
     let dpo = token_for("dpo-1", &[Scope::ProfilesErase]);
+    let reader = token_for("reader-3", &[Scope::ProfilesRead]);
 
     let mut fenna = signal(
         "ivr",
@@ -672,6 +673,21 @@ async fn each_destructive_action_leaves_one_audit_line_without_personal_data() {
             server.request(&dpo, Method::DELETE, &format!("/v1/profiles/{NOBODY}")),
             404,
             line("dpo-1", "erase", NOBODY, "profile_not_found"),
+        )
+        .await,
+        // Refused for want of the scope: audited too, before any body is read.
+        audited(
+            server.request(&reader, Method::DELETE, &format!("/v1/profiles/{a}")),
+            403,
+            line("reader-3", "erase", &a, "insufficient_scope"),
+        )
+        .await,
+        audited(
+            server
+                .request(&reader, Method::POST, &merge)
+                .json(&json!({ "source_id": b })),
+            403,
+            line("reader-3", "merge", &a, "insufficient_scope"),
         )
         .await,
     ];
