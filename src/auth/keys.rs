@@ -34,6 +34,14 @@ pub enum KeyError {
 }
 
 impl KeyAlgorithm {
+    /// In declaration order, so `alg as usize` indexes it.
+    pub const ALL: [KeyAlgorithm; 4] = [
+        KeyAlgorithm::HS256,
+        KeyAlgorithm::RS256,
+        KeyAlgorithm::ES256,
+        KeyAlgorithm::EdDSA,
+    ];
+
     pub fn algorithm(self) -> Algorithm {
         match self {
             KeyAlgorithm::HS256 => Algorithm::HS256,

@@ -153,6 +153,23 @@ pub struct Authenticator {
     jwks: Option<JwksSource>,
     cache: TokenCache,
     signer: Option<Signer>,
+    /// The claim checks for each algorithm, indexed by `KeyAlgorithm`.
+    validations: [Validation; 4],
+}
+
+/// What a token signed with `alg` must satisfy besides its signature.
+fn validation(settings: &AuthSettings, alg: KeyAlgorithm) -> Validation {
+    let mut validation = Validation::new(alg.algorithm());
+    validation.leeway = settings.leeway_secs;
+    validation.validate_nbf = true;
+    validation.set_audience(&[settings.audience.as_str()]);
+    let mut required = vec!["exp", "aud"];
+    if let Some(iss) = &settings.issuer {
+        validation.set_issuer(&[iss.as_str()]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    validation
 }
 
 impl Authenticator {
@@ -194,6 +211,7 @@ impl Authenticator {
             jwks,
             cache: TokenCache::new(settings.token_cache_entries),
             signer,
+            validations: KeyAlgorithm::ALL.map(|alg| validation(settings, alg)),
         })
     }
 
@@ -301,18 +319,8 @@ impl Authenticator {
             .expect("the JWKS watcher thread starts");
     }
 
-    fn validation(&self, alg: KeyAlgorithm) -> Validation {
-        let mut validation = Validation::new(alg.algorithm());
-        validation.leeway = self.settings.leeway_secs;
-        validation.validate_nbf = true;
-        validation.set_audience(&[self.settings.audience.as_str()]);
-        let mut required = vec!["exp", "aud"];
-        if let Some(iss) = &self.settings.issuer {
-            validation.set_issuer(&[iss.as_str()]);
-            required.push("iss");
-        }
-        validation.set_required_spec_claims(&required);
-        validation
+    fn validation(&self, alg: KeyAlgorithm) -> &Validation {
+        &self.validations[alg as usize]
     }
 
     /// Verifies a bearer token and returns who it speaks for.
@@ -335,10 +343,9 @@ impl Authenticator {
         if header.alg != key.alg.header_name() {
             return Err(TokenError::AlgorithmNotAllowed);
         }
-        let claims =
-            jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation(key.alg))
-                .map_err(|e| TokenError::from_jwt(&e))?
-                .claims;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, self.validation(key.alg))
+            .map_err(|e| TokenError::from_jwt(&e))?
+            .claims;
         let mut scopes = 0;
         for s in claims.scope.split_whitespace() {
             if let Some(scope) = Scope::parse(s) {
