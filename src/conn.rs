@@ -15,7 +15,8 @@
 //! the clock stops when the response starts and restarts only when the
 //! client sends again. Bytes a client pipelines behind a complete request are
 //! timed from its first byte after the response began, which is lenient but
-//! still bounded.
+//! still bounded. An interim `100 Continue` counts as a response begun, so a
+//! body sent after it is timed as a head (the shorter limit).
 
 use std::future::Future;
 use std::io;
