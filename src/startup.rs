@@ -156,9 +156,17 @@ impl Application {
         if settings.server.workers > 0 {
             builder = builder.workers(settings.server.workers);
         }
+        // On SIGTERM, idle keep-alive connections close at once instead of
+        // holding the shutdown until their keep-alive runs out.
+        let shutdown = builder.graceful_shutdown_signal();
         let server = builder
             .listen("anamnesis", listener, move || {
+                let shutdown = shutdown.clone();
                 let http = HttpService::build()
+                    .graceful_shutdown_signal(move || {
+                        let shutdown = shutdown.clone();
+                        async move { shutdown.notified().await }
+                    })
                     .client_request_timeout(Duration::from_millis(
                         server_settings.request_head_timeout_ms,
                     ))
