@@ -2,32 +2,21 @@
 //! audit line per destructive action, and no personal data in the logs, the
 //! audit log or the answers of a caller without `pii:read`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
-use anamnesis::auth::{Authenticator, Scope};
-use anamnesis::config::Settings;
+use anamnesis::auth::Scope;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{json, Value};
 
+use crate::binary::{token_for, Binary};
 use crate::helpers::{
-    assert_error, body, id_of, identifier_list, signal, spawn_app, spawn_app_with, TestApp, SECRET,
+    assert_error, body, id_of, identifier_list, signal, spawn_app, spawn_app_with, TestApp,
 };
-use crate::restart::{free_port, wait_until_gone};
 
 const NOBODY: &str = "cus_01ARZ3NDEKTSV4RRFFQ69G5FAV";
-
-/// A token for `subject`: budgets and audit lines are per subject, and
-/// `TestApp::token` always says "test".
-fn token_for(subject: &str, scopes: &[Scope]) -> String {
-    Authenticator::new(&Settings::defaults().auth, Some(SECRET.as_bytes()))
-        .and_then(|auth| auth.mint(subject, scopes, None, Duration::from_secs(600)))
-        .expect("minted")
-}
 
 /// A request to the in-process app with `token` instead of the admin's.
 fn with_token(app: &TestApp, token: &str, method: Method, path: &str) -> RequestBuilder {
@@ -382,115 +371,6 @@ async fn an_idle_keep_alive_connection_is_closed() {
 
 // ---------------------------------------------------------------------------
 // The real binary: the audit log and the logs as an operator sees them.
-
-/// The real binary, its stdout and stderr captured line by line.
-struct Binary {
-    child: Child,
-    base: String,
-    client: reqwest::Client,
-    lines: Receiver<String>,
-    /// Lines read while waiting for the server to listen.
-    seen: Vec<String>,
-}
-
-/// Forwards each line of `pipe` (lossily decoded) until it closes.
-fn forward(pipe: impl Read + Send + 'static, tx: Sender<String>) {
-    std::thread::spawn(move || {
-        let mut pipe = BufReader::new(pipe);
-        let mut line = Vec::new();
-        while pipe.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-            let text = String::from_utf8_lossy(&line).trim_end().to_owned();
-            if tx.send(text).is_err() {
-                return;
-            }
-            line.clear();
-        }
-    });
-}
-
-impl Binary {
-    /// Starts the service on a free port over `data`, with the test secret
-    /// and telemetry level `info`, changed by `env`.
-    fn start(data: &Path, env: &[(&str, &str)]) -> Binary {
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_anamnesis"));
-        command
-            .env("ANAMNESIS__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .env("ANAMNESIS__STORAGE__PATH", data)
-            .env("ANAMNESIS__AUTH__HS256_SECRET", SECRET)
-            .env("ANAMNESIS__TELEMETRY__LEVEL", "info")
-            // RUST_LOG would win over the configured level.
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command.envs(env.iter().copied());
-        let mut child = command.spawn().expect("the binary starts");
-        let (tx, lines) = mpsc::channel();
-        forward(child.stdout.take().unwrap(), tx.clone());
-        forward(child.stderr.take().unwrap(), tx);
-        let mut seen: Vec<String> = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !seen
-            .last()
-            .is_some_and(|l| l.contains("anamnesis listening"))
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("the server did not report listening: {seen:#?}"));
-            seen.push(line);
-        }
-        Binary {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
-            lines,
-            seen,
-        }
-    }
-
-    fn request(&self, token: &str, method: Method, path: &str) -> RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(token)
-    }
-
-    /// Ingests a signal that must succeed; returns the customer id.
-    async fn ingest(&self, token: &str, signal: &Value) -> String {
-        let resp = self
-            .request(token, Method::POST, "/v1/signals")
-            .json(signal)
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "{}", resp.status());
-        id_of(&body(resp).await)
-    }
-
-    /// SIGTERM, then every line it printed, read to the end.
-    async fn stop(mut self) -> Vec<String> {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = wait_until_gone(&mut self.child).await;
-        assert!(exit.success(), "graceful stop exits 0, got {exit:?}");
-        let mut lines = std::mem::take(&mut self.seen);
-        // Both pipes close with the process, which ends this iteration.
-        lines.extend(self.lines.iter());
-        lines
-    }
-}
-
-impl Drop for Binary {
-    // A failed assertion must not leave a server running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Fails when `text` holds any of `needles`, compared case-insensitively.
 fn assert_none_of(text: &str, needles: &[&str], what: &str) {

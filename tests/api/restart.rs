@@ -1,139 +1,23 @@
 //! Durability: what was acknowledged survives `kill -9`, and a graceful stop
 //! flushes and exits cleanly. These run the real binary.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anamnesis::auth::Scope;
 use serde_json::json;
 
-use crate::helpers::SECRET;
-
-struct Server {
-    child: Child,
-    base: String,
-    /// Every stdout line after the "listening" line.
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Server {
-    async fn post_signal(&self, token: &str, signal: &serde_json::Value) -> reqwest::Response {
-        reqwest::Client::new()
-            .post(format!("{}/v1/signals", self.base))
-            .bearer_auth(token)
-            .json(signal)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn get(&self, token: &str, path: &str) -> reqwest::Response {
-        reqwest::Client::new()
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// `kill -9`, and wait until the process is gone.
-    async fn kill(mut self) {
-        self.child.kill().unwrap();
-        wait_until_gone(&mut self.child).await;
-    }
-}
-
-impl Drop for Server {
-    // A failed assertion must not leave a server running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(data: &std::path::Path) -> Server {
-    start_with(data, Some(SECRET))
-}
-
-fn start_with(data: &std::path::Path, secret: Option<&str>) -> Server {
-    let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_anamnesis"));
-    command
-        .env("ANAMNESIS__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("ANAMNESIS__STORAGE__PATH", data)
-        .env("ANAMNESIS__TELEMETRY__LEVEL", "info")
-        .env("RUST_LOG", "info")
-        .env_remove("ANAMNESIS__AUTH__HS256_SECRET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if let Some(secret) = secret {
-        command.env("ANAMNESIS__AUTH__HS256_SECRET", secret);
-    }
-    let mut child = command.spawn().expect("the binary starts");
-    // Wait for the "listening" line so we do not race the bind.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("server reported listening");
-        if line.contains("anamnesis listening") {
-            break;
-        }
-    }
-    Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        lines: rx,
-    }
-}
+use crate::binary::{token_for, wait_until_gone, Binary};
 
 fn admin_token() -> String {
-    let settings = anamnesis::config::Settings::defaults();
-    anamnesis::auth::Authenticator::new(&settings.auth, Some(SECRET.as_bytes()))
-        .and_then(|auth| {
-            auth.mint(
-                "restart-test",
-                &[anamnesis::auth::Scope::Admin],
-                None,
-                Duration::from_secs(600),
-            )
-        })
-        .expect("minted")
-}
-
-pub(crate) async fn wait_until_gone(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "server did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    token_for("restart-test", &[Scope::Admin])
 }
 
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_dash_nine() {
     let dir = tempfile::tempdir().unwrap();
     let token = admin_token();
-    let server = start(dir.path());
+    let server = Binary::start(dir.path(), &[]);
     let mut ids = Vec::new();
     for i in 0..20 {
         let resp = server
@@ -155,7 +39,7 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
     // The moment after the last acknowledgement: no graceful anything.
     server.kill().await;
 
-    let server = start(dir.path());
+    let server = Binary::start(dir.path(), &[]);
     for (i, id) in ids.iter().enumerate() {
         let resp = server.get(&token, &format!("/v1/profiles/{id}")).await;
         assert_eq!(resp.status(), 200, "profile {i} lost");
@@ -184,7 +68,7 @@ async fn acknowledged_writes_survive_kill_dash_nine() {
 async fn sigterm_stops_gracefully_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let token = admin_token();
-    let mut server = start(dir.path());
+    let mut server = Binary::start(dir.path(), &[]);
     let resp = server
         .post_signal(
             &token,
@@ -216,7 +100,7 @@ async fn sigterm_stops_gracefully_and_keeps_the_data() {
         !unhealthy.success(),
         "healthcheck fails when nothing serves"
     );
-    let server = start(dir.path());
+    let server = Binary::start(dir.path(), &[]);
     let resp = server
         .get(&token, "/v1/profiles/lookup?type=web_cookie&value=term")
         .await;
@@ -227,7 +111,7 @@ async fn sigterm_stops_gracefully_and_keeps_the_data() {
 #[tokio::test]
 async fn first_start_without_a_secret_prints_a_working_admin_token_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_with(dir.path(), None);
+    let server = Binary::start_without_secret(dir.path());
     let mut token = None;
     let deadline = Instant::now() + Duration::from_secs(10);
     while token.is_none() {
@@ -279,7 +163,7 @@ async fn first_start_without_a_secret_prints_a_working_admin_token_once() {
     server.kill().await;
 
     // Second start: same secret, so the old token still works, and no banner.
-    let server = start_with(dir.path(), None);
+    let server = Binary::start_without_secret(dir.path());
     let resp = server
         .get(&token, "/v1/profiles/lookup?type=web_cookie&value=first")
         .await;
