@@ -430,7 +430,7 @@ fn ingest_end_to_end(c: &mut Criterion) {
     let mut settings = Settings::defaults();
     settings.storage.path = dir.path().to_path_buf();
     let store = SledStore::open(&dir.path().join("db")).expect("sled opens");
-    let services = Services::new(&settings, Arc::new(store));
+    let services = Services::new(&settings, Arc::new(store)).expect("services start");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

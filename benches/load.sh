@@ -14,9 +14,24 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 POPULATION=${POPULATION:-2000}
+# `all`, or `reads` (the three read scenarios, at saturation and on one connection).
+SCENARIOS=${SCENARIOS:-all}
+# REDIS=1: a private redis-server on a free port caches cards and lookups.
+REDIS=${REDIS:-0}
 
 # Measures the service, not the per-subject limit (one token drives all load).
 export ANAMNESIS__LIMITS__RATE_PER_SECOND=0
+if [ "$REDIS" = 1 ]; then
+    REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    REDIS_DIR=$(mktemp -d)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$REDIS_DIR" >/dev/null &
+    REDIS_PID=$!
+    for _ in $(seq 100); do
+        [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
+        sleep 0.05
+    done
+    export ANAMNESIS__REDIS__URL=redis://127.0.0.1:$REDIS_PORT/0
+fi
 # shellcheck source=benches/server.sh
 source benches/server.sh
 LUA=$DATA/lua
@@ -103,9 +118,22 @@ run() {
         | grep -E 'Requests/sec|Latency  |50%|90%|99%|Non-2xx|Socket errors'
 }
 
+if [ "$REDIS" = 1 ]; then
+    trap 'stop_server; kill "$REDIS_PID" 2>/dev/null; rm -rf "$REDIS_DIR"' EXIT
+    echo "redis: private redis-server on port $REDIS_PORT" >&2
+fi
 run "context card by id (hot)" -s "$LUA/get.lua" "$BASE/v1/profiles/$ID/context"
 run "context card by phone number" -s "$LUA/get.lua" "$BASE/v1/context?type=phone&value=0610000007"
 run "profile read" -s "$LUA/get.lua" "$BASE/v1/profiles/$ID"
+if [ "$SCENARIOS" = reads ]; then
+    # One connection: the time one request takes, without queueing.
+    CONNECTIONS=1
+    run "context card by id, one connection" -s "$LUA/get.lua" "$BASE/v1/profiles/$ID/context"
+    run "context card by phone, one connection" -s "$LUA/get.lua" "$BASE/v1/context?type=phone&value=0610000007"
+    printf '\n### cache\n'
+    curl -fsS "$BASE/metrics" | grep -E '^anamnesis_cache_(requests|fallbacks)_total' || echo "(no cache configured)"
+    exit 0
+fi
 run "single signal ingest (durable, group commit)" -s "$LUA/signal.lua" "$BASE"
 run "batch ingest (100 signals per request)" -s "$LUA/batch.lua" "$BASE"
 

@@ -63,7 +63,7 @@ fn pair(n: usize) -> Pair {
     let mut settings = Settings::defaults();
     settings.storage.path = dir.path().to_path_buf();
     let store = SledStore::open(&dir.path().join("db")).expect("sled opens");
-    let services = Services::new(&settings, Arc::new(store));
+    let services = Services::new(&settings, Arc::new(store)).expect("services start");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,7 +92,7 @@ fn pair(n: usize) -> Pair {
         channel: None,
     };
     for id in [a, b] {
-        let view = services.profile(id, ACCESS).expect("live");
+        let view = ready(services.profile(id, ACCESS)).expect("live");
         let events: u64 = view.channels.values().map(|c| c.interactions).sum();
         assert_eq!(events, n as u64);
         assert!(!services
@@ -184,3 +184,8 @@ criterion_group! {
     targets = merges
 }
 criterion_main!(merge_benches);
+
+/// Without Redis the reads never wait: their futures are ready at once.
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    futures_util::FutureExt::now_or_never(f).expect("a read without Redis is ready at once")
+}

@@ -43,6 +43,10 @@ pub struct Settings {
     pub profiles: ProfileSettings,
     #[serde(default)]
     pub redis: RedisSettings,
+    #[serde(default)]
+    pub events: EventSettings,
+    #[serde(default)]
+    pub changes: ChangeSettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub telemetry: TelemetrySettings,
@@ -90,11 +94,75 @@ pub struct ProfileSettings {
     pub max_identifiers: usize,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     /// Unset: the service runs without Redis.
     pub url: Option<String>,
+    /// Every key this service writes starts with it (several services or
+    /// environments can share one Redis).
+    pub key_prefix: String,
+    /// How long a cached profile or identifier stays cached.
+    pub ttl_secs: u64,
+    /// Longest wait for a connection to Redis.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for any Redis answer; past it the store answers instead.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> RedisSettings {
+        RedisSettings {
+            url: None,
+            key_prefix: "anamnesis:".into(),
+            ttl_secs: 600,
+            connect_timeout_ms: 50,
+            timeout_ms: 25,
+        }
+    }
+}
+
+/// Live event streams (`GET /v1/profiles/{id}/events`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// Events queued for one stream; a consumer further behind is dropped
+    /// (told to resume from its last event id).
+    pub buffer: usize,
+    /// A comment line sent on an idle stream this often, so proxies keep it open.
+    pub heartbeat_secs: u64,
+    /// Most event streams open at once; more get 503.
+    pub max_streams: usize,
+    /// A stream ends after this many seconds (with `stream.closed` and where
+    /// to resume), so long-lived connections rebalance across instances.
+    pub max_stream_secs: u64,
+}
+
+impl Default for EventSettings {
+    fn default() -> EventSettings {
+        EventSettings {
+            buffer: 256,
+            heartbeat_secs: 15,
+            max_streams: 10_000,
+            max_stream_secs: 3600,
+        }
+    }
+}
+
+/// The change feed (`GET /v1/changes`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChangeSettings {
+    /// How long changes are kept, in seconds; older ones are removed.
+    pub retention_secs: u64,
+}
+
+impl Default for ChangeSettings {
+    fn default() -> ChangeSettings {
+        ChangeSettings {
+            retention_secs: 7 * 24 * 3600,
+        }
+    }
 }
 
 #[derive(Clone, Deserialize, Serialize)]
@@ -468,6 +536,45 @@ impl Settings {
         }
         if self.storage.path.as_os_str().is_empty() {
             return Err(invalid("storage.path", "must not be empty"));
+        }
+        if !(1..=10_000).contains(&self.redis.connect_timeout_ms) {
+            return Err(invalid("redis.connect_timeout_ms", "must be 1 to 10000"));
+        }
+        if !(1..=10_000).contains(&self.redis.timeout_ms) {
+            return Err(invalid("redis.timeout_ms", "must be 1 to 10000"));
+        }
+        if !(1..=86_400 * 30).contains(&self.redis.ttl_secs) {
+            return Err(invalid("redis.ttl_secs", "must be 1 to 2592000"));
+        }
+        if self.redis.key_prefix.len() > 64
+            || self
+                .redis
+                .key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "redis.key_prefix",
+                "must be at most 64 characters, without spaces",
+            ));
+        }
+        if !(1..=65_536).contains(&self.events.buffer) {
+            return Err(invalid("events.buffer", "must be 1 to 65536"));
+        }
+        if !(1..=3_600).contains(&self.events.heartbeat_secs) {
+            return Err(invalid("events.heartbeat_secs", "must be 1 to 3600"));
+        }
+        if !(1..=86_400).contains(&self.events.max_stream_secs) {
+            return Err(invalid("events.max_stream_secs", "must be 1 to 86400"));
+        }
+        if !(1..=1_000_000).contains(&self.events.max_streams) {
+            return Err(invalid("events.max_streams", "must be 1 to 1000000"));
+        }
+        if !(1..=3600 * 24 * 3660).contains(&self.changes.retention_secs) {
+            return Err(invalid(
+                "changes.retention_secs",
+                "must be 1 to 316224000 (ten years)",
+            ));
         }
         if let Some(url) = &self.redis.url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {

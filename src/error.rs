@@ -149,6 +149,8 @@ fn service_code(e: &ServiceError) -> (StatusCode, &'static str) {
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
         }
         ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        ServiceError::CursorExpired { .. } => (StatusCode::GONE, "cursor_expired"),
+        ServiceError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
     }
 }
 
@@ -239,6 +241,9 @@ impl ResponseError for ApiError {
             }
             ApiError::RateLimited(wait) => {
                 builder.insert_header((header::RETRY_AFTER, retry_after_secs(*wait)));
+            }
+            ApiError::Service(ServiceError::TooManyStreams) => {
+                builder.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
             _ => {}
         }

@@ -20,13 +20,17 @@
 //! - [`service`]: use cases (ingest, read, write, merge, erase), the group-commit writer, response views.
 //! - [`domain`]: identifiers, normalisers, signals, profiles, reconciliation and resolution rules; pure.
 //! - [`store`]: the durable store behind a trait, and its sled implementation.
+//! - [`cache`]: Redis, when configured: the hot-profile cache and the event bus between instances.
+//! - [`events`]: live event streams in process: subscriptions and bounded fan-out.
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;

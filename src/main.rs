@@ -29,7 +29,7 @@ enum Command {
     /// Mint a bearer token from the configured (or generated) secret.
     Token {
         /// Scopes, space- or comma-separated: profiles:read pii:read signals:write
-        /// profiles:write profiles:erase admin.
+        /// profiles:write profiles:erase changes:read admin.
         #[arg(long, default_value = "admin")]
         scope: String,
         /// Bind the token to one channel.

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
 use crate::config::Settings;
 use crate::domain::names::{ChannelName, ConsentPurpose, IdentifierType, JourneyStage};
 use crate::domain::CustomerId;
-use crate::routes::{ops, profiles, signals};
+use crate::routes::{changes, ops, profiles, signals};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +43,8 @@ use crate::routes::{ops, profiles, signals};
         profiles::set_consent,
         profiles::suggestions,
         profiles::dismiss_suggestion,
+        changes::events,
+        changes::changes,
         ops::healthz,
         ops::readyz,
         ops::metrics,
@@ -62,6 +64,7 @@ use crate::routes::{ops, profiles, signals};
         (name = "profiles", description = "The resolved customer"),
         (name = "context", description = "Context cards for desks and bots"),
         (name = "merges", description = "The identity ledger, unmerge, identifier removal"),
+        (name = "changes", description = "The change feed for integrations"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]
@@ -315,6 +318,7 @@ mod tests {
             names::CUSTOMER_ID_PATTERN,
             names::TIMELINE_CURSOR_PATTERN,
             names::HISTORY_CURSOR_PATTERN,
+            names::STREAM_EVENT_PATTERN,
         ];
         let mut found = Vec::new();
         patterns(&api_doc(&Settings::defaults()), &mut found);

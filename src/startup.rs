@@ -21,8 +21,8 @@ use crate::auth::{default_secret, Authenticator, RateLimiter, Scope, SecretSourc
 use crate::config::Settings;
 use crate::conn::DeadlineStream;
 use crate::middleware::request_context;
+use crate::routes;
 use crate::routes::extract::{path_error_handler, query_error, BodyLimit, BodyTimeout};
-use crate::routes::{self, ops::RedisProbe};
 use crate::service::Services;
 use crate::store::SledStore;
 
@@ -111,11 +111,12 @@ impl Application {
             SecretSource::Configured | SecretSource::Existing(_) => None,
         };
 
-        let services = web::Data::new(Services::new(&settings, Arc::new(store)));
+        let services = web::Data::new(
+            Services::new(&settings, Arc::new(store)).context("starting the services")?,
+        );
         let authenticator = web::Data::from(authenticator);
         let limiter = web::Data::new(RateLimiter::new(&settings.limits));
         let prometheus = web::Data::new(metrics_handle());
-        let redis = web::Data::new(RedisProbe(settings.redis.url.clone()));
         let single_limit = settings.server.max_body_bytes;
         let batch_limit = settings.server.max_batch_body_bytes;
         let body_timeout = BodyTimeout(Duration::from_millis(settings.server.body_timeout_ms));
@@ -128,7 +129,6 @@ impl Application {
                 .app_data(authenticator.clone())
                 .app_data(limiter.clone())
                 .app_data(prometheus.clone())
-                .app_data(redis.clone())
                 .app_data(BodyLimit(single_limit))
                 .app_data(body_timeout)
                 .app_data(web::QueryConfig::default().error_handler(query_error))
@@ -138,6 +138,7 @@ impl Application {
                 .configure(routes::ops::configure)
                 .configure(|cfg| routes::signals::configure(cfg, single_limit, batch_limit))
                 .configure(routes::profiles::configure)
+                .configure(routes::changes::configure)
                 .service(
                     SwaggerUi::new("/docs/{_:.*}")
                         .external_url_unchecked("/openapi.json", openapi.clone()),
@@ -159,6 +160,14 @@ impl Application {
         // On SIGTERM, idle keep-alive connections close at once instead of
         // holding the shutdown until their keep-alive runs out.
         let shutdown = builder.graceful_shutdown_signal();
+        // Event streams never end by themselves: end them when shutdown
+        // starts, each with a last event saying where to resume.
+        let closing = builder.graceful_shutdown_signal();
+        let streams = services.clone();
+        tokio::spawn(async move {
+            closing.notified().await;
+            streams.close_streams();
+        });
         let server = builder
             .listen("anamnesis", listener, move || {
                 let shutdown = shutdown.clone();

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use helpers::{id_of, signal, spawn_app, TestApp};
+use helpers::{id_of, signal, spawn_app_with, TestApp};
 
 /// Enough to cover every phase on every operation; the whole run stays
 /// around a minute on two cores.
@@ -260,7 +260,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_keeps_every_promise_of_its_openapi_document() {
-    let app = spawn_app().await;
+    // Event streams end after a second, so schemathesis reads whole responses.
+    let app = spawn_app_with(|s| s.events.max_stream_secs = 1).await;
     let seeded = seed(&app).await;
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -19,6 +19,16 @@ if ! rustup component list --installed 2>/dev/null | grep -q '^clippy'; then
     rustup component add clippy
 fi
 
+# The Redis tests start their own private redis-server (never the machine's).
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    step "installing redis-server (for the cache tests)"
+    sudo_cmd=""
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server redis-tools >/dev/null
+    # The package may start a server on the standard port; the tests never use it.
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

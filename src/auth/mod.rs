@@ -40,16 +40,19 @@ pub enum Scope {
     ProfilesErase,
     /// Implies every other scope.
     Admin,
+    /// The change feed, for integrations.
+    ChangesRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::ProfilesRead,
         Scope::PiiRead,
         Scope::SignalsWrite,
         Scope::ProfilesWrite,
         Scope::ProfilesErase,
         Scope::Admin,
+        Scope::ChangesRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Scope {
             Scope::ProfilesWrite => "profiles:write",
             Scope::ProfilesErase => "profiles:erase",
             Scope::Admin => "admin",
+            Scope::ChangesRead => "changes:read",
         }
     }
 
@@ -465,6 +469,8 @@ policy! {
     RemoveIdentifiers => Scope::ProfilesWrite, Action::RemoveIdentifier;
     /// `profiles:erase`, audited
     EraseProfiles => Scope::ProfilesErase, Action::Erase;
+    /// `changes:read`
+    ReadChanges => Scope::ChangesRead;
 }
 
 /// A verified caller holding the scope `P` requires. Extracting it fails with

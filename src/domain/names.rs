@@ -31,6 +31,9 @@ pub const CUSTOMER_ID_PATTERN: &str = "^cus_[0-7][0-9A-HJKMNP-TV-Z]{25}$";
 pub const TIMELINE_CURSOR_PATTERN: &str = "^[0-9]{1,19}-[0-9]{1,19}$";
 /// A ledger cursor: the `id` of a history entry, a decimal sequence number.
 pub const HISTORY_CURSOR_PATTERN: &str = "^[0-9]{1,19}$";
+/// The name of an event on a profile's event stream (the kinds of change,
+/// and the two last events of a stream).
+pub const STREAM_EVENT_PATTERN: &str = "^(profile\\.(created|updated|merged|unmerged|erased)|answer\\.captured|interaction\\.added|episode\\.updated|stream\\.(dropped|closed))$";
 
 fn string_schema(pattern: Option<&str>, description: &str, example: &str) -> RefOr<Schema> {
     ObjectBuilder::new()

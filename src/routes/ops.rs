@@ -1,20 +1,13 @@
 //! Operations: liveness, readiness, metrics, API docs.
 
-use std::time::Duration;
-
 use actix_web::{web, HttpResponse};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::ToSchema;
 
 use super::resource;
 use crate::error::ApiError;
 use crate::service::Services;
-
-/// Where Redis lives, when configured (readiness only checks it answers).
-#[derive(Clone)]
-pub struct RedisProbe(pub Option<String>);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz", "GET").route(web::get().to(healthz)))
@@ -35,7 +28,8 @@ pub struct Readiness {
     pub status: &'static str,
     /// `ok` or `unavailable`.
     pub store: &'static str,
-    /// `ok`, `unavailable`, or `not_configured`.
+    /// `ok`, `degraded` (down or slow: reads and writes go on without it,
+    /// and the service reconnects by itself), or `not_configured`.
     pub redis: &'static str,
 }
 
@@ -46,10 +40,11 @@ pub async fn healthz() -> web::Json<Health> {
     web::Json(Health { status: "ok" })
 }
 
-/// Readiness: the store answers and, when configured, Redis answers.
+/// Readiness: the store answers. Redis is reported but never makes the
+/// service unready: it is a cache.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)), security(()))]
-pub async fn readyz(services: web::Data<Services>, redis: web::Data<RedisProbe>) -> HttpResponse {
+pub async fn readyz(services: web::Data<Services>) -> HttpResponse {
     let store = match services.store_ready() {
         Ok(()) => "ok",
         Err(e) => {
@@ -57,17 +52,9 @@ pub async fn readyz(services: web::Data<Services>, redis: web::Data<RedisProbe>)
             "unavailable"
         }
     };
-    let redis = match &redis.0 {
-        None => "not_configured",
-        Some(url) => {
-            if ping_redis(url).await {
-                "ok"
-            } else {
-                "unavailable"
-            }
-        }
-    };
-    let ready = store == "ok" && redis != "unavailable";
+    // Redis is a cache: without it the service serves from the store.
+    let redis = services.redis_state();
+    let ready = store == "ok";
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
         store,
@@ -78,42 +65,6 @@ pub async fn readyz(services: web::Data<Services>, redis: web::Data<RedisProbe>)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
-}
-
-/// Sends `PING` to the configured Redis with a short timeout.
-async fn ping_redis(url: &str) -> bool {
-    let Some(addr) = redis_addr(url) else {
-        return false;
-    };
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(&addr).await.ok()?;
-        stream.write_all(b"PING\r\n").await.ok()?;
-        let mut buf = [0u8; 64];
-        let n = stream.read(&mut buf).await.ok()?;
-        // +PONG, or -NOAUTH when a password is needed: either way Redis answered.
-        Some(n > 0 && (buf[0] == b'+' || buf[0] == b'-'))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_millis(250), attempt).await,
-        Ok(Some(true))
-    )
-}
-
-/// `redis://[user:pass@]host[:port][/db]` -> `host:port`.
-fn redis_addr(url: &str) -> Option<String> {
-    let rest = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("rediss://"))?;
-    let authority = rest.split('/').next()?;
-    let host_port = authority.rsplit('@').next()?;
-    if host_port.is_empty() {
-        return None;
-    }
-    Some(if host_port.contains(':') && !host_port.ends_with(']') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:6379")
-    })
 }
 
 /// Prometheus metrics in the text exposition format.
@@ -129,22 +80,4 @@ async fn docs_redirect() -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::PermanentRedirect()
         .insert_header((actix_web::http::header::LOCATION, "/docs/"))
         .finish())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redis_addr;
-
-    #[test]
-    fn redis_urls_become_addresses() {
-        assert_eq!(
-            redis_addr("redis://127.0.0.1:6380/0").as_deref(),
-            Some("127.0.0.1:6380")
-        );
-        assert_eq!(
-            redis_addr("redis://:secret@cache/2").as_deref(),
-            Some("cache:6379")
-        );
-        assert_eq!(redis_addr("http://x"), None);
-    }
 }

@@ -121,7 +121,7 @@ pub struct ContextQuery {
     pub limit: Option<usize>,
 }
 
-fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
+pub(super) fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     let id = CustomerId::parse(raw)?;
     note_customer(&id);
     Ok(id)
@@ -165,7 +165,9 @@ pub async fn get_profile(
     path: web::Path<String>,
 ) -> Result<web::Json<ProfileView>, ApiError> {
     let id = customer_id(&path)?;
-    Ok(web::Json(services.profile(id, auth.principal.access())?))
+    Ok(web::Json(
+        services.profile(id, auth.principal.access()).await?,
+    ))
 }
 
 /// Resolve an identifier to its profile (never creates one).
@@ -184,11 +186,11 @@ pub async fn lookup(
     services: web::Data<Services>,
     query: web::Query<LookupQuery>,
 ) -> Result<web::Json<ProfileView>, ApiError> {
-    Ok(web::Json(services.lookup(
-        &query.kind,
-        &query.value,
-        auth.principal.access(),
-    )?))
+    Ok(web::Json(
+        services
+            .lookup(&query.kind, &query.value, auth.principal.access())
+            .await?,
+    ))
 }
 
 /// The context card of a profile.
@@ -209,11 +211,9 @@ pub async fn context(
 ) -> Result<web::Json<ContextCard>, ApiError> {
     let id = customer_id(&path)?;
     let limit = context_limit(query.limit)?;
-    Ok(web::Json(services.context(
-        id,
-        limit,
-        auth.principal.access(),
-    )?))
+    Ok(web::Json(
+        services.context(id, limit, auth.principal.access()).await?,
+    ))
 }
 
 /// The context card of whoever owns an identifier: one call for an inbound phone call.
@@ -233,12 +233,11 @@ pub async fn context_by_identifier(
     query: web::Query<ContextByIdentifierQuery>,
 ) -> Result<web::Json<ContextCard>, ApiError> {
     let limit = context_limit(query.limit)?;
-    Ok(web::Json(services.context_by(
-        &query.kind,
-        &query.value,
-        limit,
-        auth.principal.access(),
-    )?))
+    Ok(web::Json(
+        services
+            .context_by(&query.kind, &query.value, limit, auth.principal.access())
+            .await?,
+    ))
 }
 
 /// Interactions across all channels, newest first, cursor-paginated.

@@ -6,17 +6,34 @@
 //! resolution free of races: two signals about the same person are resolved one
 //! after the other, never side by side.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::journal::{prune, Committed, Journal};
 use super::ServiceError;
 use crate::store::Store;
 
 /// Called once the batch containing the job is durable (or failed to be).
 type Completion = Box<dyn FnOnce(Result<(), ()>) + Send>;
-type Job = Box<dyn FnOnce(&dyn Store) -> Completion + Send>;
+type Job = Box<dyn FnOnce(&Writer<'_>) -> Completion + Send>;
+
+/// What a job on the committer thread writes with: the store, and the
+/// journal that turns each write into change-log entries.
+pub struct Writer<'a> {
+    pub store: &'a dyn Store,
+    pub journal: &'a Journal,
+}
+
+/// What happens once a group of writes is durable, before the writers hear
+/// so: events are sent and caches are told what went stale. `release`
+/// acknowledges the writers; it may be called later, from another thread
+/// (after a cache was told), but must be called.
+pub trait AfterCommit: Send + Sync + 'static {
+    fn committed(&self, committed: Committed, release: Box<dyn FnOnce() + Send>);
+}
 
 /// Jobs waiting beyond this make callers wait for a slot (back-pressure).
 const QUEUE_DEPTH: usize = 16 * 1024;
@@ -27,17 +44,47 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn start(store: Arc<dyn Store>, max_group: usize) -> Committer {
+    /// Starts the committer thread. `last_change` is the highest change-log
+    /// position in the store; `durable` is kept at the highest position that
+    /// is on disk.
+    pub fn start(
+        store: Arc<dyn Store>,
+        max_group: usize,
+        last_change: u64,
+        durable: Arc<AtomicU64>,
+        after: Arc<dyn AfterCommit>,
+        retention: Duration,
+    ) -> Committer {
+        // Old changes are removed between groups, at most this often.
+        let prune_every = (retention / 2).min(Duration::from_secs(60));
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        durable.fetch_max(last_change, Ordering::SeqCst);
         std::thread::Builder::new()
             .name("anamnesis-committer".into())
             .spawn(move || {
+                let journal = Journal::after(last_change);
+                let writer = Writer {
+                    store: &*store,
+                    journal: &journal,
+                };
                 let mut completions: Vec<Completion> = Vec::with_capacity(max_group);
+                let mut pruned_at = Instant::now();
                 while let Some(first) = rx.blocking_recv() {
-                    completions.push(first(&*store));
+                    if pruned_at.elapsed() >= prune_every {
+                        pruned_at = Instant::now();
+                        match prune(&*store, retention, chrono::Utc::now(), 10_000) {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                metrics::counter!("anamnesis_changes_pruned_total")
+                                    .increment(n as u64);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "pruning old changes failed"),
+                        }
+                    }
+                    completions.push(first(&writer));
                     while completions.len() < max_group {
                         match rx.try_recv() {
-                            Ok(job) => completions.push(job(&*store)),
+                            Ok(job) => completions.push(job(&writer)),
                             Err(_) => break,
                         }
                     }
@@ -47,15 +94,28 @@ impl Committer {
                         .record(started.elapsed().as_secs_f64());
                     metrics::histogram!("anamnesis_group_commit_size")
                         .record(completions.len() as f64);
-                    let outcome = match flushed {
-                        Ok(_) => Ok(()),
-                        Err(e) => {
-                            tracing::error!(error = %e, "store flush failed; writes not acknowledged");
-                            Err(())
+                    let group = std::mem::replace(&mut completions, Vec::with_capacity(max_group));
+                    match flushed {
+                        Ok(_) => {
+                            let committed = journal.take();
+                            durable.fetch_max(committed.last_seq, Ordering::SeqCst);
+                            after.committed(
+                                committed,
+                                Box::new(move || {
+                                    for done in group {
+                                        done(Ok(()));
+                                    }
+                                }),
+                            );
                         }
-                    };
-                    for done in completions.drain(..) {
-                        done(outcome);
+                        Err(e) => {
+                            // What these writes changed stays in the journal and
+                            // is sent with the next group that reaches the disk.
+                            tracing::error!(error = %e, "store flush failed; writes not acknowledged");
+                            for done in group {
+                                done(Err(()));
+                            }
+                        }
                     }
                 }
                 if let Err(e) = store.flush() {
@@ -70,11 +130,11 @@ impl Committer {
     pub async fn run<T, F>(&self, job: F) -> Result<T, ServiceError>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Store) -> Result<T, ServiceError> + Send + 'static,
+        F: FnOnce(&Writer<'_>) -> Result<T, ServiceError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let wrapped: Job = Box::new(move |store: &dyn Store| {
-            let result = job(store);
+        let wrapped: Job = Box::new(move |writer: &Writer<'_>| {
+            let result = job(writer);
             Box::new(move |flushed: Result<(), ()>| {
                 let result = match flushed {
                     Ok(()) => result,

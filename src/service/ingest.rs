@@ -7,13 +7,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::views::{ignored_view, ConflictView, IngestResult};
-use super::{atomically, ServiceError, Services};
+use super::{atomically, ServiceError, Services, Writer};
 use crate::domain::{
     plan_resolution, Answer, Caps, Change, ChannelRules, ConflictReason, Contribution, CustomerId,
     Identifier, IdentityEvent, IdentityEventKind, Interaction, Journey, Owner, Profile, Signal,
     SignalInput, SignalRules, Suggestion, TraitValue,
 };
-use crate::store::{Store, StoreError, StoreTx, TimelinePosition};
+use crate::store::{StoreError, StoreTx, TimelinePosition};
 
 /// What the store keeps per `signal_id`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -158,7 +158,7 @@ fn record_outcome(result: Option<&IngestResult>) {
 
 /// Runs on the committer thread: resolves and applies one signal atomically.
 fn apply_signal(
-    store: &dyn Store,
+    store: &Writer<'_>,
     signal: &Signal,
     rules: &SignalRules,
     now: DateTime<Utc>,

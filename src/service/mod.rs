@@ -4,21 +4,29 @@
 
 pub mod committer;
 mod ingest;
+pub mod journal;
+pub mod live;
 pub mod profiles;
 pub mod views;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::cache::RedisLink;
 use crate::config::Settings;
 use crate::domain::{
     ConflictReason, CustomerId, IdentifierError, SignalError, SignalInput, SignalRules,
 };
+use crate::events::Hub;
 use crate::store::{Store, StoreError, StoreTx};
+use journal::{Committed, LiveEvent};
 
-pub use committer::Committer;
+pub use committer::{AfterCommit, Committer, Writer};
 pub use ingest::{BatchItem, Ingested};
+use journal::Recording;
 pub use profiles::{
     AnswersInput, ConsentInput, HistoryQuery, MergeInput, TimelineQuery, TraitsPatch, UnmergeInput,
 };
@@ -69,6 +77,10 @@ pub enum ServiceError {
     NotDurable,
     #[error("the service is shutting down")]
     ShuttingDown,
+    #[error("changes up to {oldest} are no longer kept; read the feed again from its start")]
+    CursorExpired { oldest: u64 },
+    #[error("too many event streams are open; try again later")]
+    TooManyStreams,
 }
 
 impl ServiceError {
@@ -92,20 +104,133 @@ pub struct Services {
     pii_traits: Vec<String>,
     purposes: Vec<String>,
     max_batch: usize,
+    /// Live event streams of this process.
+    hub: Arc<Hub>,
+    /// The cache and event bus, when Redis is configured.
+    redis: Option<Arc<RedisLink>>,
+    /// The highest change-log position that is on disk: a cache fill notes
+    /// it before reading the store (see `crate::cache`).
+    durable: Arc<AtomicU64>,
+    /// The highest position whose stale cache entries are gone and whose
+    /// events were handed out: the change feed and stream replays stop here,
+    /// so whoever reads a change and then the profile sees that change.
+    published: Arc<AtomicU64>,
+    heartbeat: Duration,
+    max_stream: Duration,
+}
+
+/// Sends what durable writes changed: through Redis when configured (which
+/// then hands it to local streams), else straight to local streams.
+struct Fanout {
+    hub: Arc<Hub>,
+    redis: Option<Arc<RedisLink>>,
+    published: Arc<AtomicU64>,
+}
+
+impl AfterCommit for Fanout {
+    fn committed(&self, committed: Committed, release: Box<dyn FnOnce() + Send>) {
+        match &self.redis {
+            Some(redis) => redis.committed(committed, release),
+            None => {
+                self.published
+                    .fetch_max(committed.last_seq, Ordering::SeqCst);
+                let events: Vec<Arc<LiveEvent>> =
+                    committed.events.into_iter().map(Arc::new).collect();
+                self.hub.publish(&events);
+                release();
+            }
+        }
+    }
+}
+
+/// This store's own id, made on first use: cache keys carry it, so that
+/// instances over different stores can share one Redis without reading each
+/// other's entries (instances over one store share them).
+fn store_identity(store: &dyn Store) -> anyhow::Result<String> {
+    const NAME: &str = "store.id";
+    if let Some(id) = store.meta(NAME)? {
+        return Ok(String::from_utf8_lossy(&id).into_owned());
+    }
+    let id = ulid::Ulid::new().to_string().to_lowercase();
+    store.write(&mut |tx| {
+        tx.put_meta(NAME, id.clone().into_bytes());
+        true
+    })?;
+    store.flush()?;
+    Ok(id)
 }
 
 impl Services {
-    pub fn new(settings: &Settings, store: Arc<dyn Store>) -> Services {
-        let committer = Committer::start(store.clone(), settings.storage.max_group_commit);
+    /// Starts the committer (and, when configured, the Redis link) over `store`.
+    pub fn new(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<Services> {
+        let hub = Arc::new(Hub::new(
+            settings.events.buffer,
+            settings.events.max_streams,
+        ));
+        let published = Arc::new(AtomicU64::new(0));
+        let redis = match &settings.redis.url {
+            Some(_) => Some(RedisLink::start(
+                &settings.redis,
+                &store_identity(&*store)?,
+                hub.clone(),
+                published.clone(),
+            )?),
+            None => None,
+        };
+        let durable = Arc::new(AtomicU64::new(0));
+        // Positions are never reused, even when retention emptied the log.
+        let last_change = store.last_change()?.max(journal::pruned_through(&*store)?);
+        let committer = Committer::start(
+            store.clone(),
+            settings.storage.max_group_commit,
+            last_change,
+            durable.clone(),
+            Arc::new(Fanout {
+                hub: hub.clone(),
+                redis: redis.clone(),
+                published: published.clone(),
+            }),
+            Duration::from_secs(settings.changes.retention_secs),
+        );
         let rules = SignalRules::from_settings(settings);
-        Services {
+        Ok(Services {
             store,
             committer,
             rules: Arc::new(rules),
             pii_traits: settings.traits.pii.clone(),
             purposes: settings.consents.purposes.clone(),
             max_batch: settings.server.max_batch_signals,
+            hub,
+            redis,
+            durable,
+            published,
+            heartbeat: Duration::from_secs(settings.events.heartbeat_secs),
+            max_stream: Duration::from_secs(settings.events.max_stream_secs),
+        })
+    }
+
+    /// The highest change-log position on disk: what a reader may have seen.
+    fn durable_position(&self) -> u64 {
+        self.durable.load(Ordering::SeqCst)
+    }
+
+    /// The highest change-log position fully handed out (see `published`).
+    fn published_position(&self) -> u64 {
+        self.published.load(Ordering::SeqCst)
+    }
+
+    /// Redis's state for `/readyz`: `not_configured`, `ok` or `degraded`.
+    pub fn redis_state(&self) -> &'static str {
+        match &self.redis {
+            None => "not_configured",
+            Some(r) if r.healthy() => "ok",
+            Some(_) => "degraded",
         }
+    }
+
+    /// Ends every live stream (the service is shutting down).
+    pub fn close_streams(&self) {
+        self.hub.close();
     }
 
     pub fn masking(&self, access: Access) -> Masking<'_> {
@@ -150,16 +275,40 @@ impl Services {
 
 /// Runs a use case as one atomic write: its changes are applied only if it
 /// succeeds, so a failure never leaves a partial write behind.
+///
+/// The write's changes go to the change log in the same atomic batch (see
+/// [`journal`]).
 fn atomically<T>(
-    store: &dyn Store,
+    w: &Writer<'_>,
     mut f: impl FnMut(&mut dyn StoreTx) -> Result<T, ServiceError>,
 ) -> Result<T, ServiceError> {
     let mut outcome = None;
-    store.write(&mut |tx| {
-        let result = f(tx);
+    let mut committed = None;
+    w.store.write(&mut |tx| {
+        let mut recording = Recording::new(&mut *tx);
+        let result = f(&mut recording);
+        let seen = recording.finish();
+        let result = match (result, seen) {
+            (Ok(value), Ok(seen)) => w
+                .journal
+                .entries(tx, seen, Utc::now())
+                .map(|c| {
+                    committed = Some(c);
+                    value
+                })
+                .map_err(ServiceError::from),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(e.into()),
+        };
         let commit = result.is_ok();
         outcome = Some(result);
         commit
     })?;
-    outcome.unwrap_or(Err(ServiceError::ShuttingDown))
+    let outcome = outcome.unwrap_or(Err(ServiceError::ShuttingDown));
+    if outcome.is_ok() {
+        if let Some(c) = committed {
+            w.journal.keep(c);
+        }
+    }
+    outcome
 }

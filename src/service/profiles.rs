@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
@@ -12,17 +12,28 @@ use super::ingest::{absorb, check_caps, event, SignalRecord};
 use super::views::{
     self, Access, ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage,
 };
-use super::{atomically, ServiceError, Services};
+use super::{atomically, ServiceError, Services, Writer};
+use crate::cache::Cached;
 use crate::domain::names::ChannelName;
 use crate::domain::{
     check_answers, check_traits, is_valid_name, trait_map_schema, Answer, AnswerInput, Change,
-    ChannelRules, ConflictReason, Consent, CustomerId, IdentityEventKind, Interaction,
+    ChannelRules, ConflictReason, Consent, CustomerId, Identifier, IdentityEventKind, Interaction,
     NormaliseOutcome, Profile, Suggestion, TraitValue,
 };
-use crate::store::{parse_decimal, Store, StoreTx, TimelinePosition};
+use crate::store::{parse_decimal, StoreTx, TimelinePosition};
 
 pub const DEFAULT_CONTEXT_INTERACTIONS: usize = 10;
 pub const MAX_PAGE: usize = 200;
+/// Interactions kept with a cached card: context cards asking for more are
+/// read from the store.
+pub const CACHED_INTERACTIONS: usize = 50;
+
+/// What a profile read and a context card are made of; what the cache holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct CardSource {
+    profile: Profile,
+    recent: Vec<Interaction>,
+}
 
 /// Body of `PATCH /v1/profiles/{customer_id}/traits`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -133,15 +144,10 @@ impl Services {
         }
     }
 
-    fn owner_of(&self, kind: &str, value: &str) -> Result<Profile, ServiceError> {
-        let identifier = match self.rules.identifiers.normalise(kind, value) {
-            Ok(NormaliseOutcome::Usable(id)) => id,
-            Ok(NormaliseOutcome::Ignored(_)) => return Err(ServiceError::IdentifierNotOwned),
-            Err(e) => return Err(ServiceError::Identifier(e)),
-        };
+    fn owner_of(&self, identifier: &Identifier) -> Result<Profile, ServiceError> {
         let owner = self
             .store
-            .owner(&identifier)?
+            .owner(identifier)?
             .ok_or(ServiceError::IdentifierNotOwned)?;
         // The index names a live profile, but a merge may land between the
         // two reads; a miss is a race with erasure.
@@ -150,7 +156,7 @@ impl Services {
 
     /// The live profile under `id`, or the one it was merged into; `None`
     /// when neither exists.
-    fn current(&self, id: CustomerId) -> Result<Option<Profile>, ServiceError> {
+    pub(super) fn current(&self, id: CustomerId) -> Result<Option<Profile>, ServiceError> {
         if let Some(p) = self.store.profile(id)? {
             return Ok(Some(p));
         }
@@ -160,50 +166,143 @@ impl Services {
         }
     }
 
-    pub fn profile(&self, id: CustomerId, access: Access) -> Result<ProfileView, ServiceError> {
-        let p = self.live(id)?;
-        Ok(views::profile_view(&p, &self.masking(access)))
+    pub async fn profile(
+        &self,
+        id: CustomerId,
+        access: Access,
+    ) -> Result<ProfileView, ServiceError> {
+        let source = self.source(id, 0).await?;
+        Ok(views::profile_view(&source.profile, &self.masking(access)))
     }
 
-    pub fn lookup(
+    pub async fn lookup(
         &self,
         kind: &str,
         value: &str,
         access: Access,
     ) -> Result<ProfileView, ServiceError> {
-        let p = self.owner_of(kind, value)?;
-        Ok(views::profile_view(&p, &self.masking(access)))
+        let source = self.source_by(kind, value, 0).await?;
+        Ok(views::profile_view(&source.profile, &self.masking(access)))
     }
 
-    pub fn context(
+    pub async fn context(
         &self,
         id: CustomerId,
         limit: usize,
         access: Access,
     ) -> Result<ContextCard, ServiceError> {
-        let p = self.live(id)?;
-        self.card(&p, limit, access)
+        let source = self.source(id, limit).await?;
+        Ok(self.card(source, limit, access))
     }
 
-    pub fn context_by(
+    pub async fn context_by(
         &self,
         kind: &str,
         value: &str,
         limit: usize,
         access: Access,
     ) -> Result<ContextCard, ServiceError> {
-        let p = self.owner_of(kind, value)?;
-        self.card(&p, limit, access)
+        let source = self.source_by(kind, value, limit).await?;
+        Ok(self.card(source, limit, access))
     }
 
-    fn card(&self, p: &Profile, limit: usize, access: Access) -> Result<ContextCard, ServiceError> {
-        let (recent, _) = self.interactions(p, None, limit.min(MAX_PAGE), None)?;
-        Ok(views::context_card(
-            p,
+    fn card(&self, source: CardSource, limit: usize, access: Access) -> ContextCard {
+        let mut recent = source.recent;
+        recent.truncate(limit);
+        views::context_card(
+            &source.profile,
             recent,
             &self.masking(access),
             Services::now(),
-        ))
+        )
+    }
+
+    /// The live profile `id` and its `limit` newest interactions: from the
+    /// cache when Redis is configured and holds them, else from the store
+    /// (and then cached).
+    async fn source(&self, id: CustomerId, limit: usize) -> Result<CardSource, ServiceError> {
+        let limit = limit.min(MAX_PAGE);
+        let Some(redis) = self.redis.as_ref().filter(|_| limit <= CACHED_INTERACTIONS) else {
+            return self.read_source(id, limit);
+        };
+        let key = redis.card_key(id);
+        match redis.get(&key, "card").await {
+            Cached::Hit(body) => match serde_json::from_slice::<CardSource>(&body) {
+                Ok(source) => return Ok(source),
+                Err(e) => tracing::warn!(error = %e, "a cached card could not be decoded"),
+            },
+            Cached::Miss { generation } => {
+                // The position is noted before the read (see `crate::cache`).
+                let seq = self.durable_position();
+                let source = self.read_source(id, CACHED_INTERACTIONS)?;
+                if let Ok(body) = serde_json::to_vec(&source) {
+                    redis.fill(key, generation, seq, body);
+                }
+                return Ok(source);
+            }
+            Cached::Off => {}
+        }
+        self.read_source(id, limit)
+    }
+
+    fn read_source(&self, id: CustomerId, limit: usize) -> Result<CardSource, ServiceError> {
+        let profile = self.live(id)?;
+        let recent = if limit == 0 {
+            Vec::new()
+        } else {
+            self.interactions(&profile, None, limit, None)?.0
+        };
+        Ok(CardSource { profile, recent })
+    }
+
+    /// Like [`Services::source`], for the owner of an identifier; the owner's
+    /// id is cached too.
+    async fn source_by(
+        &self,
+        kind: &str,
+        value: &str,
+        limit: usize,
+    ) -> Result<CardSource, ServiceError> {
+        let identifier = match self.rules.identifiers.normalise(kind, value) {
+            Ok(NormaliseOutcome::Usable(id)) => id,
+            Ok(NormaliseOutcome::Ignored(_)) => return Err(ServiceError::IdentifierNotOwned),
+            Err(e) => return Err(ServiceError::Identifier(e)),
+        };
+        if let Some(redis) = &self.redis {
+            let key = redis.owner_key(&identifier);
+            match redis.get(&key, "owner").await {
+                Cached::Hit(body) => {
+                    if let Some(owner) = std::str::from_utf8(&body)
+                        .ok()
+                        .and_then(|s| CustomerId::parse(s).ok())
+                    {
+                        // A miss here is a race with a merge or an erasure:
+                        // the store decides.
+                        if let Ok(source) = self.source(owner, limit).await {
+                            return Ok(source);
+                        }
+                    }
+                }
+                Cached::Miss { generation } => {
+                    let seq = self.durable_position();
+                    if let Some(owner) = self.store.owner(&identifier)? {
+                        redis.fill(key, generation, seq, owner.to_string().into_bytes());
+                        if let Ok(source) = self.source(owner, limit).await {
+                            return Ok(source);
+                        }
+                    }
+                }
+                Cached::Off => {}
+            }
+        }
+        let profile = self.owner_of(&identifier)?;
+        let recent = if limit == 0 {
+            Vec::new()
+        } else {
+            self.interactions(&profile, None, limit.min(MAX_PAGE), None)?
+                .0
+        };
+        Ok(CardSource { profile, recent })
     }
 
     pub fn timeline(
@@ -706,7 +805,7 @@ enum Attribution {
 /// Loads the live profile `id`, lets `change` modify it, records the write and
 /// stores it, all in one atomic write.
 fn update(
-    store: &dyn Store,
+    store: &Writer<'_>,
     id: CustomerId,
     now: DateTime<Utc>,
     attribution: Attribution,

@@ -278,7 +278,7 @@ fn identifier_view(r: &IdentifierRecord, m: &Masking<'_>) -> IdentifierView {
     }
 }
 
-fn answer_view(a: &Answer) -> AnswerView {
+pub fn answer_view(a: &Answer) -> AnswerView {
     AnswerView {
         value: a.value.clone(),
         question: a.question.clone(),

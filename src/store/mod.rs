@@ -109,6 +109,15 @@ pub trait StoreTx {
     /// The signal ids recorded for `customer` (for erasure).
     fn signal_ids_of(&mut self, customer: CustomerId) -> Result<Vec<String>, StoreError>;
     fn forget_signal_index(&mut self, customer: CustomerId, signal_id: &str);
+
+    /// Appends a record to the change log at `seq`, indexed under `customer`
+    /// too (for one profile's event stream).
+    fn put_change(&mut self, seq: u64, customer: CustomerId, record: Vec<u8>);
+    /// Removes a change-log record and its index entry (retention).
+    fn delete_change(&mut self, seq: u64, customer: CustomerId);
+    /// A small named value of the service's own bookkeeping.
+    fn meta(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_meta(&mut self, name: &str, value: Vec<u8>);
 }
 
 /// A use case run by [`Store::write`]. Returning `false` discards every change it made.
@@ -141,6 +150,30 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         keep: &dyn Fn(&Interaction) -> bool,
     ) -> Result<Vec<Interaction>, StoreError>;
+
+    /// The interaction stored under `member` at exactly `pos`.
+    fn interaction(
+        &self,
+        member: CustomerId,
+        pos: TimelinePosition,
+    ) -> Result<Option<Interaction>, StoreError>;
+
+    /// Up to `limit` change-log records with a position above `after`, oldest first.
+    fn changes(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// Like [`Store::changes`], only those indexed under `customer`.
+    fn changes_of(
+        &self,
+        customer: CustomerId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// The highest change-log position ever written (0: none).
+    fn last_change(&self) -> Result<u64, StoreError>;
+
+    /// A small named value of the service's own bookkeeping.
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Runs `op` and applies its changes atomically if it returns `true`. The
     /// changes are visible to readers at once but durable only after [`Store::flush`].

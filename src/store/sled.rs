@@ -22,6 +22,9 @@ const IDENTIFIER: u8 = b'i';
 const TIMELINE: u8 = b't';
 const SIGNAL: u8 = b's';
 const SIGNALS_OF: u8 = b'c';
+const CHANGE: u8 = b'x';
+const CHANGES_OF: u8 = b'y';
+const META: u8 = b'm';
 
 pub struct SledStore {
     db: sled::Db,
@@ -50,6 +53,28 @@ fn signals_of_key(customer: CustomerId, signal_id: &str) -> Vec<u8> {
     let mut k = key(SIGNALS_OF, &customer.to_key());
     k.extend_from_slice(signal_id.as_bytes());
     k
+}
+
+fn change_key(seq: u64) -> Vec<u8> {
+    key(CHANGE, &seq.to_be_bytes())
+}
+
+fn changes_of_key(customer: CustomerId, seq: u64) -> Vec<u8> {
+    let mut k = key(CHANGES_OF, &customer.to_key());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The position at the end of a change-log key (or its index's key).
+fn change_seq(k: &[u8]) -> Result<u64, StoreError> {
+    k.len()
+        .checked_sub(8)
+        .and_then(|at| <[u8; 8]>::try_from(&k[at..]).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            key: String::from_utf8_lossy(k).into_owned(),
+            reason: "change key without a position".into(),
+        })
 }
 
 fn suggestion_key(a: CustomerId, b: CustomerId) -> Vec<u8> {
@@ -181,6 +206,58 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn interaction(
+        &self,
+        member: CustomerId,
+        pos: TimelinePosition,
+    ) -> Result<Option<Interaction>, StoreError> {
+        let k = timeline_key(member, pos);
+        self.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    fn changes(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let start = change_key(after.saturating_add(1));
+        let end = key(CHANGE + 1, &[]);
+        let mut out = Vec::with_capacity(limit.min(256));
+        for entry in self.tree.range(start..end).take(limit) {
+            let (k, v) = entry.map_err(engine)?;
+            out.push((change_seq(&k)?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn changes_of(
+        &self,
+        customer: CustomerId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let start = changes_of_key(customer, after.saturating_add(1));
+        let end = changes_of_key(customer, u64::MAX);
+        let mut out = Vec::with_capacity(limit.min(256));
+        for entry in self.tree.range(start..=end).take(limit) {
+            let (k, _) = entry.map_err(engine)?;
+            let seq = change_seq(&k)?;
+            if let Some(v) = self.get(&change_key(seq))? {
+                out.push((seq, v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn last_change(&self) -> Result<u64, StoreError> {
+        let start = key(CHANGE, &[]);
+        let end = key(CHANGE + 1, &[]);
+        match self.tree.range(start..end).next_back() {
+            Some(entry) => change_seq(&entry.map_err(engine)?.0),
+            None => Ok(0),
+        }
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get(&key(META, name.as_bytes()))?.map(|v| v.to_vec()))
     }
 
     fn write(&self, op: &mut WriteFn<'_>) -> Result<(), StoreError> {
@@ -397,5 +474,23 @@ impl StoreTx for SledTx<'_> {
 
     fn forget_signal_index(&mut self, customer: CustomerId, signal_id: &str) {
         self.remove(signals_of_key(customer, signal_id));
+    }
+
+    fn put_change(&mut self, seq: u64, customer: CustomerId, record: Vec<u8>) {
+        self.put(change_key(seq), record);
+        self.put(changes_of_key(customer, seq), Vec::new());
+    }
+
+    fn delete_change(&mut self, seq: u64, customer: CustomerId) {
+        self.remove(change_key(seq));
+        self.remove(changes_of_key(customer, seq));
+    }
+
+    fn meta(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&key(META, name.as_bytes()))
+    }
+
+    fn put_meta(&mut self, name: &str, value: Vec<u8>) {
+        self.put(key(META, name.as_bytes()), value);
     }
 }

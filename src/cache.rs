@@ -1,0 +1,507 @@
+//! Redis: the hot-profile cache and the event bus between instances.
+//!
+//! Redis is a cache, never the truth. Every call is bounded by
+//! `redis.timeout_ms`; a call that fails or times out is answered from the
+//! store, and Redis is left alone (degraded) until a background check finds it
+//! again. Nothing is ever written only to Redis.
+//!
+//! # Never a stale read
+//!
+//! Each entry is `<generation>:<position>:<body>`. The position is a change-log
+//! position (see `service::journal`):
+//!
+//! - A reader that misses notes the highest durable position *before* it
+//!   reads the store, and fills the entry with that position, unless the entry
+//!   already holds a newer one.
+//! - Once a write is durable, and before it is acknowledged, every entry it
+//!   made stale is overwritten with a marker carrying the write's position, in
+//!   one script run. A fill that raced the write carries an older position and
+//!   loses, whichever lands first.
+//! - When a marker cannot be written (Redis down or slow), the write is still
+//!   acknowledged, and Redis is not read again until the generation has been
+//!   bumped, which makes every earlier entry unusable. The same happens when
+//!   the connection drops: a Redis that restarts from an old snapshot cannot
+//!   bring old entries back.
+//!
+//! The in-process fan-out of events waits for the markers too, so a desk that
+//! refetches on an event never sees the version before it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Script};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use crate::config::RedisSettings;
+use crate::domain::{CustomerId, Identifier};
+use crate::events::Hub;
+use crate::service::journal::{Committed, LiveEvent};
+
+/// Fills an entry unless it holds a newer position (or the generation moved).
+/// KEYS: generation, entry. ARGV: generation, position, value, ttl ms.
+const FILL: &str = r"
+local g = redis.call('GET', KEYS[1]) or '0'
+if g ~= ARGV[1] then return 0 end
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  local cg, cs = string.match(cur, '^(%d+):(%d+):')
+  if cg == g and tonumber(cs) > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return 1
+";
+
+/// Marks entries stale at a position, unless they hold a newer one, then
+/// publishes the events. KEYS: generation, entries... ARGV: position, ttl ms,
+/// channel, message ('' for none).
+const MARK: &str = r"
+local g = redis.call('GET', KEYS[1]) or '0'
+local s = tonumber(ARGV[1])
+local mark = g .. ':' .. ARGV[1] .. ':'
+for i = 2, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  local keep = false
+  if cur then
+    local cg, cs = string.match(cur, '^(%d+):(%d+):')
+    keep = cg == g and tonumber(cs) >= s
+  end
+  if not keep then redis.call('SET', KEYS[i], mark, 'PX', ARGV[2]) end
+end
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return #KEYS - 1
+";
+
+/// A value as Redis returns it (absent: `None`).
+type Raw = Option<Vec<u8>>;
+
+/// What a cache read found.
+pub enum Cached {
+    /// The entry's body.
+    Hit(Vec<u8>),
+    /// Nothing usable; fill at this generation.
+    Miss { generation: u64 },
+    /// Redis is not to be used now: read the store.
+    Off,
+}
+
+/// The events of one group of writes, as sent to the other instances.
+#[derive(Serialize, Deserialize)]
+struct BusMessage {
+    origin: String,
+    events: Vec<LiveEvent>,
+}
+
+/// A group of durable writes on its way to Redis, then to the writers.
+struct Commit {
+    events: Vec<Arc<LiveEvent>>,
+    keys: Vec<String>,
+    seq: u64,
+    release: Box<dyn FnOnce() + Send>,
+}
+
+pub struct RedisLink {
+    client: redis::Client,
+    conn: ConnectionManager,
+    handle: Handle,
+    /// Starts the event channel's name (shared by every instance).
+    prefix: String,
+    /// Starts every key: the prefix and the store's id.
+    keys: String,
+    published: Arc<AtomicU64>,
+    ttl_ms: u64,
+    timeout: Duration,
+    /// Redis may be used.
+    healthy: AtomicBool,
+    /// Some marker may be missing: bump the generation before using Redis again.
+    dirty: AtomicBool,
+    /// Tells this instance's own events from the others' on the bus.
+    instance: String,
+    hub: Arc<Hub>,
+    commits: mpsc::UnboundedSender<Commit>,
+    fill: Script,
+    mark: Script,
+}
+
+impl RedisLink {
+    /// Connects lazily: the service starts (and serves from the store) even
+    /// when Redis is down, and uses it once it answers.
+    /// `store` names the store this instance writes to (keys carry it);
+    /// `published` is advanced once a group's entries are marked.
+    pub fn start(
+        settings: &RedisSettings,
+        store: &str,
+        hub: Arc<Hub>,
+        published: Arc<AtomicU64>,
+    ) -> anyhow::Result<Arc<RedisLink>> {
+        let url = settings.url.as_deref().context("redis.url is not set")?;
+        let client = redis::Client::open(url).context("redis.url")?;
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("anamnesis-redis".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the Redis runtime starts");
+                let _ = handle_tx.send(runtime.handle().clone());
+                runtime.block_on(std::future::pending::<()>());
+            })
+            .context("starting the Redis thread")?;
+        let handle = handle_rx.recv().context("the Redis thread did not start")?;
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = {
+            let _inside = handle.enter();
+            ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .context("setting up the Redis connection")?
+        };
+        let (commits, commit_rx) = mpsc::unbounded_channel();
+        let link = Arc::new(RedisLink {
+            client,
+            conn,
+            handle: handle.clone(),
+            prefix: settings.key_prefix.clone(),
+            keys: format!("{}{store}:", settings.key_prefix),
+            published,
+            ttl_ms: settings.ttl_secs * 1000,
+            timeout,
+            // Unproven until the first check answers; and any entry from
+            // before this start may be stale: bump the generation first.
+            healthy: AtomicBool::new(false),
+            dirty: AtomicBool::new(true),
+            instance: ulid::Ulid::new().to_string(),
+            hub,
+            commits,
+            fill: Script::new(FILL),
+            mark: Script::new(MARK),
+        });
+        metrics::gauge!("anamnesis_redis_up").set(0.0);
+        handle.spawn(link.clone().recover());
+        handle.spawn(link.clone().listen());
+        handle.spawn(link.clone().send_commits(commit_rx));
+        Ok(link)
+    }
+
+    /// Whether Redis is in use (not degraded).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{id}", self.keys)
+    }
+
+    fn generation_key(&self) -> String {
+        format!("{}generation", self.keys)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    pub fn card_key(&self, id: CustomerId) -> String {
+        self.key("card", &id.to_string())
+    }
+
+    /// Identifiers are hashed: no phone number or email appears in a key.
+    pub fn owner_key(&self, identifier: &Identifier) -> String {
+        let digest = Sha256::digest(identifier.key());
+        let mut hex = String::with_capacity(64);
+        for b in digest {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        self.key("owner", &hex)
+    }
+
+    /// Redis went wrong: stop using it until the check finds it again.
+    fn degrade(&self, why: &str, stale_possible: bool) {
+        if stale_possible {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        if self.healthy.swap(false, Ordering::SeqCst) {
+            metrics::gauge!("anamnesis_redis_up").set(0.0);
+            tracing::warn!(reason = why, "Redis degraded: serving from the store");
+        }
+    }
+
+    /// Runs one Redis call within the timeout; `None` (and degraded) otherwise.
+    async fn call<T>(&self, what: &str, f: impl Future<Output = RedisResult<T>>) -> Option<T> {
+        if !self.healthy() {
+            metrics::counter!("anamnesis_cache_fallbacks_total", "reason" => "degraded")
+                .increment(1);
+            return None;
+        }
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                metrics::counter!("anamnesis_cache_fallbacks_total", "reason" => "error")
+                    .increment(1);
+                let timed_out = e.is_timeout();
+                self.degrade(&format!("{what}: {e}"), !timed_out);
+                None
+            }
+            Err(_) => {
+                metrics::counter!("anamnesis_cache_fallbacks_total", "reason" => "timeout")
+                    .increment(1);
+                self.degrade(&format!("{what}: no answer in time"), false);
+                None
+            }
+        }
+    }
+
+    /// Reads an entry.
+    pub async fn get(&self, key: &str, kind: &'static str) -> Cached {
+        let mut conn = self.conn.clone();
+        let found: Option<(Raw, Raw)> = self
+            .call(
+                "read",
+                redis::cmd("MGET")
+                    .arg(self.generation_key())
+                    .arg(key)
+                    .query_async(&mut conn),
+            )
+            .await;
+        let Some((generation, entry)) = found else {
+            return Cached::Off;
+        };
+        let generation = generation
+            .as_deref()
+            .and_then(|g| std::str::from_utf8(g).ok())
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        let hit = entry.and_then(|e| match split_entry(&e) {
+            Some((g, _, body)) if g == generation && !body.is_empty() => Some(body.to_vec()),
+            _ => None,
+        });
+        let result = if hit.is_some() { "hit" } else { "miss" };
+        metrics::counter!("anamnesis_cache_requests_total", "kind" => kind, "result" => result)
+            .increment(1);
+        match hit {
+            Some(body) => Cached::Hit(body),
+            None => Cached::Miss { generation },
+        }
+    }
+
+    /// Stores what a reader read from the store, in the background; `seq` is
+    /// the durable position noted before that read.
+    pub fn fill(self: &Arc<Self>, key: String, generation: u64, seq: u64, body: Vec<u8>) {
+        if !self.healthy() {
+            return;
+        }
+        let link = self.clone();
+        self.handle.spawn(async move {
+            let mut value = format!("{generation}:{seq}:").into_bytes();
+            value.extend_from_slice(&body);
+            let mut conn = link.conn.clone();
+            let mut invocation = link.fill.key(link.generation_key());
+            invocation
+                .key(key)
+                .arg(generation)
+                .arg(seq)
+                .arg(value)
+                .arg(link.ttl_ms);
+            let _: Option<i64> = link.call("fill", invocation.invoke_async(&mut conn)).await;
+        });
+    }
+
+    /// Called on the committer thread once writes are durable: marks what
+    /// they made stale, sends their events to every instance, and only then
+    /// hands the events to local streams and acknowledges the writers.
+    pub fn committed(&self, committed: Committed, release: Box<dyn FnOnce() + Send>) {
+        let keys = committed
+            .customers
+            .iter()
+            .map(|id| self.card_key(*id))
+            .chain(committed.identifiers.iter().map(|i| self.owner_key(i)))
+            .collect();
+        let commit = Commit {
+            events: committed.events.into_iter().map(Arc::new).collect(),
+            keys,
+            seq: committed.last_seq,
+            release,
+        };
+        if let Err(unsent) = self.commits.send(commit) {
+            // The Redis thread is gone (shutting down): never hold a writer.
+            let commit = unsent.0;
+            self.published.fetch_max(commit.seq, Ordering::SeqCst);
+            self.hub.publish(&commit.events);
+            (commit.release)();
+        }
+    }
+
+    async fn send_commits(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Commit>) {
+        while let Some(first) = rx.recv().await {
+            let mut group = vec![first];
+            while group.len() < 64 {
+                match rx.try_recv() {
+                    Ok(c) => group.push(c),
+                    Err(_) => break,
+                }
+            }
+            let seq = group.iter().map(|c| c.seq).max().unwrap_or(0);
+            let keys: Vec<&String> = group.iter().flat_map(|c| &c.keys).collect();
+            let events: Vec<&LiveEvent> =
+                group.iter().flat_map(|c| &c.events).map(|e| &**e).collect();
+            if !keys.is_empty() || !events.is_empty() {
+                if self.healthy() {
+                    let message = if events.is_empty() {
+                        String::new()
+                    } else {
+                        serde_json::to_string(&BusMessageRef {
+                            origin: &self.instance,
+                            events: &events,
+                        })
+                        .unwrap_or_default()
+                    };
+                    let mut conn = self.conn.clone();
+                    let mut invocation = self.mark.key(self.generation_key());
+                    for key in &keys {
+                        invocation.key(*key);
+                    }
+                    invocation
+                        .arg(seq)
+                        .arg(self.ttl_ms)
+                        .arg(self.channel())
+                        .arg(message);
+                    let marked = tokio::time::timeout(
+                        self.timeout,
+                        invocation.invoke_async::<i64>(&mut conn),
+                    )
+                    .await;
+                    match marked {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => self.degrade(&format!("invalidation: {e}"), true),
+                        Err(_) => self.degrade("invalidation: no answer in time", true),
+                    }
+                } else if !keys.is_empty() {
+                    self.dirty.store(true, Ordering::SeqCst);
+                }
+            }
+            self.published.fetch_max(seq, Ordering::SeqCst);
+            for commit in group {
+                self.hub.publish(&commit.events);
+                (commit.release)();
+            }
+        }
+    }
+
+    /// While degraded, checks Redis every 200 ms; once it answers and the
+    /// generation is bumped, uses it again.
+    async fn recover(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if self.healthy() {
+                continue;
+            }
+            let mut conn = self.conn.clone();
+            let ping = tokio::time::timeout(
+                self.timeout,
+                redis::cmd("PING").query_async::<String>(&mut conn),
+            )
+            .await;
+            if !matches!(ping, Ok(Ok(_))) {
+                continue;
+            }
+            // Always a new generation after an outage: entries may predate
+            // a marker this instance or another could not write (a slow
+            // Redis, a failover to a replica that lags, an old snapshot).
+            self.dirty.store(false, Ordering::SeqCst);
+            {
+                let bumped = tokio::time::timeout(
+                    self.timeout,
+                    redis::cmd("INCR")
+                        .arg(self.generation_key())
+                        .query_async::<i64>(&mut conn),
+                )
+                .await;
+                if !matches!(bumped, Ok(Ok(_))) {
+                    self.dirty.store(true, Ordering::SeqCst);
+                    continue;
+                }
+            }
+            if self.dirty.load(Ordering::SeqCst) {
+                continue;
+            }
+            self.healthy.store(true, Ordering::SeqCst);
+            if self.dirty.load(Ordering::SeqCst) {
+                // A marker failed while this check ran: not yet.
+                self.healthy.store(false, Ordering::SeqCst);
+                continue;
+            }
+            metrics::gauge!("anamnesis_redis_up").set(1.0);
+            tracing::info!("Redis is back: cache and event bus in use");
+        }
+    }
+
+    /// Receives the other instances' events and hands them to local streams.
+    /// A lost subscription means Redis went away: degrade, and resubscribe.
+    async fn listen(self: Arc<Self>) {
+        loop {
+            let subscribed = tokio::time::timeout(self.timeout * 4, async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(self.channel()).await?;
+                RedisResult::Ok(pubsub)
+            })
+            .await;
+            let Ok(Ok(pubsub)) = subscribed else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let Ok(bus) = serde_json::from_slice::<BusMessage>(message.get_payload_bytes())
+                else {
+                    continue;
+                };
+                if bus.origin != self.instance {
+                    let events: Vec<Arc<LiveEvent>> =
+                        bus.events.into_iter().map(Arc::new).collect();
+                    self.hub.publish(&events);
+                }
+            }
+            self.degrade("the event subscription was lost", true);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct BusMessageRef<'a> {
+    origin: &'a str,
+    events: &'a [&'a LiveEvent],
+}
+
+/// `<generation>:<position>:<body>` -> its parts.
+fn split_entry(entry: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let mut parts = entry.splitn(3, |b| *b == b':');
+    let generation = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    Some((generation, seq, parts.next()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_entry;
+
+    #[test]
+    fn entries_split_into_generation_position_and_body() {
+        assert_eq!(split_entry(b"3:17:{}"), Some((3, 17, &b"{}"[..])));
+        assert_eq!(split_entry(b"3:17:"), Some((3, 17, &b""[..])));
+        assert_eq!(split_entry(b"3:17:a:b"), Some((3, 17, &b"a:b"[..])));
+        assert_eq!(split_entry(b"x:17:"), None);
+        assert_eq!(split_entry(b"3"), None);
+    }
+}

@@ -1,0 +1,693 @@
+//! The change journal: what each write changed, as events.
+//!
+//! Every use case runs its write through a [`Recording`], which watches the
+//! store calls it makes (profiles put and deleted, aliases moved, identifiers
+//! re-owned, interactions added) and, when the write succeeds, turns them into
+//! [`Change`]s. Each change gets the next position of the change log and is
+//! written in the same atomic batch as the write itself, so the log never
+//! disagrees with the store: a change is in the log exactly when its write is.
+//!
+//! The log holds ids, kinds, versions and keys, never personal data: an
+//! erasure need not hunt through it, and a consumer that wants the content
+//! reads the profile (with its own token's field access). The live copy of
+//! an event ([`LiveEvent`]) also carries the content it is about (the answer,
+//! the interaction, the episode), kept in memory and on the event bus only.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::{
+    Answer, CustomerId, Episode, Identifier, IdentityEvent, Interaction, Profile, Suggestion,
+};
+use crate::store::{Store, StoreError, StoreTx};
+
+/// What happened to a profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum ChangeKind {
+    /// A new profile (first signal about someone).
+    #[serde(rename = "profile.created")]
+    Created,
+    /// Anything on the profile changed; `version` is the new version.
+    #[serde(rename = "profile.updated")]
+    Updated,
+    /// An answer was captured (`key` names it).
+    #[serde(rename = "answer.captured")]
+    AnswerCaptured,
+    /// An interaction was added to the timeline (`interaction_id`).
+    #[serde(rename = "interaction.added")]
+    InteractionAdded,
+    /// An episode was opened or changed (`episode_id`).
+    #[serde(rename = "episode.updated")]
+    EpisodeUpdated,
+    /// `merged_id` was merged into `survivor_id`; sent on both.
+    #[serde(rename = "profile.merged")]
+    Merged,
+    /// `merged_id` was split off `survivor_id` again; sent on both.
+    #[serde(rename = "profile.unmerged")]
+    Unmerged,
+    /// The profile and everything it held were erased.
+    #[serde(rename = "profile.erased")]
+    Erased,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Created => "profile.created",
+            ChangeKind::Updated => "profile.updated",
+            ChangeKind::AnswerCaptured => "answer.captured",
+            ChangeKind::InteractionAdded => "interaction.added",
+            ChangeKind::EpisodeUpdated => "episode.updated",
+            ChangeKind::Merged => "profile.merged",
+            ChangeKind::Unmerged => "profile.unmerged",
+            ChangeKind::Erased => "profile.erased",
+        }
+    }
+}
+
+/// One entry of the change log: what happened to which profile, at which
+/// position. Positions only grow; they are the change feed's cursor and the
+/// event stream's event id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Change {
+    /// Position in the change log.
+    #[schema(example = 1042)]
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    #[serde(rename = "type")]
+    pub kind: ChangeKind,
+    /// The profile this entry is about (whose stream carries it).
+    #[schema(value_type = String, example = "cus_01HZX3M4Q7R8S9T0V1W2X3Y4Z5")]
+    pub customer_id: CustomerId,
+    /// The profile's version after the change, where it still exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// Merges and unmerges: the profile that absorbed (or gave back) `merged_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub survivor_id: Option<CustomerId>,
+    /// Merges and unmerges: the profile absorbed (or restored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub merged_id: Option<CustomerId>,
+    /// `answer.captured`: the answer's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `interaction.added`: the interaction's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interaction_id: Option<String>,
+    /// `episode.updated`: the episode's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episode_id: Option<String>,
+}
+
+impl Change {
+    fn new(kind: ChangeKind, customer_id: CustomerId, at: DateTime<Utc>) -> Change {
+        Change {
+            seq: 0,
+            at,
+            kind,
+            customer_id,
+            version: None,
+            survivor_id: None,
+            merged_id: None,
+            key: None,
+            interaction_id: None,
+            episode_id: None,
+        }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec(self).map_err(|e| StoreError::Engine(format!("encoding failed: {e}")))
+    }
+
+    pub fn decode(seq: u64, bytes: &[u8]) -> Result<Change, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            key: format!("change {seq}"),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The content a live event is about, unmasked (masked where it is sent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Payload {
+    Answer(Answer),
+    Interaction(Interaction),
+    Episode(Episode),
+}
+
+/// A change as it is sent live: the log entry and what it is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveEvent {
+    pub change: Change,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Payload>,
+}
+
+/// What a group of durable writes changed: the events to send and the cache
+/// entries they make stale.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub events: Vec<LiveEvent>,
+    pub customers: BTreeSet<CustomerId>,
+    pub identifiers: BTreeSet<Identifier>,
+    /// The highest change-log position among these writes (0: none).
+    pub last_seq: u64,
+}
+
+impl Committed {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.customers.is_empty() && self.identifiers.is_empty()
+    }
+
+    fn absorb(&mut self, other: Committed) {
+        self.events.extend(other.events);
+        self.customers.extend(other.customers);
+        self.identifiers.extend(other.identifiers);
+        self.last_seq = self.last_seq.max(other.last_seq);
+    }
+}
+
+/// The committer thread's journal state: the next log position and what the
+/// writes since the last durable flush changed.
+pub struct Journal {
+    next_seq: Cell<u64>,
+    pending: RefCell<Committed>,
+}
+
+impl Journal {
+    /// Continues after `last`, the highest position already in the log.
+    pub fn after(last: u64) -> Journal {
+        Journal {
+            next_seq: Cell::new(last + 1),
+            pending: RefCell::new(Committed::default()),
+        }
+    }
+
+    fn allocate(&self) -> u64 {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        seq
+    }
+
+    /// What was written since the last call (called once a flush succeeded;
+    /// after a failed flush the writes stay pending for the next one).
+    pub fn take(&self) -> Committed {
+        std::mem::take(&mut *self.pending.borrow_mut())
+    }
+
+    /// Turns what a [`Recording`] saw into log entries, written by `tx` with the
+    /// rest of the write. [`Journal::keep`] them once the write is applied.
+    pub fn entries(
+        &self,
+        tx: &mut dyn StoreTx,
+        seen: Seen,
+        now: DateTime<Utc>,
+    ) -> Result<Committed, StoreError> {
+        let (mut events, customers, identifiers) = seen.into_events(now);
+        if events.is_empty() && customers.is_empty() && identifiers.is_empty() {
+            return Ok(Committed::default());
+        }
+        let mut last_seq = 0;
+        for event in &mut events {
+            event.change.seq = self.allocate();
+            last_seq = event.change.seq;
+            tx.put_change(
+                event.change.seq,
+                event.change.customer_id,
+                event.change.encode()?,
+            );
+        }
+        if last_seq == 0 {
+            // Cache entries change without an event (an identifier moved):
+            // they still need a position newer than any read before this write.
+            last_seq = self.allocate();
+        }
+        Ok(Committed {
+            events,
+            customers,
+            identifiers,
+            last_seq,
+        })
+    }
+
+    /// Keeps what an applied write changed, for sending after the flush.
+    pub fn keep(&self, committed: Committed) {
+        self.pending.borrow_mut().absorb(committed);
+    }
+}
+
+/// Where the bookkeeping keeps the highest position removed by retention.
+const PRUNED_THROUGH: &str = "changes.pruned_through";
+
+/// The highest change-log position removed by retention (0: none): a feed
+/// cursor below it has missed changes.
+pub fn pruned_through(store: &dyn Store) -> Result<u64, StoreError> {
+    Ok(store
+        .meta(PRUNED_THROUGH)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
+/// Removes up to `max` changes older than `retention`, oldest first; returns
+/// how many. Runs on the committer thread (the single writer).
+pub fn prune(
+    store: &dyn Store,
+    retention: std::time::Duration,
+    now: DateTime<Utc>,
+    max: usize,
+) -> Result<usize, StoreError> {
+    let Ok(retention) = chrono::Duration::from_std(retention) else {
+        return Ok(0);
+    };
+    let cutoff = now - retention;
+    let mut from = pruned_through(store)?;
+    let mut doomed = Vec::new();
+    'scan: while doomed.len() < max {
+        // A page at a time: most runs find the first change still young.
+        let page = store.changes(from, 64.min(max - doomed.len()))?;
+        if page.is_empty() {
+            break;
+        }
+        for (seq, bytes) in page {
+            let change = Change::decode(seq, &bytes)?;
+            if change.at >= cutoff {
+                break 'scan;
+            }
+            doomed.push((seq, change.customer_id));
+            from = seq;
+        }
+    }
+    let Some(&(last, _)) = doomed.last() else {
+        return Ok(0);
+    };
+    store.write(&mut |tx| {
+        for (seq, customer) in &doomed {
+            tx.delete_change(*seq, *customer);
+        }
+        tx.put_meta(PRUNED_THROUGH, last.to_be_bytes().to_vec());
+        true
+    })?;
+    Ok(doomed.len())
+}
+
+/// What one write did, as seen through its store calls.
+#[derive(Default)]
+pub struct Seen {
+    /// Each profile as it was before the write (`None`: did not exist).
+    before: BTreeMap<CustomerId, Option<Profile>>,
+    /// Each profile the write put (`Some`) or deleted (`None`).
+    after: BTreeMap<CustomerId, Option<Profile>>,
+    /// Each alias the write changed: before and after.
+    aliases: BTreeMap<CustomerId, (Option<CustomerId>, Option<CustomerId>)>,
+    identifiers: BTreeSet<Identifier>,
+    interactions: Vec<(CustomerId, Interaction)>,
+}
+
+impl Seen {
+    fn into_events(
+        self,
+        now: DateTime<Utc>,
+    ) -> (Vec<LiveEvent>, BTreeSet<CustomerId>, BTreeSet<Identifier>) {
+        let mut first = Vec::new();
+        let mut merges = Vec::new();
+        let mut content = Vec::new();
+        let mut updates = Vec::new();
+        let mut erasures = Vec::new();
+        let plain = |change: Change| LiveEvent { change, data: None };
+        let none: Option<Profile> = None;
+
+        for (&id, after) in &self.after {
+            let before = self.before.get(&id).unwrap_or(&none);
+            match (before, after) {
+                (None, Some(p)) => {
+                    let restored_from = self.aliases.get(&id).and_then(|(was, _)| *was);
+                    match restored_from {
+                        Some(survivor) => {
+                            // An unmerge: sent on the restored profile and the survivor.
+                            for (on, version) in [
+                                (id, Some(p.version)),
+                                (survivor, self.version_after(survivor)),
+                            ] {
+                                let mut c = Change::new(ChangeKind::Unmerged, on, now);
+                                c.version = version;
+                                c.survivor_id = Some(survivor);
+                                c.merged_id = Some(id);
+                                first.push(plain(c));
+                            }
+                        }
+                        None => {
+                            let mut c = Change::new(ChangeKind::Created, id, now);
+                            c.version = Some(p.version);
+                            first.push(plain(c));
+                            content.extend(content_events(id, None, p, now));
+                        }
+                    }
+                }
+                (Some(b), Some(p)) => {
+                    content.extend(content_events(id, Some(b), p, now));
+                    if p.version != b.version {
+                        let mut c = Change::new(ChangeKind::Updated, id, now);
+                        c.version = Some(p.version);
+                        updates.push(plain(c));
+                    }
+                }
+                (Some(_), None) => match self.aliases.get(&id).and_then(|(_, now_to)| *now_to) {
+                    Some(survivor) => {
+                        for (on, version) in [(id, None), (survivor, self.version_after(survivor))]
+                        {
+                            let mut c = Change::new(ChangeKind::Merged, on, now);
+                            c.version = version;
+                            c.survivor_id = Some(survivor);
+                            c.merged_id = Some(id);
+                            merges.push(plain(c));
+                        }
+                    }
+                    None => erasures.push(plain(Change::new(ChangeKind::Erased, id, now))),
+                },
+                (None, None) => {}
+            }
+        }
+        // An erasure ends the streams of the ids merged into the erased
+        // profile too (their aliases go with it).
+        let erased: BTreeSet<CustomerId> = erasures.iter().map(|e| e.change.customer_id).collect();
+        for (member, (was, now_to)) in &self.aliases {
+            let gone = !matches!(self.after.get(member), Some(Some(_)));
+            if now_to.is_none() && gone && was.is_some_and(|root| erased.contains(&root)) {
+                erasures.push(plain(Change::new(ChangeKind::Erased, *member, now)));
+            }
+        }
+        for (member, interaction) in &self.interactions {
+            let on = self.live_owner(*member);
+            let mut c = Change::new(ChangeKind::InteractionAdded, on, now);
+            c.interaction_id = Some(interaction.id.clone());
+            content.push(LiveEvent {
+                change: c,
+                data: Some(Payload::Interaction(interaction.clone())),
+            });
+        }
+
+        let mut customers: BTreeSet<CustomerId> = self.after.keys().copied().collect();
+        for (absorbed, (was, now_to)) in &self.aliases {
+            customers.insert(*absorbed);
+            customers.extend(was.iter().chain(now_to.iter()).copied());
+        }
+        let events = first
+            .into_iter()
+            .chain(merges)
+            .chain(content)
+            .chain(updates)
+            .chain(erasures)
+            .collect();
+        (events, customers, self.identifiers)
+    }
+
+    fn version_after(&self, id: CustomerId) -> Option<u64> {
+        self.after
+            .get(&id)
+            .and_then(|p| p.as_ref())
+            .map(|p| p.version)
+    }
+
+    /// The profile (put by this write) that `member` belongs to, or itself.
+    fn live_owner(&self, member: CustomerId) -> CustomerId {
+        self.after
+            .values()
+            .flatten()
+            .find(|p| p.members().any(|m| m == member))
+            .map_or(member, |p| p.customer_id)
+    }
+}
+
+/// Answers captured and episodes changed between `before` and `after`.
+fn content_events(
+    id: CustomerId,
+    before: Option<&Profile>,
+    after: &Profile,
+    now: DateTime<Utc>,
+) -> Vec<LiveEvent> {
+    let mut out = Vec::new();
+    for (key, answer) in &after.answers {
+        // Another answer, not older than what the profile held (a merge
+        // brings the absorbed profile's newer answers; an unmerge taking some
+        // back is no capture).
+        let old = before.and_then(|b| b.answers.get(key));
+        if old.is_none_or(|o| o != answer && answer.captured_at >= o.captured_at) {
+            let mut c = Change::new(ChangeKind::AnswerCaptured, id, now);
+            c.key = Some(key.clone());
+            out.push(LiveEvent {
+                change: c,
+                data: Some(Payload::Answer(answer.clone())),
+            });
+        }
+    }
+    for (episode_id, episode) in &after.episodes {
+        let old = before.and_then(|b| b.episodes.get(episode_id));
+        if old.is_none_or(|o| {
+            episode.updated_at > o.updated_at
+                || (o != episode && o.updated_at == episode.updated_at)
+        }) {
+            let mut c = Change::new(ChangeKind::EpisodeUpdated, id, now);
+            c.episode_id = Some(episode_id.clone());
+            out.push(LiveEvent {
+                change: c,
+                data: Some(Payload::Episode(episode.clone())),
+            });
+        }
+    }
+    out
+}
+
+/// A store transaction that remembers what the write does (see [`Seen`]).
+pub struct Recording<'t> {
+    inner: &'t mut dyn StoreTx,
+    seen: Seen,
+    /// A failed read of the state before a change made by a call that cannot
+    /// return an error: the write must not go ahead unrecorded.
+    failure: Option<StoreError>,
+}
+
+impl<'t> Recording<'t> {
+    pub fn new(inner: &'t mut dyn StoreTx) -> Recording<'t> {
+        Recording {
+            inner,
+            seen: Seen::default(),
+            failure: None,
+        }
+    }
+
+    /// What the write did, or the recorder's own read failure.
+    pub fn finish(self) -> Result<Seen, StoreError> {
+        match self.failure {
+            Some(e) => Err(e),
+            None => Ok(self.seen),
+        }
+    }
+
+    fn note_before(&mut self, id: CustomerId) -> Result<(), StoreError> {
+        if !self.seen.before.contains_key(&id) && !self.seen.after.contains_key(&id) {
+            let p = self.inner.profile(id)?;
+            self.seen.before.insert(id, p);
+        }
+        Ok(())
+    }
+
+    fn note_alias(&mut self, id: CustomerId) {
+        if !self.seen.aliases.contains_key(&id) {
+            match self.inner.alias(id) {
+                Ok(was) => {
+                    self.seen.aliases.insert(id, (was, was));
+                }
+                Err(e) => {
+                    self.failure.get_or_insert(e);
+                }
+            }
+        }
+    }
+}
+
+impl StoreTx for Recording<'_> {
+    fn profile(&mut self, id: CustomerId) -> Result<Option<Profile>, StoreError> {
+        let p = self.inner.profile(id)?;
+        let seen = &mut self.seen;
+        if !seen.before.contains_key(&id) && !seen.after.contains_key(&id) {
+            seen.before.insert(id, p.clone());
+        }
+        Ok(p)
+    }
+
+    fn put_profile(&mut self, profile: &Profile) -> Result<(), StoreError> {
+        self.note_before(profile.customer_id)?;
+        self.inner.put_profile(profile)?;
+        self.seen
+            .after
+            .insert(profile.customer_id, Some(profile.clone()));
+        Ok(())
+    }
+
+    fn delete_profile(&mut self, id: CustomerId) {
+        if let Err(e) = self.note_before(id) {
+            self.failure.get_or_insert(e);
+        }
+        self.inner.delete_profile(id);
+        self.seen.after.insert(id, None);
+    }
+
+    fn alias(&mut self, id: CustomerId) -> Result<Option<CustomerId>, StoreError> {
+        self.inner.alias(id)
+    }
+
+    fn put_alias(&mut self, absorbed: CustomerId, survivor: CustomerId) {
+        self.note_alias(absorbed);
+        self.inner.put_alias(absorbed, survivor);
+        if let Some(entry) = self.seen.aliases.get_mut(&absorbed) {
+            entry.1 = Some(survivor);
+        }
+    }
+
+    fn delete_alias(&mut self, absorbed: CustomerId) {
+        self.note_alias(absorbed);
+        self.inner.delete_alias(absorbed);
+        if let Some(entry) = self.seen.aliases.get_mut(&absorbed) {
+            entry.1 = None;
+        }
+    }
+
+    fn add_history(
+        &mut self,
+        customer: CustomerId,
+        event: &IdentityEvent,
+    ) -> Result<(), StoreError> {
+        self.inner.add_history(customer, event)
+    }
+
+    fn delete_history(&mut self, customer: CustomerId) -> Result<(), StoreError> {
+        self.inner.delete_history(customer)
+    }
+
+    fn suggestion(
+        &mut self,
+        a: CustomerId,
+        b: CustomerId,
+    ) -> Result<Option<Suggestion>, StoreError> {
+        self.inner.suggestion(a, b)
+    }
+
+    fn put_suggestion(
+        &mut self,
+        a: CustomerId,
+        b: CustomerId,
+        s: &Suggestion,
+    ) -> Result<(), StoreError> {
+        self.inner.put_suggestion(a, b, s)
+    }
+
+    fn delete_suggestion(&mut self, a: CustomerId, b: CustomerId) {
+        self.inner.delete_suggestion(a, b)
+    }
+
+    fn delete_suggestions_of(&mut self, a: CustomerId) -> Result<(), StoreError> {
+        self.inner.delete_suggestions_of(a)
+    }
+
+    fn owner(&mut self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError> {
+        self.inner.owner(identifier)
+    }
+
+    fn set_owner(&mut self, identifier: &Identifier, owner: CustomerId) {
+        self.inner.set_owner(identifier, owner);
+        self.seen.identifiers.insert(identifier.clone());
+    }
+
+    fn remove_owner(&mut self, identifier: &Identifier) {
+        self.inner.remove_owner(identifier);
+        self.seen.identifiers.insert(identifier.clone());
+    }
+
+    fn next_sequence(&mut self) -> Result<u64, StoreError> {
+        self.inner.next_sequence()
+    }
+
+    fn add_interaction(
+        &mut self,
+        member: CustomerId,
+        interaction: &Interaction,
+    ) -> Result<(), StoreError> {
+        self.inner.add_interaction(member, interaction)?;
+        self.seen.interactions.push((member, interaction.clone()));
+        Ok(())
+    }
+
+    fn delete_timeline(&mut self, member: CustomerId) -> Result<(), StoreError> {
+        self.inner.delete_timeline(member)
+    }
+
+    fn signal_record(&mut self, signal_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.signal_record(signal_id)
+    }
+
+    fn put_signal_record(&mut self, signal_id: &str, customer: CustomerId, record: Vec<u8>) {
+        self.inner.put_signal_record(signal_id, customer, record)
+    }
+
+    fn signal_ids_of(&mut self, customer: CustomerId) -> Result<Vec<String>, StoreError> {
+        self.inner.signal_ids_of(customer)
+    }
+
+    fn forget_signal_index(&mut self, customer: CustomerId, signal_id: &str) {
+        self.inner.forget_signal_index(customer, signal_id)
+    }
+
+    fn put_change(&mut self, seq: u64, customer: CustomerId, record: Vec<u8>) {
+        self.inner.put_change(seq, customer, record)
+    }
+
+    fn delete_change(&mut self, seq: u64, customer: CustomerId) {
+        self.inner.delete_change(seq, customer)
+    }
+
+    fn meta(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.meta(name)
+    }
+
+    fn put_meta(&mut self, name: &str, value: Vec<u8>) {
+        self.inner.put_meta(name, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChangeKind;
+    use crate::domain::names::STREAM_EVENT_PATTERN;
+
+    /// The documented pattern of event names admits every kind there is.
+    #[test]
+    fn every_kind_of_change_has_a_documented_event_name() {
+        let pattern = regex::Regex::new(STREAM_EVENT_PATTERN).unwrap();
+        let kinds = [
+            ChangeKind::Created,
+            ChangeKind::Updated,
+            ChangeKind::AnswerCaptured,
+            ChangeKind::InteractionAdded,
+            ChangeKind::EpisodeUpdated,
+            ChangeKind::Merged,
+            ChangeKind::Unmerged,
+            ChangeKind::Erased,
+        ];
+        for kind in kinds {
+            assert!(pattern.is_match(kind.as_str()), "{}", kind.as_str());
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, kind.as_str(), "the feed and the stream name it alike");
+        }
+        for last in ["stream.dropped", "stream.closed"] {
+            assert!(pattern.is_match(last));
+        }
+        assert!(!pattern.is_match("profile.anything"));
+    }
+}

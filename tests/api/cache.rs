@@ -1,0 +1,457 @@
+//! The Redis hot-profile cache and event bus, against a private redis-server
+//! that the tests start, kill and restart.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{body, id_of, spawn_app_with, TestApp};
+use crate::live::EventClient;
+use crate::redis_server::RedisServer;
+
+async fn app_with(redis: &RedisServer) -> TestApp {
+    let url = redis.url();
+    let app = spawn_app_with(move |s| s.redis.url = Some(url)).await;
+    wait_for_redis(&app, "ok").await;
+    app
+}
+
+/// Waits until `/readyz` reports Redis in `state`.
+async fn wait_for_redis(app: &TestApp, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = app.get("/readyz").await;
+        assert_eq!(resp.status(), 200, "ready whatever Redis does");
+        let b = body(resp).await;
+        if b["redis"] == state {
+            assert_eq!(b["status"], "ready");
+            return;
+        }
+        assert!(Instant::now() < deadline, "redis never {state}: {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The cache key of `id`'s card (the store's id is part of every key).
+fn card_key(redis: &RedisServer, id: &str) -> String {
+    let found = redis.cli(&["KEYS", &format!("anamnesis:*:card:{id}")]);
+    let keys: Vec<&str> = found.lines().filter(|l| !l.is_empty()).collect();
+    match keys.as_slice() {
+        [one] => (*one).to_owned(),
+        [] => format!("anamnesis:?:card:{id}"),
+        more => panic!("one store, one key: {more:?}"),
+    }
+}
+
+/// Reads `path` until its card is cached with a body, then swaps `from` for
+/// `to` in the cached copy: a read that shows `to` was served by the cache.
+async fn cache_and_tag(
+    app: &TestApp,
+    redis: &RedisServer,
+    id: &str,
+    path: &str,
+    from: &str,
+    to: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert_eq!(app.get(path).await.status(), 200);
+        let key = card_key(redis, id);
+        let raw = redis.cli(&["GET", &key]);
+        let raw = raw.trim_end_matches('\n');
+        let mut parts = raw.splitn(3, ':');
+        let (g, s, rest) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+        if rest.contains(from) {
+            let tagged = format!("{}:{}:{}", g.unwrap(), s.unwrap(), rest.replace(from, to));
+            assert_eq!(redis.cli(&["SET", &key, &tagged]).trim(), "OK");
+            let seen = body(app.get(path).await).await.to_string();
+            assert!(seen.contains(to), "the tagged copy is served: {seen}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the card was never cached: {raw}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn new_customer(app: &TestApp, phone: &str, name: &str) -> String {
+    id_of(
+        &app.ingest(json!({
+            "channel": "ivr",
+            "identifiers": [{"type": "phone", "value": phone}],
+            "traits": {"first_name": name}
+        }))
+        .await,
+    )
+}
+
+async fn write(app: &TestApp, method: Method, path: &str, body: Value) -> u16 {
+    app.request(method, path)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn hot_cards_come_from_redis_and_no_write_is_followed_by_a_stale_read() {
+    let redis = RedisServer::start();
+    let app = app_with(&redis).await;
+    let id = new_customer(&app, "+31611110001", "Anna").await;
+    let context = format!("/v1/profiles/{id}/context");
+    let profile = format!("/v1/profiles/{id}");
+
+    // A hit after the first read.
+    cache_and_tag(&app, &redis, &id, &context, "Anna", "Cached").await;
+    let b = body(app.get(&profile).await).await;
+    assert_eq!(
+        b["traits"]["first_name"]["value"], "Cached",
+        "profile reads share the entry"
+    );
+
+    // Each kind of write, then an immediate read: never the old copy.
+    let steps: Vec<(&str, Method, String, Value, &str)> = vec![
+        (
+            "traits",
+            Method::PATCH,
+            format!("/v1/profiles/{id}/traits"),
+            json!({"channel": "agent", "traits": {"first_name": "Bea"}}),
+            "Bea",
+        ),
+        (
+            "answers",
+            Method::POST,
+            format!("/v1/profiles/{id}/answers"),
+            json!({"channel": "chat", "answers": [{"key": "reason", "value": "refund-42"}]}),
+            "refund-42",
+        ),
+        (
+            "consent",
+            Method::PUT,
+            format!("/v1/profiles/{id}/consents/marketing"),
+            json!({"granted": true, "channel": "web"}),
+            "\"marketing\"",
+        ),
+        (
+            "signal",
+            Method::POST,
+            "/v1/signals".into(),
+            json!({"channel": "web", "identifiers": [{"type": "phone", "value": "+31611110001"}],
+                "traits": {"city": "Utrecht"}}),
+            "Utrecht",
+        ),
+    ];
+    for (what, method, path, payload, expect) in steps {
+        cache_and_tag(&app, &redis, &id, &context, "first_name", "first_nome").await;
+        let status = write(&app, method, &path, payload).await;
+        assert!((200..300).contains(&status), "{what}: {status}");
+        for read in [&context, &profile] {
+            let seen = body(app.get(read).await).await.to_string();
+            assert!(
+                !seen.contains("first_nome"),
+                "stale read after {what}: {seen}"
+            );
+            // The card shows no consents; the profile shows everything.
+            if read == &profile || what != "consent" {
+                assert!(
+                    seen.contains(expect),
+                    "{what} not visible in {read}: {seen}"
+                );
+            }
+        }
+    }
+
+    // Identifier lookups are cached, and follow ownership.
+    let other = new_customer(&app, "+31611110002", "Carl").await;
+    let by_phone = "/v1/context?type=phone&value=0611110002";
+    for _ in 0..3 {
+        let b = body(app.get(by_phone).await).await;
+        assert_eq!(b["customer_id"], other.as_str());
+    }
+    assert_eq!(app.merge(&id, &other).await.status(), 200);
+    let b = body(app.get(by_phone).await).await;
+    assert_eq!(
+        b["customer_id"],
+        id.as_str(),
+        "the phone moved with the merge"
+    );
+    let resp = app.get(&format!("/v1/profiles/{other}")).await;
+    assert_eq!(resp.status(), 308, "the absorbed id redirects at once");
+
+    let resp = app.unmerge(&id, &other).await;
+    assert_eq!(resp.status(), 200);
+    let b = body(app.get(by_phone).await).await;
+    assert_eq!(
+        b["customer_id"],
+        other.as_str(),
+        "and back with the unmerge"
+    );
+    let b = body(app.get(&format!("/v1/profiles/{other}/context")).await).await;
+    assert_eq!(b["customer_id"], other.as_str());
+
+    let resp = app
+        .request(
+            Method::DELETE,
+            &format!("/v1/profiles/{other}/identifiers/phone/0611110002"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        app.get(by_phone).await.status(),
+        404,
+        "a removed identifier leads nowhere"
+    );
+
+    cache_and_tag(&app, &redis, &id, &context, "first_name", "first_nome").await;
+    assert_eq!(app.erase(&id).await.status(), 204);
+    assert_eq!(
+        app.get(&context).await.status(),
+        404,
+        "erased means gone from the cache too"
+    );
+    assert_eq!(app.get(&profile).await.status(), 404);
+    assert_eq!(
+        app.get("/v1/context?type=phone&value=0611110001")
+            .await
+            .status(),
+        404
+    );
+
+    // No phone number appears in a key.
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(!keys.contains("611110"), "{keys}");
+}
+
+#[tokio::test]
+async fn redis_killed_mid_load_costs_nothing_and_comes_back_by_itself() {
+    let mut redis = RedisServer::start();
+    let app = Arc::new(app_with(&redis).await);
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(new_customer(&app, &format!("+3161111020{n}"), "Anna").await);
+    }
+    let ids = Arc::new(ids);
+    let stop = Arc::new(AtomicBool::new(false));
+    // (customer, answer value) acknowledged, in order per customer.
+    let acknowledged = Arc::new(Mutex::new(Vec::<(usize, u64)>::new()));
+    let slowest = Arc::new(Mutex::new(Duration::ZERO));
+
+    let writer = {
+        let (app, ids, stop, acknowledged) =
+            (app.clone(), ids.clone(), stop.clone(), acknowledged.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let who = (n % 10) as usize;
+                let status = write(
+                    &app,
+                    Method::POST,
+                    &format!("/v1/profiles/{}/answers", ids[who]),
+                    json!({"channel": "chat", "answers": [{"key": "counter", "value": n}]}),
+                )
+                .await;
+                assert_eq!(status, 200, "a write failed while Redis was away");
+                acknowledged.lock().unwrap().push((who, n));
+                n += 1;
+            }
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|r| {
+            let (app, ids, stop, slowest) =
+                (app.clone(), ids.clone(), stop.clone(), slowest.clone());
+            tokio::spawn(async move {
+                let mut n = r;
+                while !stop.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    let resp = app
+                        .get(&format!("/v1/profiles/{}/context", ids[n % 10]))
+                        .await;
+                    assert_eq!(resp.status(), 200, "a read failed while Redis was away");
+                    let took = started.elapsed();
+                    let mut s = slowest.lock().unwrap();
+                    *s = (*s).max(took);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.kill();
+    wait_for_redis(&app, "degraded").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("anamnesis_cache_fallbacks_total"),
+        "fallbacks are counted"
+    );
+    let during = acknowledged.lock().unwrap().len();
+    redis.restart();
+    wait_for_redis(&app, "ok").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    for r in readers {
+        r.await.unwrap();
+    }
+    let written = acknowledged.lock().unwrap().clone();
+    assert!(
+        during > 0 && written.len() > during,
+        "writes went on throughout"
+    );
+
+    // Nothing acknowledged is lost, nothing stale is served: every card shows
+    // the last acknowledged answer of its customer, twice (the second from
+    // the cache, refilled after the restart).
+    for (who, id) in ids.iter().enumerate() {
+        let Some(last) = written
+            .iter()
+            .filter(|(w, _)| *w == who)
+            .map(|(_, n)| *n)
+            .max()
+        else {
+            continue;
+        };
+        for _ in 0..2 {
+            let b = body(app.get(&format!("/v1/profiles/{id}/context")).await).await;
+            let answers = b["answers"].to_string();
+            assert!(
+                answers.contains(&format!("\"value\":{last}")),
+                "{id}: want {last}, got {answers}"
+            );
+        }
+    }
+    // The hit ratio recovers: the cache serves again.
+    cache_and_tag(
+        &app,
+        &redis,
+        &ids[0],
+        &format!("/v1/profiles/{}/context", ids[0]),
+        "Anna",
+        "Cached",
+    )
+    .await;
+    let slowest = *slowest.lock().unwrap();
+    eprintln!("slowest read while Redis died and came back: {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a read waited {slowest:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_restored_from_an_old_snapshot_serves_nothing_stale() {
+    let mut redis = RedisServer::start();
+    let app = app_with(&redis).await;
+    let id = new_customer(&app, "+31611110301", "Anna").await;
+    let context = format!("/v1/profiles/{id}/context");
+    cache_and_tag(&app, &redis, &id, &context, "Anna", "Anna").await;
+    // The snapshot holds the cached card as it is now.
+    assert_eq!(redis.cli(&["SAVE"]).trim(), "OK");
+    redis.kill();
+    // Written while Redis is away: its marker cannot be written.
+    let status = write(
+        &app,
+        Method::PATCH,
+        &format!("/v1/profiles/{id}/traits"),
+        json!({"channel": "agent", "traits": {"first_name": "Bea"}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Back, with the old card in it.
+    redis.restart();
+    assert!(
+        redis.cli(&["GET", &card_key(&redis, &id)]).contains("Anna"),
+        "the old copy is back in Redis"
+    );
+    wait_for_redis(&app, "ok").await;
+    for _ in 0..3 {
+        let b = body(app.get(&context).await).await;
+        assert_eq!(b["traits"]["first_name"], "Bea", "{b}");
+    }
+}
+
+#[tokio::test]
+async fn events_travel_between_instances_through_redis() {
+    let redis = RedisServer::start();
+    let a = app_with(&redis).await;
+    let b = app_with(&redis).await;
+    let on_b = new_customer(&b, "+31611110401", "Dora").await;
+    let mut desk = EventClient::open(&b, &on_b, None).await;
+
+    // What instance A publishes for its own writes reaches the bus...
+    let mut listener = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "SUBSCRIBE",
+            "anamnesis:events",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let on_a = new_customer(&a, "+31611110402", "Emil").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = listener.kill();
+    let out = listener.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&on_a) && text.contains("profile.created"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Emil") && !text.contains("611110402"),
+        "no PII in created events: {text}"
+    );
+
+    // ...and what arrives on the bus reaches the streams of every instance.
+    let message = json!({
+        "origin": "another-instance",
+        "events": [{"change": {"seq": 999999, "at": "2026-11-22T10:00:00Z", "type": "answer.captured",
+                               "customer_id": on_b, "key": "reason"},
+                    "data": {"answer": {"value": "from A", "question": null, "channel": "chat",
+                                        "captured_at": "2026-11-22T10:00:00Z", "expires_at": null,
+                                        "signal_id": null}}}]
+    });
+    let published = redis.cli(&["PUBLISH", "anamnesis:events", &message.to_string()]);
+    assert_eq!(published.trim(), "2", "both instances listen");
+    let got = desk.until("answer.captured", Duration::from_secs(5)).await;
+    let event = got.last().unwrap();
+    assert_eq!(event.id.as_deref(), Some("999999"));
+    assert_eq!(event.data.as_ref().unwrap()["data"]["value"], "from A");
+}
+
+#[tokio::test]
+async fn instances_over_different_stores_never_read_each_others_entries() {
+    let redis = RedisServer::start();
+    let a = app_with(&redis).await;
+    let b = app_with(&redis).await;
+    let on_a = new_customer(&a, "+31611110501", "Anna").await;
+    let on_b = new_customer(&b, "+31611110501", "Bert").await;
+    for _ in 0..3 {
+        for (app, me) in [(&a, &on_a), (&b, &on_b)] {
+            let card = body(app.get("/v1/context?type=phone&value=0611110501").await).await;
+            assert_eq!(card["customer_id"], me.as_str(), "{card}");
+        }
+    }
+    for _ in 0..2 {
+        assert_eq!(a.get(&format!("/v1/profiles/{on_b}")).await.status(), 404);
+        assert_eq!(
+            b.get(&format!("/v1/profiles/{on_a}/context"))
+                .await
+                .status(),
+            404
+        );
+    }
+}
