@@ -104,6 +104,8 @@ struct Commit {
     events: Vec<Arc<LiveEvent>>,
     keys: Vec<String>,
     seq: u64,
+    /// Runs once the markers are written (or could not be), before the events go out.
+    invalidate: Box<dyn FnOnce() + Send>,
     release: Box<dyn FnOnce() + Send>,
 }
 
@@ -122,6 +124,8 @@ pub struct RedisLink {
     healthy: AtomicBool,
     /// Some marker may be missing: bump the generation before using Redis again.
     dirty: AtomicBool,
+    /// Set when markers can no longer be written at all: Redis stays off.
+    closed: AtomicBool,
     /// Tells this instance's own events from the others' on the bus.
     instance: String,
     hub: Arc<Hub>,
@@ -181,6 +185,7 @@ impl RedisLink {
             // before this start may be stale: bump the generation first.
             healthy: AtomicBool::new(false),
             dirty: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
             instance: ulid::Ulid::new().to_string(),
             hub,
             commits,
@@ -319,7 +324,12 @@ impl RedisLink {
     /// Called on the committer thread once writes are durable: marks what
     /// they made stale, sends their events to every instance, and only then
     /// hands the events to local streams and acknowledges the writers.
-    pub fn committed(&self, committed: Committed, release: Box<dyn FnOnce() + Send>) {
+    pub fn committed(
+        &self,
+        committed: Committed,
+        invalidate: Box<dyn FnOnce() + Send>,
+        release: Box<dyn FnOnce() + Send>,
+    ) {
         let keys = committed
             .customers
             .iter()
@@ -330,11 +340,16 @@ impl RedisLink {
             events: committed.events.into_iter().map(Arc::new).collect(),
             keys,
             seq: committed.last_seq,
+            invalidate,
             release,
         };
         if let Err(unsent) = self.commits.send(commit) {
-            // The Redis thread is gone (shutting down): never hold a writer.
+            // The Redis thread is gone: never hold a writer, and never read
+            // Redis again, since its entries are no longer marked.
+            self.closed.store(true, Ordering::SeqCst);
+            self.degrade("the Redis thread stopped", true);
             let commit = unsent.0;
+            (commit.invalidate)();
             self.published.fetch_max(commit.seq, Ordering::SeqCst);
             self.hub.publish(&commit.events);
             (commit.release)();
@@ -389,6 +404,10 @@ impl RedisLink {
                     self.dirty.store(true, Ordering::SeqCst);
                 }
             }
+            for commit in &mut group {
+                let invalidate = std::mem::replace(&mut commit.invalidate, Box::new(|| {}));
+                invalidate();
+            }
             self.published.fetch_max(seq, Ordering::SeqCst);
             for commit in group {
                 self.hub.publish(&commit.events);
@@ -403,7 +422,7 @@ impl RedisLink {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
-            if self.healthy() {
+            if self.healthy() || self.closed.load(Ordering::SeqCst) {
                 continue;
             }
             let mut conn = self.conn.clone();

@@ -108,6 +108,9 @@ pub struct RedisSettings {
     pub connect_timeout_ms: u64,
     /// Longest wait for any Redis answer; past it the store answers instead.
     pub timeout_ms: u64,
+    /// Bytes of decoded cards and lookups kept in process in front of Redis
+    /// (0: none).
+    pub local_bytes: usize,
 }
 
 impl Default for RedisSettings {
@@ -118,6 +121,7 @@ impl Default for RedisSettings {
             ttl_secs: 600,
             connect_timeout_ms: 50,
             timeout_ms: 25,
+            local_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -543,6 +547,13 @@ impl Settings {
         if !(1..=10_000).contains(&self.redis.timeout_ms) {
             return Err(invalid("redis.timeout_ms", "must be 1 to 10000"));
         }
+        let local = self.redis.local_bytes as u64;
+        if local != 0 && !(1 << 20..=1 << 36).contains(&local) {
+            return Err(invalid(
+                "redis.local_bytes",
+                "must be 0 (none) or 1 MiB to 64 GiB",
+            ));
+        }
         if !(1..=86_400 * 30).contains(&self.redis.ttl_secs) {
             return Err(invalid("redis.ttl_secs", "must be 1 to 2592000"));
         }
@@ -825,6 +836,20 @@ mod tests {
                 "auth.hs256_secret",
             ),
             ("ANAMNESIS__REDIS__URL", "http://x", "redis.url"),
+            ("ANAMNESIS__REDIS__TIMEOUT_MS", "0", "redis.timeout_ms"),
+            ("ANAMNESIS__REDIS__LOCAL_BYTES", "31", "redis.local_bytes"),
+            ("ANAMNESIS__REDIS__KEY_PREFIX", "a b", "redis.key_prefix"),
+            ("ANAMNESIS__EVENTS__BUFFER", "0", "events.buffer"),
+            (
+                "ANAMNESIS__EVENTS__MAX_STREAM_SECS",
+                "0",
+                "events.max_stream_secs",
+            ),
+            (
+                "ANAMNESIS__CHANGES__RETENTION_SECS",
+                "0",
+                "changes.retention_secs",
+            ),
             (
                 "ANAMNESIS__SERVER__MAX_BATCH_SIGNALS",
                 "0",

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::hot::HotCards;
 use super::journal::{prune, Committed, Journal};
 use super::ServiceError;
 use crate::store::Store;
@@ -54,6 +55,7 @@ impl Committer {
         durable: Arc<AtomicU64>,
         after: Arc<dyn AfterCommit>,
         retention: Duration,
+        hot: Option<Arc<HotCards>>,
     ) -> Committer {
         // Old changes are removed between groups, at most this often.
         let prune_every = (retention / 2).min(Duration::from_secs(60));
@@ -62,7 +64,7 @@ impl Committer {
         std::thread::Builder::new()
             .name("anamnesis-committer".into())
             .spawn(move || {
-                let journal = Journal::after(last_change);
+                let journal = Journal::after(last_change, hot);
                 let writer = Writer {
                     store: &*store,
                     journal: &journal,

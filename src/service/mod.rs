@@ -3,6 +3,7 @@
 //! could a CLI or a queue consumer.
 
 pub mod committer;
+mod hot;
 mod ingest;
 pub mod journal;
 pub mod live;
@@ -22,6 +23,7 @@ use crate::domain::{
 };
 use crate::events::Hub;
 use crate::store::{Store, StoreError, StoreTx};
+use hot::HotCards;
 use journal::{Committed, LiveEvent};
 
 pub use committer::{AfterCommit, Committer, Writer};
@@ -108,6 +110,8 @@ pub struct Services {
     hub: Arc<Hub>,
     /// The cache and event bus, when Redis is configured.
     redis: Option<Arc<RedisLink>>,
+    /// Decoded cards and owners in front of Redis.
+    hot: Option<Arc<HotCards>>,
     /// The highest change-log position that is on disk: a cache fill notes
     /// it before reading the store (see `crate::cache`).
     durable: Arc<AtomicU64>,
@@ -124,13 +128,27 @@ pub struct Services {
 struct Fanout {
     hub: Arc<Hub>,
     redis: Option<Arc<RedisLink>>,
+    hot: Option<Arc<HotCards>>,
     published: Arc<AtomicU64>,
 }
 
 impl AfterCommit for Fanout {
     fn committed(&self, committed: Committed, release: Box<dyn FnOnce() + Send>) {
         match &self.redis {
-            Some(redis) => redis.committed(committed, release),
+            Some(redis) => {
+                // Once the markers are written, what the in-process layer
+                // copied from Redis meanwhile goes too (see `hot`).
+                let invalidate: Box<dyn FnOnce() + Send> = match &self.hot {
+                    Some(hot) => {
+                        let hot = hot.clone();
+                        let customers = committed.customers.clone();
+                        let identifiers = committed.identifiers.clone();
+                        Box::new(move || hot.invalidate(&customers, &identifiers))
+                    }
+                    None => Box::new(|| {}),
+                };
+                redis.committed(committed, invalidate, release)
+            }
             None => {
                 self.published
                     .fetch_max(committed.last_seq, Ordering::SeqCst);
@@ -177,6 +195,13 @@ impl Services {
             )?),
             None => None,
         };
+        let hot = match (&redis, settings.redis.local_bytes) {
+            (Some(_), bytes) if bytes > 0 => Some(Arc::new(HotCards::new(
+                bytes,
+                Duration::from_secs(settings.redis.ttl_secs),
+            ))),
+            _ => None,
+        };
         let durable = Arc::new(AtomicU64::new(0));
         // Positions are never reused, even when retention emptied the log.
         let last_change = store.last_change()?.max(journal::pruned_through(&*store)?);
@@ -188,9 +213,11 @@ impl Services {
             Arc::new(Fanout {
                 hub: hub.clone(),
                 redis: redis.clone(),
+                hot: hot.clone(),
                 published: published.clone(),
             }),
             Duration::from_secs(settings.changes.retention_secs),
+            hot.clone(),
         );
         let rules = SignalRules::from_settings(settings);
         Ok(Services {
@@ -202,6 +229,7 @@ impl Services {
             max_batch: settings.server.max_batch_signals,
             hub,
             redis,
+            hot,
             durable,
             published,
             heartbeat: Duration::from_secs(settings.events.heartbeat_secs),

@@ -2,6 +2,7 @@
 //! and erasure.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,11 +29,11 @@ pub const MAX_PAGE: usize = 200;
 /// read from the store.
 pub const CACHED_INTERACTIONS: usize = 50;
 
-/// What a profile read and a context card are made of; what the cache holds.
+/// What a profile read and a context card are made of; what the caches hold.
 #[derive(Debug, Serialize, Deserialize)]
-struct CardSource {
-    profile: Profile,
-    recent: Vec<Interaction>,
+pub struct CardSource {
+    pub(crate) profile: Profile,
+    pub(crate) recent: Vec<Interaction>,
 }
 
 /// Body of `PATCH /v1/profiles/{customer_id}/traits`.
@@ -192,7 +193,7 @@ impl Services {
         access: Access,
     ) -> Result<ContextCard, ServiceError> {
         let source = self.source(id, limit).await?;
-        Ok(self.card(source, limit, access))
+        Ok(self.card(&source, limit, access))
     }
 
     pub async fn context_by(
@@ -203,12 +204,11 @@ impl Services {
         access: Access,
     ) -> Result<ContextCard, ServiceError> {
         let source = self.source_by(kind, value, limit).await?;
-        Ok(self.card(source, limit, access))
+        Ok(self.card(&source, limit, access))
     }
 
-    fn card(&self, source: CardSource, limit: usize, access: Access) -> ContextCard {
-        let mut recent = source.recent;
-        recent.truncate(limit);
+    fn card(&self, source: &CardSource, limit: usize, access: Access) -> ContextCard {
+        let recent = source.recent.iter().take(limit).cloned().collect();
         views::context_card(
             &source.profile,
             recent,
@@ -218,31 +218,55 @@ impl Services {
     }
 
     /// The live profile `id` and its `limit` newest interactions: from the
-    /// cache when Redis is configured and holds them, else from the store
-    /// (and then cached).
-    async fn source(&self, id: CustomerId, limit: usize) -> Result<CardSource, ServiceError> {
+    /// in-process layer or Redis when configured and they hold them, else
+    /// from the store (and then cached).
+    async fn source(&self, id: CustomerId, limit: usize) -> Result<Arc<CardSource>, ServiceError> {
         let limit = limit.min(MAX_PAGE);
         let Some(redis) = self.redis.as_ref().filter(|_| limit <= CACHED_INTERACTIONS) else {
-            return self.read_source(id, limit);
+            return self.read_source(id, limit).map(Arc::new);
+        };
+        // Noted before anything is read (see `hot`).
+        let noted = match self.hot.as_ref().map(|hot| hot.card(id)) {
+            Some(Ok(card)) => {
+                metrics::counter!("anamnesis_cache_requests_total", "kind" => "card", "result" => "local")
+                    .increment(1);
+                return Ok(card);
+            }
+            Some(Err(noted)) => Some(noted),
+            None => None,
+        };
+        let keep = |card: Arc<CardSource>, size: usize| {
+            if let (Some(hot), Some(noted)) = (&self.hot, noted) {
+                hot.keep_card(id, noted, card.clone(), size);
+            }
+            card
         };
         let key = redis.card_key(id);
         match redis.get(&key, "card").await {
             Cached::Hit(body) => match serde_json::from_slice::<CardSource>(&body) {
-                Ok(source) => return Ok(source),
+                Ok(source) => return Ok(keep(Arc::new(source), body.len())),
                 Err(e) => tracing::warn!(error = %e, "a cached card could not be decoded"),
             },
             Cached::Miss { generation } => {
                 // The position is noted before the read (see `crate::cache`).
                 let seq = self.durable_position();
                 let source = self.read_source(id, CACHED_INTERACTIONS)?;
-                if let Ok(body) = serde_json::to_vec(&source) {
+                let body = serde_json::to_vec(&source).unwrap_or_default();
+                let size = body.len();
+                if !body.is_empty() {
                     redis.fill(key, generation, seq, body);
                 }
-                return Ok(source);
+                return Ok(keep(Arc::new(source), size));
             }
             Cached::Off => {}
         }
-        self.read_source(id, limit)
+        // Redis is away: the in-process layer still knows every write.
+        if self.hot.is_none() {
+            return self.read_source(id, limit).map(Arc::new);
+        }
+        let source = self.read_source(id, CACHED_INTERACTIONS)?;
+        let size = serde_json::to_vec(&source).map_or(0, |b| b.len());
+        Ok(keep(Arc::new(source), size))
     }
 
     fn read_source(&self, id: CustomerId, limit: usize) -> Result<CardSource, ServiceError> {
@@ -262,37 +286,51 @@ impl Services {
         kind: &str,
         value: &str,
         limit: usize,
-    ) -> Result<CardSource, ServiceError> {
+    ) -> Result<Arc<CardSource>, ServiceError> {
         let identifier = match self.rules.identifiers.normalise(kind, value) {
             Ok(NormaliseOutcome::Usable(id)) => id,
             Ok(NormaliseOutcome::Ignored(_)) => return Err(ServiceError::IdentifierNotOwned),
             Err(e) => return Err(ServiceError::Identifier(e)),
         };
         if let Some(redis) = &self.redis {
-            let key = redis.owner_key(&identifier);
-            match redis.get(&key, "owner").await {
-                Cached::Hit(body) => {
-                    if let Some(owner) = std::str::from_utf8(&body)
-                        .ok()
-                        .and_then(|s| CustomerId::parse(s).ok())
-                    {
-                        // A miss here is a race with a merge or an erasure:
-                        // the store decides.
-                        if let Ok(source) = self.source(owner, limit).await {
-                            return Ok(source);
-                        }
+            let noted = match self.hot.as_ref().map(|hot| hot.owner(&identifier)) {
+                Some(Ok(owner)) => {
+                    metrics::counter!("anamnesis_cache_requests_total", "kind" => "owner", "result" => "local")
+                        .increment(1);
+                    // A miss here is a race with a merge or an erasure: the store decides.
+                    if let Ok(source) = self.source(owner, limit).await {
+                        return Ok(source);
                     }
+                    None
                 }
+                Some(Err(noted)) => Some(noted),
+                None => None,
+            };
+            let keep = |owner: CustomerId| {
+                if let (Some(hot), Some(noted)) = (&self.hot, noted) {
+                    hot.keep_owner(&identifier, noted, owner);
+                }
+            };
+            let key = redis.owner_key(&identifier);
+            let owner = match redis.get(&key, "owner").await {
+                Cached::Hit(body) => std::str::from_utf8(&body)
+                    .ok()
+                    .and_then(|s| CustomerId::parse(s).ok()),
                 Cached::Miss { generation } => {
                     let seq = self.durable_position();
-                    if let Some(owner) = self.store.owner(&identifier)? {
+                    let owner = self.store.owner(&identifier)?;
+                    if let Some(owner) = owner {
                         redis.fill(key, generation, seq, owner.to_string().into_bytes());
-                        if let Ok(source) = self.source(owner, limit).await {
-                            return Ok(source);
-                        }
                     }
+                    owner
                 }
-                Cached::Off => {}
+                Cached::Off => self.store.owner(&identifier)?,
+            };
+            if let Some(owner) = owner {
+                if let Ok(source) = self.source(owner, limit).await {
+                    keep(owner);
+                    return Ok(source);
+                }
             }
         }
         let profile = self.owner_of(&identifier)?;
@@ -302,7 +340,7 @@ impl Services {
             self.interactions(&profile, None, limit.min(MAX_PAGE), None)?
                 .0
         };
-        Ok(CardSource { profile, recent })
+        Ok(Arc::new(CardSource { profile, recent }))
     }
 
     pub fn timeline(

@@ -13,8 +13,21 @@ use crate::live::EventClient;
 use crate::redis_server::RedisServer;
 
 async fn app_with(redis: &RedisServer) -> TestApp {
+    app_with_layer(redis, true).await
+}
+
+/// With or without the in-process layer in front of Redis; no rate limit
+/// (the loads below are one subject's).
+async fn app_with_layer(redis: &RedisServer, local: bool) -> TestApp {
     let url = redis.url();
-    let app = spawn_app_with(move |s| s.redis.url = Some(url)).await;
+    let app = spawn_app_with(move |s| {
+        s.redis.url = Some(url);
+        s.limits.rate_per_second = 0;
+        if !local {
+            s.redis.local_bytes = 0;
+        }
+    })
+    .await;
     wait_for_redis(&app, "ok").await;
     app
 }
@@ -47,7 +60,8 @@ fn card_key(redis: &RedisServer, id: &str) -> String {
 }
 
 /// Reads `path` until its card is cached with a body, then swaps `from` for
-/// `to` in the cached copy: a read that shows `to` was served by the cache.
+/// `to` in the cached copy: a read that shows `to` was served by Redis (with
+/// the in-process layer on, that layer answers first, and the read shows `from`).
 async fn cache_and_tag(
     app: &TestApp,
     redis: &RedisServer,
@@ -68,7 +82,11 @@ async fn cache_and_tag(
             let tagged = format!("{}:{}:{}", g.unwrap(), s.unwrap(), rest.replace(from, to));
             assert_eq!(redis.cli(&["SET", &key, &tagged]).trim(), "OK");
             let seen = body(app.get(path).await).await.to_string();
-            assert!(seen.contains(to), "the tagged copy is served: {seen}");
+            if app.settings.redis.local_bytes == 0 {
+                assert!(seen.contains(to), "the tagged copy is served: {seen}");
+            } else {
+                assert!(seen.contains(from), "the in-process copy is served: {seen}");
+            }
             return;
         }
         assert!(
@@ -102,8 +120,17 @@ async fn write(app: &TestApp, method: Method, path: &str, body: Value) -> u16 {
 
 #[tokio::test]
 async fn hot_cards_come_from_redis_and_no_write_is_followed_by_a_stale_read() {
+    no_stale_reads(false).await;
+}
+
+#[tokio::test]
+async fn the_in_process_layer_never_serves_a_stale_read_either() {
+    no_stale_reads(true).await;
+}
+
+async fn no_stale_reads(local: bool) {
     let redis = RedisServer::start();
-    let app = app_with(&redis).await;
+    let app = app_with_layer(&redis, local).await;
     let id = new_customer(&app, "+31611110001", "Anna").await;
     let context = format!("/v1/profiles/{id}/context");
     let profile = format!("/v1/profiles/{id}");
@@ -111,8 +138,9 @@ async fn hot_cards_come_from_redis_and_no_write_is_followed_by_a_stale_read() {
     // A hit after the first read.
     cache_and_tag(&app, &redis, &id, &context, "Anna", "Cached").await;
     let b = body(app.get(&profile).await).await;
+    let expected = if local { "Anna" } else { "Cached" };
     assert_eq!(
-        b["traits"]["first_name"]["value"], "Cached",
+        b["traits"]["first_name"]["value"], expected,
         "profile reads share the entry"
     );
 
@@ -233,8 +261,17 @@ async fn hot_cards_come_from_redis_and_no_write_is_followed_by_a_stale_read() {
 
 #[tokio::test]
 async fn redis_killed_mid_load_costs_nothing_and_comes_back_by_itself() {
+    killed_mid_load(false).await;
+}
+
+#[tokio::test]
+async fn redis_killed_mid_load_with_the_in_process_layer() {
+    killed_mid_load(true).await;
+}
+
+async fn killed_mid_load(local: bool) {
     let mut redis = RedisServer::start();
-    let app = Arc::new(app_with(&redis).await);
+    let app = Arc::new(app_with_layer(&redis, local).await);
     let mut ids = Vec::new();
     for n in 0..10 {
         ids.push(new_customer(&app, &format!("+3161111020{n}"), "Anna").await);
@@ -342,7 +379,9 @@ async fn redis_killed_mid_load_costs_nothing_and_comes_back_by_itself() {
     )
     .await;
     let slowest = *slowest.lock().unwrap();
-    eprintln!("slowest read while Redis died and came back: {slowest:?}");
+    eprintln!(
+        "slowest read while Redis died and came back (in-process layer {local}): {slowest:?}"
+    );
     assert!(
         slowest < Duration::from_millis(500),
         "a read waited {slowest:?}"
