@@ -86,6 +86,9 @@ pub struct Principal {
     /// Whose budget a request spends: the subject, or the token itself when
     /// it names none.
     rate_key: Arc<str>,
+    /// Unix seconds after which the token is refused (its `exp` plus the
+    /// leeway): a long response, like an event stream, ends then.
+    pub valid_until: u64,
 }
 
 impl Principal {
@@ -361,17 +364,18 @@ impl Authenticator {
         } else {
             format!("sub:{}", claims.sub).into()
         };
-        let principal = Arc::new(Principal {
-            subject: claims.sub,
-            scopes,
-            channel: claims.channel,
-            rate_key,
-        });
         // `exp` is required, so present after validation.
         let valid_until = claims
             .exp
             .unwrap_or(0)
             .saturating_add(self.settings.leeway_secs);
+        let principal = Arc::new(Principal {
+            subject: claims.sub,
+            scopes,
+            channel: claims.channel,
+            rate_key,
+            valid_until,
+        });
         self.cache
             .insert(token, principal.clone(), valid_until, ring.generation, now);
         Ok(principal)
@@ -417,6 +421,7 @@ impl Authenticator {
                 scopes: Scope::Admin.bit(),
                 channel: None,
                 rate_key: "anonymous".into(),
+                valid_until: u64::MAX,
             }));
         }
         if token::query_has_token(req.query_string()) {

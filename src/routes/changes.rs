@@ -2,6 +2,7 @@
 //! and the change feed for integrations.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::web::Bytes;
@@ -119,8 +120,9 @@ pub struct EventsHeaders {
 /// `id` is its change-feed position: send it back as `Last-Event-ID` to
 /// resume without gaps. An idle stream gets a comment line every
 /// `events.heartbeat_secs`. A consumer too slow to keep up gets a final
-/// `stream.dropped` event naming the id to resume after; at shutdown, and
-/// after `events.max_stream_secs`, `stream.closed` likewise.
+/// `stream.dropped` event naming the id to resume after; at shutdown, when
+/// the token expires, and after `events.max_stream_secs`, `stream.closed`
+/// likewise (`reason`: `shutting_down`, `token_expired`, `max_duration`).
 #[utoipa::path(
     get, path = "/v1/profiles/{customer_id}/events", tag = "profiles",
     params(
@@ -137,7 +139,7 @@ pub struct EventsHeaders {
     security(("bearer" = []))
 )]
 pub async fn events(
-    _auth: Authorized<ReadProfiles>,
+    auth: Authorized<ReadProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
     query: web::Query<EventsQuery>,
@@ -155,12 +157,23 @@ pub async fn events(
     };
     let stream = services.open_stream(id, last_event_id)?;
     let heartbeat = services.heartbeat();
+    // The stream lives as long as its token, at most `events.max_stream_secs`.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let token_left = Duration::from_secs(auth.principal.valid_until.saturating_sub(now));
+    let (life, end_reason) = if token_left < services.max_stream() {
+        (token_left, "token_expired")
+    } else {
+        (services.max_stream(), "max_duration")
+    };
     let state = Streaming {
         services: services.clone(),
         stream,
         out: VecDeque::from([Bytes::from_static(b"retry: 2000\n: connected\n\n")]),
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
-        ends: Box::pin(tokio::time::sleep(services.max_stream())),
+        ends: Box::pin(tokio::time::sleep(life)),
+        end_reason,
         done: false,
     };
     let body = futures_util::stream::unfold(state, |mut state| async move {
@@ -182,6 +195,8 @@ struct Streaming {
     out: VecDeque<Bytes>,
     heartbeat: tokio::time::Interval,
     ends: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Why the stream ends when `ends` fires.
+    end_reason: &'static str,
     done: bool,
 }
 
@@ -229,7 +244,7 @@ impl Streaming {
                     self.finish("stream.closed", "shutting_down");
                 }
                 _ = &mut self.ends => {
-                    self.finish("stream.closed", "max_duration");
+                    self.finish("stream.closed", self.end_reason);
                 }
             }
         }

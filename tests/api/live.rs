@@ -697,3 +697,41 @@ async fn a_stream_ends_after_its_longest_life_saying_where_to_resume() {
     assert!(desk.event(Duration::from_millis(500)).await.is_none());
     assert!(desk.ended, "the response is complete");
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    let app = spawn_app_with(|s| s.auth.leeway_secs = 0).await;
+    let id = new_customer(&app, "+31612345701").await;
+    let auth = anamnesis::auth::Authenticator::new(
+        &app.settings.auth,
+        Some(crate::helpers::SECRET.as_bytes()),
+    )
+    .unwrap();
+    let short = auth
+        .mint(
+            "desk",
+            &[anamnesis::auth::Scope::ProfilesRead],
+            None,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    let mut resp = app
+        .client
+        .get(format!("{}/v1/profiles/{id}/events", app.address))
+        .bearer_auth(&short)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    let mut text = String::new();
+    while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+        .await
+        .unwrap_or(Ok(None))
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: stream.closed"), "{text}");
+    assert!(text.contains("\"reason\":\"token_expired\""), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
