@@ -118,7 +118,8 @@ impl Services {
             changes.push(Change::decode(seq, &bytes)?);
         }
         // Retention may have run while this page was read.
-        if after < pruned_through(&*self.store)? {
+        let pruned = pruned_through(&*self.store)?;
+        if after < pruned {
             return Err(ServiceError::CursorExpired { oldest: pruned });
         }
         let next = changes.last().map_or(after, |c| c.seq);
