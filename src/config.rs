@@ -83,6 +83,9 @@ pub struct StorageSettings {
     pub path: PathBuf,
     /// Upper bound on writes applied between two flushes.
     pub max_group_commit: usize,
+    /// `false` acknowledges writes before they reach the disk. It exists to
+    /// measure what durability costs (benches/load.sh); never in production.
+    pub durable: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

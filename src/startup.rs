@@ -87,6 +87,11 @@ impl Application {
                 "no verification keys (the JWKS file holds none usable and no other key is configured): every token is refused until keys arrive"
             );
         }
+        if !settings.storage.durable {
+            tracing::warn!(
+                "storage.durable = false: writes are acknowledged before they are on disk and a crash loses them (for measurements only)"
+            );
+        }
         if settings.auth.disabled {
             tracing::warn!("authentication is DISABLED by configuration (auth.disabled = true)");
         }

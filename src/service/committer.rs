@@ -44,19 +44,33 @@ pub struct Committer {
     tx: mpsc::Sender<Job>,
 }
 
+/// How the committer groups, flushes and prunes.
+pub struct CommitPolicy {
+    /// Most writes applied between two flushes.
+    pub max_group: usize,
+    /// `false`: acknowledge without flushing (measurements only).
+    pub durable_writes: bool,
+    /// How long the change log keeps a change.
+    pub retention: Duration,
+}
+
 impl Committer {
     /// Starts the committer thread. `last_change` is the highest change-log
     /// position in the store; `durable` is kept at the highest position that
     /// is on disk.
     pub fn start(
         store: Arc<dyn Store>,
-        max_group: usize,
+        policy: CommitPolicy,
         last_change: u64,
         durable: Arc<AtomicU64>,
         after: Arc<dyn AfterCommit>,
-        retention: Duration,
         hot: Option<Arc<HotCards>>,
     ) -> Committer {
+        let CommitPolicy {
+            max_group,
+            durable_writes,
+            retention,
+        } = policy;
         // Old changes are removed between groups, at most this often.
         let prune_every = (retention / 2).min(Duration::from_secs(60));
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
@@ -91,7 +105,7 @@ impl Committer {
                         }
                     }
                     let started = Instant::now();
-                    let flushed = store.flush();
+                    let flushed = if durable_writes { store.flush() } else { Ok(0) };
                     metrics::histogram!("anamnesis_store_flush_seconds")
                         .record(started.elapsed().as_secs_f64());
                     metrics::histogram!("anamnesis_group_commit_size")

@@ -26,7 +26,7 @@ use crate::store::{Store, StoreError, StoreTx};
 use hot::HotCards;
 use journal::{Committed, LiveEvent};
 
-pub use committer::{AfterCommit, Committer, Writer};
+pub use committer::{AfterCommit, CommitPolicy, Committer, Writer};
 pub use ingest::{BatchItem, Ingested};
 use journal::Recording;
 pub use profiles::{
@@ -207,7 +207,11 @@ impl Services {
         let last_change = store.last_change()?.max(journal::pruned_through(&*store)?);
         let committer = Committer::start(
             store.clone(),
-            settings.storage.max_group_commit,
+            CommitPolicy {
+                max_group: settings.storage.max_group_commit,
+                durable_writes: settings.storage.durable,
+                retention: Duration::from_secs(settings.changes.retention_secs),
+            },
             last_change,
             durable.clone(),
             Arc::new(Fanout {
@@ -216,7 +220,6 @@ impl Services {
                 hot: hot.clone(),
                 published: published.clone(),
             }),
-            Duration::from_secs(settings.changes.retention_secs),
             hot.clone(),
         );
         let rules = SignalRules::from_settings(settings);
