@@ -151,12 +151,16 @@ impl Services {
         // past it arrives live (to the profiles followed by then), every one
         // up to it is in the log. A merge landing in between moves the alias:
         // follow again until it holds still.
-        let mut followed = vec![id];
-        let upto = loop {
-            let root = match self.store.profile(id)? {
+        // The profile `id` was merged into, if it is not live itself.
+        let root_of = |id| -> Result<Option<CustomerId>, ServiceError> {
+            Ok(match self.store.profile(id)? {
                 Some(_) => None,
                 None => self.store.alias(id)?,
-            };
+            })
+        };
+        let mut followed = vec![id];
+        let upto = loop {
+            let root = root_of(id)?;
             if let Some(root) = root {
                 subscription.follow(root);
                 if !followed.contains(&root) {
@@ -164,11 +168,7 @@ impl Services {
                 }
             }
             let upto = self.published_position();
-            let again = match self.store.profile(id)? {
-                Some(_) => None,
-                None => self.store.alias(id)?,
-            };
-            if again == root {
+            if root_of(id)? == root {
                 if root.is_none() && self.store.profile(id)?.is_none() {
                     // Gone; a stream resuming may still collect the erasure.
                     let after = last_event_id.ok_or(ServiceError::ProfileNotFound("profile"))?;

@@ -270,11 +270,16 @@ impl Services {
     }
 
     fn read_source(&self, id: CustomerId, limit: usize) -> Result<CardSource, ServiceError> {
-        let profile = self.live(id)?;
+        self.with_recent(self.live(id)?, limit)
+    }
+
+    /// `profile` with its `limit` newest interactions, read from the store.
+    fn with_recent(&self, profile: Profile, limit: usize) -> Result<CardSource, ServiceError> {
         let recent = if limit == 0 {
             Vec::new()
         } else {
-            self.interactions(&profile, None, limit, None)?.0
+            self.interactions(&profile, None, limit.min(MAX_PAGE), None)?
+                .0
         };
         Ok(CardSource { profile, recent })
     }
@@ -333,14 +338,8 @@ impl Services {
                 }
             }
         }
-        let profile = self.owner_of(&identifier)?;
-        let recent = if limit == 0 {
-            Vec::new()
-        } else {
-            self.interactions(&profile, None, limit.min(MAX_PAGE), None)?
-                .0
-        };
-        Ok(Arc::new(CardSource { profile, recent }))
+        self.with_recent(self.owner_of(&identifier)?, limit)
+            .map(Arc::new)
     }
 
     pub fn timeline(
