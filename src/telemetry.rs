@@ -27,8 +27,10 @@ pub fn init(settings: &TelemetrySettings) -> std::io::Result<()> {
             .boxed(),
         LogFormat::Text => fmt::layer().boxed(),
     }
-    .with_filter(filter)
-    .with_filter(not_audit);
+    // The level filter goes outermost: its level is the hint that sets the
+    // global maximum (see the audit log below).
+    .with_filter(not_audit)
+    .with_filter(filter);
 
     let writer = match &settings.audit_file {
         Some(path) => {
@@ -48,7 +50,13 @@ pub fn init(settings: &TelemetrySettings) -> std::io::Result<()> {
         .with_target(false)
         .with_level(false)
         .with_writer(writer)
-        .with_filter(filter_fn(|meta| meta.target() == audit::TARGET));
+        // The hint keeps the global level at `info` at most for the audit
+        // log's sake: without it every `trace!` anywhere (sled logs plenty
+        // on the write path) would be built and offered to the filters.
+        .with_filter(
+            filter_fn(|meta| meta.target() == audit::TARGET)
+                .with_max_level_hint(tracing::Level::INFO),
+        );
 
     // Already installed (tests spawn many apps in one process): keep the first.
     drop(
