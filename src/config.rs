@@ -44,6 +44,8 @@ pub struct Settings {
     #[serde(default)]
     pub redis: RedisSettings,
     #[serde(default)]
+    pub cache: CacheSettings,
+    #[serde(default)]
     pub events: EventSettings,
     #[serde(default)]
     pub changes: ChangeSettings,
@@ -86,6 +88,9 @@ pub struct StorageSettings {
     /// `false` acknowledges writes before they reach the disk. It exists to
     /// measure what durability costs (benches/load.sh); never in production.
     pub durable: bool,
+    /// Bytes of decoded pages the store keeps in memory: the main term of
+    /// the resident memory (see the README's sizing notes).
+    pub cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -111,9 +116,24 @@ pub struct RedisSettings {
     pub connect_timeout_ms: u64,
     /// Longest wait for any Redis answer; past it the store answers instead.
     pub timeout_ms: u64,
-    /// Bytes of decoded cards and lookups kept in process in front of Redis
+}
+
+/// The in-process layer of decoded cards and identifier owners, with or
+/// without Redis behind it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Bytes of decoded cards and lookups kept in process, counted as JSON
     /// (0: none).
     pub local_bytes: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> CacheSettings {
+        CacheSettings {
+            local_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 impl Default for RedisSettings {
@@ -124,7 +144,6 @@ impl Default for RedisSettings {
             ttl_secs: 600,
             connect_timeout_ms: 50,
             timeout_ms: 25,
-            local_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -527,6 +546,12 @@ impl Settings {
         if self.server.max_batch_signals == 0 || self.server.max_batch_signals > 100_000 {
             return Err(invalid("server.max_batch_signals", "must be 1 to 100000"));
         }
+        if self.storage.cache_bytes < 1 << 20 {
+            return Err(invalid(
+                "storage.cache_bytes",
+                "must be at least 1 MiB (1048576)",
+            ));
+        }
         if self.storage.max_group_commit == 0 {
             return Err(invalid("storage.max_group_commit", "must be at least 1"));
         }
@@ -550,10 +575,10 @@ impl Settings {
         if !(1..=10_000).contains(&self.redis.timeout_ms) {
             return Err(invalid("redis.timeout_ms", "must be 1 to 10000"));
         }
-        let local = self.redis.local_bytes as u64;
+        let local = self.cache.local_bytes as u64;
         if local != 0 && !(1 << 20..=1 << 36).contains(&local) {
             return Err(invalid(
-                "redis.local_bytes",
+                "cache.local_bytes",
                 "must be 0 (none) or 1 MiB to 64 GiB",
             ));
         }
@@ -840,7 +865,12 @@ mod tests {
             ),
             ("ANAMNESIS__REDIS__URL", "http://x", "redis.url"),
             ("ANAMNESIS__REDIS__TIMEOUT_MS", "0", "redis.timeout_ms"),
-            ("ANAMNESIS__REDIS__LOCAL_BYTES", "31", "redis.local_bytes"),
+            ("ANAMNESIS__CACHE__LOCAL_BYTES", "31", "cache.local_bytes"),
+            (
+                "ANAMNESIS__STORAGE__CACHE_BYTES",
+                "4096",
+                "storage.cache_bytes",
+            ),
             ("ANAMNESIS__REDIS__KEY_PREFIX", "a b", "redis.key_prefix"),
             ("ANAMNESIS__EVENTS__BUFFER", "0", "events.buffer"),
             (

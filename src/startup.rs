@@ -74,7 +74,7 @@ impl Application {
         let data_dir = settings.storage.path.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-        let store = SledStore::open(&data_dir.join("db"))
+        let store = SledStore::open_with(&data_dir.join("db"), settings.storage.cache_bytes)
             .with_context(|| format!("opening the store in {}", data_dir.display()))?;
         let (secret, source) =
             default_secret(&settings.auth, &data_dir).context("loading the auth secret")?;

@@ -28,7 +28,8 @@ impl CustomerId {
         }
         let ulid = ulid::Ulid::from_string(rest).map_err(|_| err())?;
         // Only the canonical upper-case spelling is an id, so one customer has one key.
-        if ulid.to_string() != rest {
+        let mut canonical = [0u8; ulid::ULID_LEN];
+        if ulid.array_to_str(&mut canonical) != rest {
             return Err(err());
         }
         Ok(CustomerId(ulid))
@@ -49,9 +50,25 @@ fn truncate_for_message(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// `cus_` and 26 characters.
+const TEXT_LEN: usize = PREFIX.len() + ulid::ULID_LEN;
+
+impl CustomerId {
+    /// The id as text, written into `buf` without allocating (ids are
+    /// serialised many times per context card).
+    fn encode(self, buf: &mut [u8; TEXT_LEN]) -> &str {
+        let (prefix, rest) = buf.split_at_mut(PREFIX.len());
+        prefix.copy_from_slice(PREFIX.as_bytes());
+        let rest: &mut [u8; ulid::ULID_LEN] = rest.try_into().expect("the buffer fits an id");
+        self.0.array_to_str(rest);
+        // Both parts are ASCII.
+        std::str::from_utf8(buf).expect("an id is ASCII")
+    }
+}
+
 impl fmt::Display for CustomerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PREFIX}{}", self.0)
+        f.write_str(self.encode(&mut [0; TEXT_LEN]))
     }
 }
 
@@ -64,7 +81,7 @@ impl FromStr for CustomerId {
 
 impl Serialize for CustomerId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.encode(&mut [0; TEXT_LEN]))
     }
 }
 

@@ -1,5 +1,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +101,49 @@ pub struct IdentifierRules {
     unknown: Option<TypeRule>,
     placeholders: HashSet<String>,
     region: phonenumber::country::Id,
+    phones: Arc<PhoneMemo>,
+}
+
+/// Phone spellings normalised lately, with their outcome. Parsing a number
+/// and validating it against its region's patterns was the largest single
+/// cost of a context card by phone (29% of its CPU under perf), and the same
+/// caller's spelling arrives again and again: from the IVR, the desk, the
+/// chatbot. Bounded: a full shard is emptied and starts again.
+#[derive(Debug, Default)]
+struct PhoneMemo {
+    shards: [Mutex<HashMap<String, Result<String, &'static str>>>; PHONE_MEMO_SHARDS],
+}
+
+const PHONE_MEMO_SHARDS: usize = 16;
+/// Entries per shard (16 × 4,096 spellings of at most 32 bytes: a few MiB).
+const PHONE_MEMO_ENTRIES: usize = 4096;
+/// Longer spellings are normalised every time.
+const PHONE_MEMO_MAX_LEN: usize = 32;
+
+impl PhoneMemo {
+    fn get_or(
+        &self,
+        raw: &str,
+        normalise: impl FnOnce() -> Result<String, &'static str>,
+    ) -> Result<String, &'static str> {
+        if raw.len() > PHONE_MEMO_MAX_LEN {
+            return normalise();
+        }
+        let shard = raw.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        }) % PHONE_MEMO_SHARDS;
+        let lock = || self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = lock().get(raw) {
+            return known.clone();
+        }
+        let outcome = normalise();
+        let mut map = lock();
+        if map.len() >= PHONE_MEMO_ENTRIES {
+            map.clear();
+        }
+        map.insert(raw.to_owned(), outcome.clone());
+        outcome
+    }
 }
 
 impl IdentifierRules {
@@ -138,6 +182,7 @@ impl IdentifierRules {
             region: default_region
                 .parse()
                 .unwrap_or(phonenumber::country::Id::NL),
+            phones: Arc::default(),
         }
     }
 
@@ -213,6 +258,10 @@ impl IdentifierRules {
     }
 
     fn normalise_phone(&self, raw: &str) -> Result<String, &'static str> {
+        self.phones.get_or(raw, || self.parse_phone(raw))
+    }
+
+    fn parse_phone(&self, raw: &str) -> Result<String, &'static str> {
         if !raw.chars().any(|c| c.is_ascii_digit()) {
             return Err("is not a phone number");
         }
@@ -268,6 +317,34 @@ mod tests {
             Ok(NormaliseOutcome::Ignored(r)) => panic!("{raw} ignored: {r}"),
             Err(e) => panic!("{raw}: {e}"),
         }
+    }
+
+    #[test]
+    fn remembered_phone_spellings_answer_as_a_fresh_parse_and_stay_bounded() {
+        let rules = rules();
+        for raw in [
+            "06 1234 5678",
+            "+31 6 12345678",
+            "12",
+            "0612",
+            "+999 1234",
+            "06-abc",
+        ] {
+            let fresh = rules.parse_phone(raw);
+            for _ in 0..3 {
+                assert_eq!(rules.normalise_phone(raw), fresh, "{raw}");
+            }
+        }
+        for i in 0..(PHONE_MEMO_SHARDS * PHONE_MEMO_ENTRIES * 2) {
+            let raw = format!("06{:08}", i);
+            assert_eq!(rules.normalise_phone(&raw), rules.parse_phone(&raw));
+        }
+        for shard in &rules.phones.shards {
+            assert!(shard.lock().unwrap().len() <= PHONE_MEMO_ENTRIES);
+        }
+        // Too long to remember: answered all the same.
+        let long = format!("{}{}", "0".repeat(PHONE_MEMO_MAX_LEN), "612345678");
+        assert_eq!(rules.normalise_phone(&long), rules.parse_phone(&long));
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl Committer {
         std::thread::Builder::new()
             .name("anamnesis-committer".into())
             .spawn(move || {
-                let journal = Journal::after(last_change, hot);
+                let journal = Journal::after(last_change);
                 let writer = Writer {
                     store: &*store,
                     journal: &journal,
@@ -105,7 +105,11 @@ impl Committer {
                         }
                     }
                     let started = Instant::now();
-                    let flushed = if durable_writes { store.flush() } else { Ok(0) };
+                    let flushed = if durable_writes {
+                        store.flush()
+                    } else {
+                        store.apply().map(|()| 0)
+                    };
                     metrics::histogram!("anamnesis_store_flush_seconds")
                         .record(started.elapsed().as_secs_f64());
                     metrics::histogram!("anamnesis_group_commit_size")
@@ -114,6 +118,11 @@ impl Committer {
                     match flushed {
                         Ok(_) => {
                             let committed = journal.take();
+                            // Readers now see these writes: what the
+                            // in-process layer holds of what they changed goes.
+                            if let Some(hot) = &hot {
+                                hot.invalidate(&committed.customers, &committed.identifiers);
+                            }
                             durable.fetch_max(committed.last_seq, Ordering::SeqCst);
                             after.committed(
                                 committed,

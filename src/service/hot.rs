@@ -1,5 +1,6 @@
-//! The in-process layer in front of Redis: decoded cards and identifier
-//! owners, so a hot read costs neither a round trip nor decoding.
+//! The in-process layer in front of Redis (or of the store, without Redis):
+//! decoded cards and identifier owners, so a hot read costs neither a round
+//! trip, nor a store read, nor decoding.
 //!
 //! Only this process writes to its store (the committer), so it knows every
 //! change the moment it is applied: entries are dropped then, on the
@@ -10,7 +11,10 @@
 //! change to that shard came in between, so a fill can never bring back what
 //! a write replaced.
 //!
-//! Memory is bounded by `redis.local_bytes`, counted as each entry's size as
+//! Without Redis the layer sits in front of the store and works the same
+//! way (only the second drop is missing, there being no markers).
+//!
+//! Memory is bounded by `cache.local_bytes`, counted as each entry's size as
 //! JSON (what it holds decoded is a small multiple of that); a full shard
 //! drops arbitrary entries. Entries are used for `redis.ttl_secs` at most,
 //! like Redis's own.

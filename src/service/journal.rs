@@ -15,13 +15,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::hot::HotCards;
 use crate::domain::{
     Answer, CustomerId, Episode, Identifier, IdentityEvent, Interaction, Profile, Suggestion,
 };
@@ -181,17 +179,14 @@ impl Committed {
 pub struct Journal {
     next_seq: Cell<u64>,
     pending: RefCell<Committed>,
-    /// Told of every applied write at once.
-    hot: Option<Arc<HotCards>>,
 }
 
 impl Journal {
     /// Continues after `last`, the highest position already in the log.
-    pub fn after(last: u64, hot: Option<Arc<HotCards>>) -> Journal {
+    pub fn after(last: u64) -> Journal {
         Journal {
             next_seq: Cell::new(last + 1),
             pending: RefCell::new(Committed::default()),
-            hot,
         }
     }
 
@@ -242,12 +237,8 @@ impl Journal {
         })
     }
 
-    /// Keeps what an applied write changed, for sending after the flush;
-    /// the in-process layer forgets it at once.
+    /// Keeps what a staged write changed, for sending after the flush.
     pub fn keep(&self, committed: Committed) {
-        if let Some(hot) = &self.hot {
-            hot.invalidate(&committed.customers, &committed.identifiers);
-        }
         self.pending.borrow_mut().absorb(committed);
     }
 }

@@ -195,8 +195,8 @@ impl Services {
             )?),
             None => None,
         };
-        let hot = match (&redis, settings.redis.local_bytes) {
-            (Some(_), bytes) if bytes > 0 => Some(Arc::new(HotCards::new(
+        let hot = match settings.cache.local_bytes {
+            bytes if bytes > 0 => Some(Arc::new(HotCards::new(
                 bytes,
                 Duration::from_secs(settings.redis.ttl_secs),
             ))),

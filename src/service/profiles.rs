@@ -222,9 +222,9 @@ impl Services {
     /// from the store (and then cached).
     async fn source(&self, id: CustomerId, limit: usize) -> Result<Arc<CardSource>, ServiceError> {
         let limit = limit.min(MAX_PAGE);
-        let Some(redis) = self.redis.as_ref().filter(|_| limit <= CACHED_INTERACTIONS) else {
+        if limit > CACHED_INTERACTIONS || (self.redis.is_none() && self.hot.is_none()) {
             return self.read_source(id, limit).map(Arc::new);
-        };
+        }
         // Noted before anything is read (see `hot`).
         let noted = match self.hot.as_ref().map(|hot| hot.card(id)) {
             Some(Ok(card)) => {
@@ -241,26 +241,31 @@ impl Services {
             }
             card
         };
-        let key = redis.card_key(id);
-        match redis.get(&key, "card").await {
-            Cached::Hit(body) => match serde_json::from_slice::<CardSource>(&body) {
-                Ok(source) => return Ok(keep(Arc::new(source), body.len())),
-                Err(e) => tracing::warn!(error = %e, "a cached card could not be decoded"),
-            },
-            Cached::Miss { generation } => {
-                // The position is noted before the read (see `crate::cache`).
-                let seq = self.durable_position();
-                let source = self.read_source(id, CACHED_INTERACTIONS)?;
-                let body = serde_json::to_vec(&source).unwrap_or_default();
-                let size = body.len();
-                if !body.is_empty() {
-                    redis.fill(key, generation, seq, body);
+        if let Some(redis) = &self.redis {
+            let key = redis.card_key(id);
+            match redis.get(&key, "card").await {
+                Cached::Hit(body) => match serde_json::from_slice::<CardSource>(&body) {
+                    Ok(source) => return Ok(keep(Arc::new(source), body.len())),
+                    Err(e) => tracing::warn!(error = %e, "a cached card could not be decoded"),
+                },
+                Cached::Miss { generation } => {
+                    // The position is noted before the read (see `crate::cache`).
+                    let seq = self.durable_position();
+                    let source = self.read_source(id, CACHED_INTERACTIONS)?;
+                    let body = serde_json::to_vec(&source).unwrap_or_default();
+                    let size = body.len();
+                    if !body.is_empty() {
+                        redis.fill(key, generation, seq, body);
+                    }
+                    return Ok(keep(Arc::new(source), size));
                 }
-                return Ok(keep(Arc::new(source), size));
+                Cached::Off => {}
             }
-            Cached::Off => {}
+        } else {
+            metrics::counter!("anamnesis_cache_requests_total", "kind" => "card", "result" => "miss")
+                .increment(1);
         }
-        // Redis is away: the in-process layer still knows every write.
+        // No Redis, or Redis is away: the in-process layer still knows every write.
         if self.hot.is_none() {
             return self.read_source(id, limit).map(Arc::new);
         }
@@ -297,7 +302,7 @@ impl Services {
             Ok(NormaliseOutcome::Ignored(_)) => return Err(ServiceError::IdentifierNotOwned),
             Err(e) => return Err(ServiceError::Identifier(e)),
         };
-        if let Some(redis) = &self.redis {
+        if self.redis.is_some() || self.hot.is_some() {
             let noted = match self.hot.as_ref().map(|hot| hot.owner(&identifier)) {
                 Some(Ok(owner)) => {
                     metrics::counter!("anamnesis_cache_requests_total", "kind" => "owner", "result" => "local")
@@ -316,20 +321,29 @@ impl Services {
                     hot.keep_owner(&identifier, noted, owner);
                 }
             };
-            let key = redis.owner_key(&identifier);
-            let owner = match redis.get(&key, "owner").await {
-                Cached::Hit(body) => std::str::from_utf8(&body)
-                    .ok()
-                    .and_then(|s| CustomerId::parse(s).ok()),
-                Cached::Miss { generation } => {
-                    let seq = self.durable_position();
-                    let owner = self.store.owner(&identifier)?;
-                    if let Some(owner) = owner {
-                        redis.fill(key, generation, seq, owner.to_string().into_bytes());
+            let owner = match &self.redis {
+                Some(redis) => {
+                    let key = redis.owner_key(&identifier);
+                    match redis.get(&key, "owner").await {
+                        Cached::Hit(body) => std::str::from_utf8(&body)
+                            .ok()
+                            .and_then(|s| CustomerId::parse(s).ok()),
+                        Cached::Miss { generation } => {
+                            let seq = self.durable_position();
+                            let owner = self.store.owner(&identifier)?;
+                            if let Some(owner) = owner {
+                                redis.fill(key, generation, seq, owner.to_string().into_bytes());
+                            }
+                            owner
+                        }
+                        Cached::Off => self.store.owner(&identifier)?,
                     }
-                    owner
                 }
-                Cached::Off => self.store.owner(&identifier)?,
+                None => {
+                    metrics::counter!("anamnesis_cache_requests_total", "kind" => "owner", "result" => "miss")
+                        .increment(1);
+                    self.store.owner(&identifier)?
+                }
             };
             if let Some(owner) = owner {
                 if let Ok(source) = self.source(owner, limit).await {

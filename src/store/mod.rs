@@ -3,11 +3,12 @@
 //!
 //! The write side assumes a single writer: every change goes through
 //! [`Store::write`] from the committer thread (`service::committer`), which is
-//! what makes resolution race-free without locks. Reads may come from any thread.
+//! what makes resolution race-free without locks. Reads may come from any
+//! thread; they see a write once the committer applied its group.
 
 mod sled;
 
-pub use self::sled::SledStore;
+pub use self::sled::{RecordStats, SledStore};
 
 use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile, Suggestion};
 
@@ -175,11 +176,17 @@ pub trait Store: Send + Sync + 'static {
     /// A small named value of the service's own bookkeeping.
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Runs `op` and applies its changes atomically if it returns `true`. The
-    /// changes are visible to readers at once but durable only after [`Store::flush`].
+    /// Runs `op` and stages its changes if it returns `true` (all of them,
+    /// or none). Later writes see them; readers see them after
+    /// [`Store::apply`] or [`Store::flush`].
     fn write(&self, op: &mut WriteFn<'_>) -> Result<(), StoreError>;
 
-    /// Makes every applied write durable; returns the bytes written.
+    /// Applies every staged write in one atomic batch, visible to readers
+    /// but not yet durable. On failure they stay staged.
+    fn apply(&self) -> Result<(), StoreError>;
+
+    /// Applies every staged write and makes everything applied durable;
+    /// returns the bytes written.
     fn flush(&self) -> Result<usize, StoreError>;
 
     /// A cheap check that the engine answers (for `/readyz`).

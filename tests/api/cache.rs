@@ -24,7 +24,7 @@ async fn app_with_layer(redis: &RedisServer, local: bool) -> TestApp {
         s.redis.url = Some(url);
         s.limits.rate_per_second = 0;
         if !local {
-            s.redis.local_bytes = 0;
+            s.cache.local_bytes = 0;
         }
     })
     .await;
@@ -82,7 +82,7 @@ async fn cache_and_tag(
             let tagged = format!("{}:{}:{}", g.unwrap(), s.unwrap(), rest.replace(from, to));
             assert_eq!(redis.cli(&["SET", &key, &tagged]).trim(), "OK");
             let seen = body(app.get(path).await).await.to_string();
-            if app.settings.redis.local_bytes == 0 {
+            if app.settings.cache.local_bytes == 0 {
                 assert!(seen.contains(to), "the tagged copy is served: {seen}");
             } else {
                 assert!(seen.contains(from), "the in-process copy is served: {seen}");
@@ -493,4 +493,97 @@ async fn instances_over_different_stores_never_read_each_others_entries() {
             404
         );
     }
+}
+
+/// `anamnesis_cache_requests_total{kind, result}` as /metrics shows it now
+/// (the counter is process-wide: compare before and after).
+async fn cache_count(app: &TestApp, kind: &str, result: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let wanted = format!("anamnesis_cache_requests_total{{kind=\"{kind}\",result=\"{result}\"}}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&wanted))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn without_redis_the_in_process_layer_serves_hot_reads_and_forgets_every_write() {
+    let app = spawn_app_with(|s| s.limits.rate_per_second = 0).await;
+    let id = new_customer(&app, "+31611120001", "Anna").await;
+    let context = format!("/v1/profiles/{id}/context");
+    let by_phone = "/v1/context?type=phone&value=06 1112 0001";
+
+    let (cards, owners) = (
+        cache_count(&app, "card", "local").await,
+        cache_count(&app, "owner", "local").await,
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            body(app.get(&context).await).await["customer_id"],
+            id.as_str()
+        );
+        assert_eq!(
+            body(app.get(by_phone).await).await["customer_id"],
+            id.as_str()
+        );
+    }
+    // The first read of each fills the layer; the others are served from it
+    // (reads by phone count a card hit too).
+    assert!(cache_count(&app, "card", "local").await - cards >= 8.0);
+    assert!(cache_count(&app, "owner", "local").await - owners >= 4.0);
+
+    // Every kind of write is seen by the very next read.
+    for (i, (method, path, payload, expect)) in [
+        (
+            Method::PATCH,
+            format!("/v1/profiles/{id}/traits"),
+            json!({"channel": "agent", "traits": {"first_name": "Bea"}}),
+            "Bea",
+        ),
+        (
+            Method::POST,
+            format!("/v1/profiles/{id}/answers"),
+            json!({"channel": "chat", "answers": [{"key": "reason", "value": "refund-42"}]}),
+            "refund-42",
+        ),
+        (
+            Method::POST,
+            "/v1/signals".into(),
+            json!({"channel": "web", "identifiers": [{"type": "phone", "value": "+31611120001"}],
+                "traits": {"city": "Utrecht"}}),
+            "Utrecht",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let status = write(&app, method, &path, payload).await;
+        assert!((200..300).contains(&status), "write {i}: {status}");
+        for read in [context.as_str(), by_phone] {
+            let seen = body(app.get(read).await).await.to_string();
+            assert!(
+                seen.contains(expect),
+                "write {i} not visible in {read}: {seen}"
+            );
+        }
+    }
+
+    // Lookups follow ownership through a merge and an unmerge.
+    let other = new_customer(&app, "+31611120002", "Carl").await;
+    let other_phone = "/v1/context?type=phone&value=0611120002";
+    for _ in 0..3 {
+        assert_eq!(
+            body(app.get(other_phone).await).await["customer_id"],
+            other.as_str()
+        );
+    }
+    assert_eq!(app.merge(&id, &other).await.status(), 200);
+    assert_eq!(
+        body(app.get(other_phone).await).await["customer_id"],
+        id.as_str()
+    );
+    assert_eq!(app.unmerge(&id, &other).await.status(), 200);
+    assert_eq!(
+        body(app.get(other_phone).await).await["customer_id"],
+        other.as_str()
+    );
 }
