@@ -178,7 +178,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Runs `op` and stages its changes if it returns `true` (all of them,
     /// or none). Later writes see them; readers see them after
-    /// [`Store::apply`] or [`Store::flush`].
+    /// [`Store::apply`] or [`Store::flush`] at the latest (an engine may
+    /// apply staged writes earlier, whole writes at a time).
     fn write(&self, op: &mut WriteFn<'_>) -> Result<(), StoreError>;
 
     /// Applies every staged write in one atomic batch, visible to readers
