@@ -21,7 +21,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,18 +29,12 @@ import time
 import urllib.error
 import urllib.request
 
+from ports import free_port
+
 BIN = sys.argv[1]
 ROUNDS = int(os.environ.get("ROUNDS", "50"))
 SINGLE_WRITERS = int(os.environ.get("SINGLE_WRITERS", "4"))
 SECRET = "crash-test-secret-crash-test-secret-0123456789"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def token():

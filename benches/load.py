@@ -22,12 +22,13 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from ports import free_port
 
 BIN, REFERENCE, WRK, OHA = sys.argv[1:5]
 DURATION = os.environ.get("DURATION", "10s")
@@ -48,14 +49,6 @@ def cpu_model():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return "unknown CPU"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_until_up(base, proc, what):
@@ -396,7 +389,9 @@ def main():
                 {"channel": "store", "identifiers": [{"type": "loyalty_card", "value": f"ref-{i}"}],
                  "event": {"type": "purchase"}} for i in range(100)]})
             for name, script, body, per in [
-                ("single signal ingest (durable)", single, sample, 1),
+                ("single signal ingest (" + ("not durable" if os.environ.get(
+                    "ANAMNESIS__STORAGE__DURABLE", "true") == "false" else "durable") + ")",
+                 single, sample, 1),
                 ("batch ingest, 100 signals per request", batch, batch_sample, 100),
             ]:
                 r = wrk(svc.base + "/", script, svc.pid)
