@@ -349,6 +349,12 @@ impl Store for SledStore {
 
     fn write(&self, op: &mut WriteFn<'_>) -> Result<(), StoreError> {
         let mut staged = self.staged();
+        // Applied before this write runs, not after it is staged: should the
+        // batch fail, this write has not happened (and says so), and what was
+        // staged before stays staged for the flush, which then fails its group.
+        if staged.len() >= MAX_STAGED {
+            self.apply_staged(&mut staged)?;
+        }
         let mut tx = SledTx {
             store: self,
             staged: &staged,
@@ -358,20 +364,30 @@ impl Store for SledStore {
             let overlay = tx.overlay;
             staged.extend(overlay);
         }
-        let full = staged.len() >= MAX_STAGED;
-        drop(staged);
-        if full {
-            self.apply()?;
-        }
         Ok(())
     }
 
     fn apply(&self) -> Result<(), StoreError> {
-        let mut staged = self.staged();
+        self.apply_staged(&mut self.staged())
+    }
+
+    fn flush(&self) -> Result<usize, StoreError> {
+        self.apply()?;
+        self.db.flush().map_err(engine)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.tree.get(b"ping").map(|_| ()).map_err(engine)
+    }
+}
+
+impl SledStore {
+    /// Applies everything staged in one batch; on failure it stays staged.
+    fn apply_staged(&self, staged: &mut Changes) -> Result<(), StoreError> {
         if staged.is_empty() {
             return Ok(());
         }
-        let changes = std::mem::take(&mut *staged);
+        let changes = std::mem::take(staged);
         let mut batch = sled::Batch::default();
         for (k, v) in &changes {
             match v {
@@ -385,15 +401,6 @@ impl Store for SledStore {
             return Err(engine(e));
         }
         Ok(())
-    }
-
-    fn flush(&self) -> Result<usize, StoreError> {
-        self.apply()?;
-        self.db.flush().map_err(engine)
-    }
-
-    fn ping(&self) -> Result<(), StoreError> {
-        self.tree.get(b"ping").map(|_| ()).map_err(engine)
     }
 }
 
