@@ -88,8 +88,9 @@ pub struct StorageSettings {
     /// `false` acknowledges writes before they reach the disk. It exists to
     /// measure what durability costs (benches/load.sh); never in production.
     pub durable: bool,
-    /// Bytes of decoded pages the store keeps in memory: the main term of
-    /// the resident memory (see the README's sizing notes).
+    /// Bytes of decoded pages the store keeps in memory. The rest of the
+    /// store's memory grows with its number of records (BENCHMARKS.md, the
+    /// scale run).
     pub cache_bytes: u64,
 }
 
