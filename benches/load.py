@@ -311,6 +311,29 @@ def row(name, r, ref=None):
           flush=True)
 
 
+TABLE_HEAD = ("| scenario | requests/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/request | x reference |\n"
+              "|---|---|---|---|---|---|---|")
+
+
+def on_reference(body, scratch, measure):
+    """`measure(server)` against a reference server answering with `body`."""
+    server = Reference(body, scratch)
+    try:
+        return measure(server)
+    finally:
+        server.stop()
+
+
+def compare(name, svc, path, script, body, scratch):
+    """wrk against the service, then against the reference answering with
+    the service's `body`; prints both rows and returns both results."""
+    r = wrk(svc.base + path, script, svc.pid)
+    ref = on_reference(body, scratch, lambda s: wrk(s.base + path, script, s.pid))
+    row(name, r, ref)
+    row(f"reference, {len(body):,} bytes", ref)
+    return r, ref
+
+
 def main():
     scratch = tempfile.mkdtemp(prefix="anamnesis-load-")
     data = DATA_DIR or os.path.join(scratch, "data")
@@ -359,20 +382,10 @@ def main():
             ("context card by phone number", f"/v1/context?type=phone&value={local}"),
             ("profile read", f"/v1/profiles/{cid}"),
         ]
-        print("\n| scenario | requests/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/request | x reference |")
-        print("|---|---|---|---|---|---|---|")
+        print("\n" + TABLE_HEAD)
         results = {}
         for name, path in reads:
-            body = svc.request("GET", path)
-            r = wrk(svc.base + path, get, svc.pid)
-            ref_server = Reference(body, scratch)
-            try:
-                ref = wrk(ref_server.base + path, get, ref_server.pid)
-            finally:
-                ref_server.stop()
-            row(name, r, ref)
-            row(f"reference, {len(body):,} bytes", ref)
-            results[name] = (r, ref)
+            results[name] = compare(name, svc, path, get, svc.request("GET", path), scratch)
         if SCENARIOS == "reads":
             # One connection: the time one request takes, without queueing.
             for name, path in reads[:2]:
@@ -394,14 +407,7 @@ def main():
                  single, sample, 1),
                 ("batch ingest, 100 signals per request", batch, batch_sample, 100),
             ]:
-                r = wrk(svc.base + "/", script, svc.pid)
-                ref_server = Reference(body, scratch)
-                try:
-                    ref = wrk(ref_server.base + "/", script, ref_server.pid)
-                finally:
-                    ref_server.stop()
-                row(name, r, ref)
-                row(f"reference, {len(body):,} bytes", ref)
+                r, _ = compare(name, svc, "/", script, body, scratch)
                 if per > 1:
                     print(f"|   = {r['rps'] * per:,.0f} signals/s | | | | | {r['cpu_us'] / per:.1f} per signal | |")
         if OPEN_LOOP and OHA != "-":
@@ -414,14 +420,9 @@ def main():
                 rate = int(ref_max / share)
                 print(f"\nopen loop at {rate:,} requests/s (1/{share} of the reference's maximum), "
                       f"{CONNECTIONS} connections, oha, {name}:")
-                print("\n| server | requests/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/request | x reference |")
-                print("|---|---|---|---|---|---|---|")
+                print("\n" + TABLE_HEAD)
                 r = oha(svc.base + path, rate, svc.token)
-                ref_server = Reference(body, scratch)
-                try:
-                    ref = oha(ref_server.base + path, rate)
-                finally:
-                    ref_server.stop()
+                ref = on_reference(body, scratch, lambda s: oha(s.base + path, rate))
                 row("anamnesis", r)
                 row("reference", ref)
                 print(f"p99 ratio to the reference at this rate: {r['p99'] / ref['p99']:.2f}")

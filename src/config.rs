@@ -119,6 +119,18 @@ pub struct RedisSettings {
     pub timeout_ms: u64,
 }
 
+impl Default for RedisSettings {
+    fn default() -> RedisSettings {
+        RedisSettings {
+            url: None,
+            key_prefix: "anamnesis:".into(),
+            ttl_secs: 600,
+            connect_timeout_ms: 50,
+            timeout_ms: 25,
+        }
+    }
+}
+
 /// The in-process layer of decoded cards and identifier owners, with or
 /// without Redis behind it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -133,18 +145,6 @@ impl Default for CacheSettings {
     fn default() -> CacheSettings {
         CacheSettings {
             local_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
-
-impl Default for RedisSettings {
-    fn default() -> RedisSettings {
-        RedisSettings {
-            url: None,
-            key_prefix: "anamnesis:".into(),
-            ttl_secs: 600,
-            connect_timeout_ms: 50,
-            timeout_ms: 25,
         }
     }
 }

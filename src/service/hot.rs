@@ -3,10 +3,10 @@
 //! trip, nor a store read, nor decoding.
 //!
 //! Only this process writes to its store (the committer), so it knows every
-//! change the moment it is applied: entries are dropped then, on the
-//! committer thread, and again once the write's Redis markers are written
-//! (an entry copied from Redis in between may predate them), both times
-//! before the write is acknowledged. A reader notes its shard's epoch before
+//! change: entries are dropped once the group of writes that changed them is
+//! applied, on the committer thread, and again once the group's Redis
+//! markers are written (an entry copied from Redis in between may predate
+//! them), both times before the writes are acknowledged. A reader notes its shard's epoch before
 //! it reads (from Redis or the store) and keeps what it read only if no
 //! change to that shard came in between, so a fill can never bring back what
 //! a write replaced.
