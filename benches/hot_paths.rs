@@ -13,9 +13,9 @@ use std::time::Duration;
 use anamnesis::auth::{Authenticator, Scope};
 use anamnesis::config::Settings;
 use anamnesis::domain::{
-    Answer, AnswerInput, CustomerId, EpisodeInput, EpisodeStatus, EventInput, Identifier,
-    IdentifierInput, IdentifierRules, Interaction, NormaliseOutcome, Profile, Signal, SignalInput,
-    SignalRules, TraitValue,
+    Answer, AnswerInput, CustomerId, EpisodeInput, EpisodeReport, EpisodeStatus, EventInput,
+    Identifier, IdentifierInput, IdentifierRules, Interaction, NormaliseOutcome, Profile, Signal,
+    SignalInput, SignalRules, TraitValue,
 };
 use anamnesis::service::views;
 use anamnesis::service::{Access, BatchItem, Masking, Services};
@@ -41,7 +41,9 @@ fn identifier(rules: &IdentifierRules, kind: &str, raw: &str) -> Identifier {
 
 fn normalise(c: &mut Criterion) {
     let settings = Settings::defaults();
-    let rules = SignalRules::from_settings(&settings).identifiers;
+    let rules = SignalRules::from_settings(&settings)
+        .expect("valid rules")
+        .identifiers;
     let mut group = c.benchmark_group("normalise");
     for (kind, raw) in [
         ("phone", "06 1234 5678"),
@@ -130,6 +132,8 @@ fn full_signal(signal_id: Option<String>, phone: &str, cookie: &str) -> SignalIn
                 id: "order-A-1001".into(),
                 title: Some("Delivery of order A-1001".into()),
                 status: Some(EpisodeStatus::Open),
+                public_status: Some("Out for delivery".into()),
+                feedback: None,
             }),
             journey_stage: None,
             properties,
@@ -139,7 +143,7 @@ fn full_signal(signal_id: Option<String>, phone: &str, cookie: &str) -> SignalIn
 
 fn parse_signal(c: &mut Criterion) {
     let settings = Settings::defaults();
-    let rules = SignalRules::from_settings(&settings);
+    let rules = SignalRules::from_settings(&settings).expect("valid rules");
     let input = full_signal(Some("chat-1".into()), "06 1234 5678", "ck-1");
     c.bench_function("signal/parse", |b| {
         b.iter_batched(
@@ -201,8 +205,11 @@ fn rich_profile(rules: &SignalRules, traits: usize, offset: i64, tag: &str) -> P
     }
     p.upsert_episode(
         "order-A-1001",
-        Some("Delivery of order A-1001"),
-        Some(EpisodeStatus::Open),
+        EpisodeReport {
+            title: Some("Delivery of order A-1001"),
+            status: Some(EpisodeStatus::Open),
+            ..EpisodeReport::default()
+        },
         "chat",
         at(offset),
         channels,
@@ -212,7 +219,7 @@ fn rich_profile(rules: &SignalRules, traits: usize, offset: i64, tag: &str) -> P
 
 fn reconcile(c: &mut Criterion) {
     let settings = Settings::defaults();
-    let rules = SignalRules::from_settings(&settings);
+    let rules = SignalRules::from_settings(&settings).expect("valid rules");
     let channels = &rules.channels;
     let mut group = c.benchmark_group("reconcile");
 
@@ -317,8 +324,11 @@ fn card_profile(rules: &SignalRules) -> (Profile, Vec<Interaction>) {
         ][i];
         p.upsert_episode(
             ep,
-            Some("An episode"),
-            Some(status),
+            EpisodeReport {
+                title: Some("An episode"),
+                status: Some(status),
+                ..EpisodeReport::default()
+            },
             "chat",
             at(i as i64),
             channels,
@@ -353,7 +363,7 @@ fn card_profile(rules: &SignalRules) -> (Profile, Vec<Interaction>) {
 
 fn context_card(c: &mut Criterion) {
     let settings = Settings::defaults();
-    let rules = SignalRules::from_settings(&settings);
+    let rules = SignalRules::from_settings(&settings).expect("valid rules");
     let (profile, recent) = card_profile(&rules);
     let mut group = c.benchmark_group("context_card");
     for pii in [true, false] {
@@ -361,6 +371,7 @@ fn context_card(c: &mut Criterion) {
             access: Access { pii },
             identifiers: &rules.identifiers,
             pii_traits: &settings.traits.pii,
+            follow_up_delay: rules.follow_up_delay,
         };
         let name = if pii {
             "build+json/pii"

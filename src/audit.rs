@@ -21,6 +21,7 @@ pub enum Action {
     Merge,
     Unmerge,
     RemoveIdentifier,
+    Export,
 }
 
 impl Action {
@@ -30,6 +31,7 @@ impl Action {
             Action::Merge => "merge",
             Action::Unmerge => "unmerge",
             Action::RemoveIdentifier => "remove_identifier",
+            Action::Export => "export",
         }
     }
 }

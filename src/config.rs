@@ -56,6 +56,14 @@ pub struct Settings {
     pub journey: JourneySettings,
     pub answers: AnswerSettings,
     pub consents: ConsentSettings,
+    #[serde(default)]
+    pub follow_ups: FollowUpSettings,
+    /// Segment name -> what a profile must satisfy to be in it.
+    #[serde(default)]
+    pub segments: BTreeMap<String, SegmentSettings>,
+    /// Offer id -> the offer and the segments it targets.
+    #[serde(default)]
+    pub offers: BTreeMap<String, OfferSettings>,
     pub traits: TraitSettings,
     pub identifiers: IdentifierSettings,
     pub phone: PhoneSettings,
@@ -320,6 +328,113 @@ pub struct JourneySettings {
     /// Event type -> the stage it moves the customer to.
     #[serde(default)]
     pub event_stages: BTreeMap<String, String>,
+    /// Rules on an event's type and properties, tried in order before
+    /// `event_stages`; the first that matches sets the stage.
+    #[serde(default)]
+    pub rules: Vec<JourneyRule>,
+}
+
+/// `[[journey.rules]]`: events of this type whose properties hold these
+/// values move the customer to `stage`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneyRule {
+    pub event: String,
+    /// Property name -> the value it must equal (all of them).
+    #[serde(default)]
+    pub properties: BTreeMap<String, serde_json::Value>,
+    pub stage: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowUpSettings {
+    /// How long after an episode is resolved its follow-up falls due.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+impl Default for FollowUpSettings {
+    fn default() -> Self {
+        FollowUpSettings {
+            delay: Duration::from_secs(2 * 86_400),
+        }
+    }
+}
+
+/// `[segments.<name>]`: a profile is in the segment while every predicate
+/// of `when` holds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentSettings {
+    #[serde(default)]
+    pub description: Option<String>,
+    pub when: Vec<PredicateSettings>,
+}
+
+/// One condition of a segment. Exactly one of `trait`, `answer`,
+/// `journey_stage`, `open_episodes` and `interactions` names what it looks at.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredicateSettings {
+    /// A current trait: exists, or compares with `equals`, `one_of`, `min`, `max`.
+    #[serde(rename = "trait", default, skip_serializing_if = "Option::is_none")]
+    pub trait_name: Option<String>,
+    /// A fresh (unexpired) answer: exists, or compares with `equals`, `one_of`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_of: Option<Vec<serde_json::Value>>,
+    /// Numeric bounds on a trait's value (inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// The current journey stage is one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journey_stage: Option<Vec<String>>,
+    /// At least this many episodes are not resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_episodes: Option<u32>,
+    /// At least `at_least` matching interactions within the last `within`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactions: Option<InteractionPredicate>,
+    /// The predicate must NOT hold.
+    #[serde(default)]
+    pub negate: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InteractionPredicate {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Property name -> the value it must equal (all of them).
+    #[serde(default)]
+    pub properties: BTreeMap<String, serde_json::Value>,
+    pub at_least: u32,
+    #[serde(with = "humantime_serde")]
+    pub within: Duration,
+}
+
+/// `[offers.<id>]`: shown to profiles in any of `segments`, highest
+/// `priority` first.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferSettings {
+    pub title: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub segments: Vec<String>,
+    #[serde(default)]
+    pub priority: i64,
+    /// Passed to the caller as it is (an image, a link, a code).
+    #[serde(default)]
+    pub data: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -675,6 +790,25 @@ impl Settings {
                     format!("names `{stage}`, which is not in journey.stages"),
                 ));
             }
+        }
+        crate::domain::JourneyRules::compile(&self.journey.rules, &self.journey.stages)
+            .map_err(|e| invalid(e.key, e.reason))?;
+        crate::domain::Personalization::compile(&self.segments, &self.offers, &self.journey.stages)
+            .map_err(|e| invalid(e.key, e.reason))?;
+        if !self.offers.is_empty()
+            && !self
+                .consents
+                .purposes
+                .iter()
+                .any(|p| p == "personalization")
+        {
+            return Err(invalid(
+                "consents.purposes",
+                "must include `personalization` when offers are configured: offers are shown only with that consent",
+            ));
+        }
+        if self.follow_ups.delay > Duration::from_secs(365 * 86_400) {
+            return Err(invalid("follow_ups.delay", "must be at most a year"));
         }
         if self.identifiers.types.is_empty() {
             return Err(invalid(

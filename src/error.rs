@@ -120,6 +120,7 @@ fn signal_code(e: &SignalError) -> (StatusCode, &'static str) {
         SignalError::PropertiesTooLarge => "properties_too_large",
         SignalError::ValueTooDeep(_) => "value_too_deep",
         SignalError::UnknownJourneyStage(_) => "unknown_journey_stage",
+        SignalError::InvalidFeedback(_) => "invalid_feedback",
         SignalError::OccurredInFuture => "occurred_at_in_future",
         SignalError::TooOld(_) => "timestamp_out_of_range",
     };

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
 use crate::config::Settings;
 use crate::domain::names::{ChannelName, ConsentPurpose, IdentifierType, JourneyStage};
 use crate::domain::CustomerId;
-use crate::routes::{changes, ops, profiles, signals};
+use crate::routes::{changes, engagement, ops, profiles, signals};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +43,11 @@ use crate::routes::{changes, ops, profiles, signals};
         profiles::set_consent,
         profiles::suggestions,
         profiles::dismiss_suggestion,
+        engagement::export,
+        engagement::episodes,
+        engagement::follow_ups,
+        engagement::personalization,
+        engagement::personalization_by_identifier,
         changes::events,
         changes::changes,
         ops::healthz,
@@ -64,6 +69,8 @@ use crate::routes::{changes, ops, profiles, signals};
         (name = "profiles", description = "The resolved customer"),
         (name = "context", description = "Context cards for desks and bots"),
         (name = "merges", description = "The identity ledger, unmerge, identifier removal"),
+        (name = "episodes", description = "Episodes, and the follow-ups resolved ones leave"),
+        (name = "personalization", description = "Segments and offers, behind consent"),
         (name = "changes", description = "The change feed for integrations"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
@@ -85,8 +92,23 @@ impl Modify for BearerAuth {
 pub fn api_doc(settings: &Settings) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
     configured_names(&mut doc, settings);
+    at_least_one_score(&mut doc);
     complete_responses(&mut doc);
     doc
+}
+
+/// Feedback must carry a score: `nps`, `ces` or both, not null (a rule the
+/// derive cannot state).
+fn at_least_one_score(doc: &mut Value) {
+    let score = |name: &str| {
+        json!({
+            "required": [name],
+            "properties": {name: {"type": "integer"}}
+        })
+    };
+    if let Some(feedback) = doc["components"]["schemas"]["FeedbackInput"].as_object_mut() {
+        feedback.insert("anyOf".into(), json!([score("nps"), score("ces")]));
+    }
 }
 
 /// The document as served, pretty-printed with a trailing newline.
@@ -318,6 +340,7 @@ mod tests {
             names::CUSTOMER_ID_PATTERN,
             names::TIMELINE_CURSOR_PATTERN,
             names::HISTORY_CURSOR_PATTERN,
+            names::FOLLOW_UP_CURSOR_PATTERN,
             names::STREAM_EVENT_PATTERN,
         ];
         let mut found = Vec::new();

@@ -144,6 +144,7 @@ impl Application {
                 .configure(|cfg| routes::signals::configure(cfg, single_limit, batch_limit))
                 .configure(routes::profiles::configure)
                 .configure(routes::changes::configure)
+                .configure(routes::engagement::configure)
                 .service(
                     SwaggerUi::new("/docs/{_:.*}")
                         .external_url_unchecked("/openapi.json", openapi.clone()),

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use anamnesis::config::Settings;
 use anamnesis::domain::CustomerId;
 use anamnesis::domain::{
-    EpisodeInput, EpisodeStatus, EventInput, IdentifierInput, IdentifierRules, NormaliseOutcome,
-    SignalInput,
+    EpisodeInput, EpisodeStatus, EventInput, FeedbackInput, IdentifierInput, IdentifierRules,
+    NormaliseOutcome, SignalInput,
 };
 use anamnesis::service::views::{IngestResult, InteractionView, ProfileView, TraitView};
 use anamnesis::service::{Access, ServiceError, Services, TimelineQuery};
@@ -139,6 +139,8 @@ struct Spec {
     traits: BTreeMap<&'static str, usize>,
     /// (event type, episode, resolved?)
     event: Option<(usize, Option<(usize, bool)>)>,
+    /// A net promoter score sent with the episode, if there is one.
+    nps: Option<u8>,
 }
 
 impl Spec {
@@ -184,11 +186,22 @@ impl Spec {
                     } else {
                         EpisodeStatus::Open
                     }),
+                    public_status: (ep == 0).then(|| format!("step {}", self.at)),
+                    feedback: self.feedback().map(|nps| FeedbackInput {
+                        nps: Some(i64::from(nps)),
+                        ces: None,
+                        comment: None,
+                    }),
                 }),
                 journey_stage: None,
                 properties: serde_json::Map::new(),
             }),
         }
+    }
+
+    /// The score this signal sends: only with an episode.
+    fn feedback(&self) -> Option<u8> {
+        self.event.and_then(|(_, episode)| episode).and(self.nps)
     }
 
     /// The canonical `type:value` of every real identifier.
@@ -220,9 +233,10 @@ fn spec(with_id: u32) -> impl Strategy<Value = Spec> {
                 prop::option::of((0..EPISODES.len(), any::<bool>())),
             ),
         ),
+        prop::option::weighted(0.3, 0..=10u8),
     )
         .prop_map(
-            |(has_id, channel, at, identifiers, withheld, traits, event)| Spec {
+            |(has_id, channel, at, identifiers, withheld, traits, event, nps)| Spec {
                 // Numbered below, once the stream is complete.
                 signal_id: has_id.then(String::new),
                 channel: CHANNELS[channel],
@@ -231,6 +245,7 @@ fn spec(with_id: u32) -> impl Strategy<Value = Spec> {
                 withheld,
                 traits,
                 event,
+                nps,
             },
         )
 }
@@ -458,8 +473,10 @@ fn model(signals: &[Spec]) -> Resolution {
                 if find(&mut parent, &first) != root {
                     continue;
                 }
-                for (name, v) in &s.traits {
-                    let v = trait_value(*v);
+                // Feedback is a trait too: `nps`.
+                let scores = s.feedback().map(|n| ("nps", json!(n)));
+                let given = s.traits.iter().map(|(name, v)| (*name, trait_value(*v)));
+                for (name, v) in given.chain(scores) {
                     let wins = winners
                         .get(name)
                         .is_none_or(|(w, wv)| key(s, &v) > key(w, wv));

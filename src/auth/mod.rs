@@ -476,6 +476,8 @@ policy! {
     EraseProfiles => Scope::ProfilesErase, Action::Erase;
     /// `changes:read`
     ReadChanges => Scope::ChangesRead;
+    /// `pii:read` (and `profiles:read`, checked by the handler), audited
+    ExportProfiles => Scope::PiiRead, Action::Export;
 }
 
 /// A verified caller holding the scope `P` requires. Extracting it fails with

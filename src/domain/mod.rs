@@ -8,6 +8,7 @@ mod identifier;
 pub mod names;
 mod profile;
 mod resolve;
+pub mod segment;
 mod signal;
 
 pub use customer_id::{CustomerId, CustomerIdError};
@@ -16,14 +17,17 @@ pub use identifier::{
     Identifier, IdentifierError, IdentifierRules, IgnoredIdentifier, NormaliseOutcome, TypeRule,
 };
 pub use profile::{
-    Answer, Change, ChannelStats, Consent, Episode, EpisodeStatus, IdentifierRecord, Interaction,
-    Journey, MergeLink, Profile, SplitError, TraitValue, MERGE_CHANNEL,
+    Answer, Change, ChannelStats, Consent, Episode, EpisodeReport, EpisodeStatus, Feedback, Hit,
+    IdentifierRecord, Interaction, Journey, Membership, MergeLink, Profile, SplitError, StageVisit,
+    TraitValue, CONSENT_HISTORY, MERGE_CHANNEL,
 };
 pub use resolve::{plan_resolution, Conflict, ConflictReason, Owner, ResolutionPlan};
+pub use segment::{JourneyRules, Offer, Personalization, RuleError};
 pub use signal::{
     check_answers, check_signal_id, check_traits, non_null_value_schema, trait_map_schema,
-    AnswerInput, Caps, ChannelRules, EpisodeInput, EventInput, IdentifierInput, Signal,
-    SignalError, SignalInput, SignalRules, ValidAnswer, ValidEvent, MAX_IDENTIFIERS,
+    AnswerInput, Caps, ChannelRules, EpisodeInput, EventInput, FeedbackInput, IdentifierInput,
+    Signal, SignalError, SignalInput, SignalRules, ValidAnswer, ValidEvent, ValidFeedback,
+    MAX_IDENTIFIERS,
 };
 
 /// `[a-z][a-z0-9_]{0,max-1}`: the shape of channel, identifier type and question

@@ -31,6 +31,9 @@ pub const CUSTOMER_ID_PATTERN: &str = "^cus_[0-7][0-9A-HJKMNP-TV-Z]{25}$";
 pub const TIMELINE_CURSOR_PATTERN: &str = "^[0-9]{1,19}-[0-9]{1,19}$";
 /// A ledger cursor: the `id` of a history entry, a decimal sequence number.
 pub const HISTORY_CURSOR_PATTERN: &str = "^[0-9]{1,19}$";
+/// A follow-up list cursor: resolution time, customer id, episode id.
+pub const FOLLOW_UP_CURSOR_PATTERN: &str =
+    "^[0-9]{1,19}-cus_[0-7][0-9A-HJKMNP-TV-Z]{25}-[!-~]{1,128}$";
 /// The name of an event on a profile's event stream (the kinds of change,
 /// and the two last events of a stream).
 pub const STREAM_EVENT_PATTERN: &str = "^(profile\\.(created|updated|merged|unmerged|erased)|answer\\.captured|interaction\\.added|episode\\.updated|stream\\.(dropped|closed))$";
@@ -166,6 +169,20 @@ mod tests {
         texts.push(format!("{}-1", "9".repeat(20)));
         texts.push("9".repeat(19));
         texts.push("9".repeat(20));
+        let id = "cus_01M83EDRV0FKRY1XCBH0BNP572";
+        for episode in [
+            "order-A-1",
+            "x",
+            "a b",
+            "",
+            &"e".repeat(128),
+            &"e".repeat(129),
+        ] {
+            texts.push(format!("1732000000000-{id}-{episode}"));
+        }
+        texts.push(format!("{}-{id}-e", "9".repeat(20)));
+        texts.push(format!("-{id}-e"));
+        texts.push("12-cus_81M83EDRV0FKRY1XCBH0BNP572-e".to_owned());
         texts
     }
 
@@ -173,7 +190,8 @@ mod tests {
     fn every_published_pattern_says_what_its_check_does() {
         let decimal = |t: &str| crate::store::parse_decimal(t).is_some();
         let cursor = |t: &str| crate::store::TimelinePosition::from_id(t).is_some();
-        let checks: [(&str, &Check); 7] = [
+        let follow_up = |t: &str| crate::store::FollowUpKey::from_cursor(t).is_some();
+        let checks: [(&str, &Check); 8] = [
             (CHANNEL_PATTERN, &|t| is_valid_name(t, 32)),
             (KEY_PATTERN, &|t| is_valid_name(t, 64)),
             (TRAIT_NAME_PATTERN, &is_valid_trait_name),
@@ -181,6 +199,7 @@ mod tests {
             (CUSTOMER_ID_PATTERN, &|t| CustomerId::parse(t).is_ok()),
             (TIMELINE_CURSOR_PATTERN, &cursor),
             (HISTORY_CURSOR_PATTERN, &decimal),
+            (FOLLOW_UP_CURSOR_PATTERN, &follow_up),
         ];
         for (pattern, check) in checks {
             for text in samples() {

@@ -39,6 +39,22 @@ pub struct Profile {
     /// Purpose -> the customer's latest decision.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub consents: BTreeMap<String, Consent>,
+    /// Purpose -> the newest decisions, newest first (at most
+    /// [`CONSENT_HISTORY`]), the current one included.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consent_log: BTreeMap<String, Vec<Consent>>,
+    /// Stage -> when it was first and last reached, and on which channels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stages: BTreeMap<String, StageVisit>,
+    /// Counter key -> the newest interactions it counted (see
+    /// `domain::segment`): what windowed segment predicates are decided on,
+    /// so no read ever scans the timeline.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counters: BTreeMap<String, Vec<Hit>>,
+    /// Segments the profile was in at its last write, and until when that
+    /// holds without another write (a window passing, an answer expiring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<Membership>,
     /// What each member contributed, kept once this profile has absorbed
     /// another (empty: the profile is its own only member, and the fields above
     /// are its contribution). The fields above are always the fold of these.
@@ -94,6 +110,61 @@ impl Consent {
 /// The channel name recorded on a restriction made by a merge.
 pub const MERGE_CHANNEL: &str = "merge";
 
+/// Decisions kept per consent purpose.
+pub const CONSENT_HISTORY: usize = 20;
+
+/// When a journey stage was first and last reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageVisit {
+    pub first_at: DateTime<Utc>,
+    pub first_channel: String,
+    pub last_at: DateTime<Utc>,
+    pub last_channel: String,
+}
+
+impl StageVisit {
+    /// Folds another report of the same stage in; commutative.
+    fn fold(&mut self, other: &StageVisit) {
+        if (other.first_at, &other.first_channel) < (self.first_at, &self.first_channel) {
+            self.first_at = other.first_at;
+            self.first_channel = other.first_channel.clone();
+        }
+        if (other.last_at, &other.last_channel) > (self.last_at, &self.last_channel) {
+            self.last_at = other.last_at;
+            self.last_channel = other.last_channel.clone();
+        }
+    }
+}
+
+/// One interaction a counter counted: when it happened, and its id (so the
+/// same interaction is never counted twice, whatever merges bring it again).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Hit {
+    pub at: DateTime<Utc>,
+    pub id: String,
+}
+
+/// Segment membership as of a write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub segments: Vec<String>,
+    /// Past this instant the membership must be worked out again (`None`:
+    /// it holds until the next write).
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// What a customer said about how an episode was handled.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Feedback {
+    pub at: DateTime<Utc>,
+    pub channel: String,
+    /// Net promoter score, 0 to 10.
+    pub nps: Option<u8>,
+    /// Customer effort score, 1 to 7.
+    pub ces: Option<u8>,
+    pub comment: Option<String>,
+}
+
 /// One change to a profile, applied to the view and to the contributing member.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -121,12 +192,21 @@ pub enum Change {
         id: String,
         title: Option<String>,
         status: Option<EpisodeStatus>,
+        public_status: Option<String>,
+        feedback: Option<Feedback>,
         channel: String,
         at: DateTime<Utc>,
     },
     Consent {
         purpose: String,
         consent: Consent,
+    },
+    /// An interaction a segment counter counts; the counter keeps the
+    /// newest `keep`.
+    Count {
+        counter: String,
+        hit: Hit,
+        keep: usize,
     },
 }
 
@@ -218,6 +298,15 @@ pub struct Episode {
     pub status_at: DateTime<Utc>,
     pub channels: BTreeSet<String>,
     pub last_channel: String,
+    /// A status line meant for the customer ("Your parcel left our depot").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_status: Option<String>,
+    /// When `public_status` was last set (`MIN_UTC` when never).
+    #[serde(default = "never")]
+    pub public_status_at: DateTime<Utc>,
+    /// The latest feedback on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<Feedback>,
 }
 
 fn never() -> DateTime<Utc> {
@@ -252,7 +341,38 @@ impl Episode {
             self.status = other.status;
             self.status_at = other.status_at;
         }
+        if (other.public_status_at, &other.public_status)
+            > (self.public_status_at, &self.public_status)
+        {
+            self.public_status = other.public_status.clone();
+            self.public_status_at = other.public_status_at;
+        }
+        if other.feedback > self.feedback {
+            self.feedback = other.feedback.clone();
+        }
     }
+
+    /// When it was resolved, if it is and no feedback arrived since: a
+    /// follow-up is due a configured delay after this.
+    pub fn awaiting_feedback(&self) -> Option<DateTime<Utc>> {
+        (self.status == EpisodeStatus::Resolved
+            && self.feedback.as_ref().is_none_or(|f| f.at < self.status_at))
+        .then_some(self.status_at)
+    }
+
+    /// When it was resolved, if it is.
+    pub fn resolved_at(&self) -> Option<DateTime<Utc>> {
+        (self.status == EpisodeStatus::Resolved).then_some(self.status_at)
+    }
+}
+
+/// What one report says about an episode; `None` fields say nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EpisodeReport<'a> {
+    pub title: Option<&'a str>,
+    pub status: Option<EpisodeStatus>,
+    pub public_status: Option<&'a str>,
+    pub feedback: Option<&'a Feedback>,
 }
 
 /// One touchpoint on the timeline.
@@ -338,6 +458,10 @@ impl Profile {
             journey: None,
             episodes: BTreeMap::new(),
             consents: BTreeMap::new(),
+            consent_log: BTreeMap::new(),
+            stages: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            membership: None,
             facets: BTreeMap::new(),
             links: BTreeMap::new(),
             writes: 0,
@@ -350,6 +474,7 @@ impl Profile {
             merged_ids: Vec::new(),
             facets: BTreeMap::new(),
             links: BTreeMap::new(),
+            membership: None,
             ..self.clone()
         }
     }
@@ -408,25 +533,54 @@ impl Profile {
                 differs(before, self.channels.get(channel))
             }
             Change::Journey(j) => {
-                let before = self.journey.clone();
+                let before = (self.journey.clone(), self.stages.get(&j.stage).cloned());
                 self.set_journey(j.clone(), channels);
-                differs(before, self.journey.as_ref())
+                self.visit_stage(
+                    &j.stage,
+                    &StageVisit {
+                        first_at: j.updated_at,
+                        first_channel: j.channel.clone(),
+                        last_at: j.updated_at,
+                        last_channel: j.channel.clone(),
+                    },
+                );
+                before != (self.journey.clone(), self.stages.get(&j.stage).cloned())
             }
             Change::Episode {
                 id,
                 title,
                 status,
+                public_status,
+                feedback,
                 channel,
                 at,
             } => {
                 let before = self.episodes.get(id).cloned();
-                self.upsert_episode(id, title.as_deref(), *status, channel, *at, channels);
+                let report = EpisodeReport {
+                    title: title.as_deref(),
+                    status: *status,
+                    public_status: public_status.as_deref(),
+                    feedback: feedback.as_ref(),
+                };
+                self.upsert_episode(id, report, channel, *at, channels);
                 differs(before, self.episodes.get(id))
             }
             Change::Consent { purpose, consent } => {
-                let before = self.consents.get(purpose).cloned();
+                let before = (
+                    self.consents.get(purpose).cloned(),
+                    self.consent_log.get(purpose).cloned(),
+                );
                 self.set_consent(purpose, consent.clone());
-                differs(before, self.consents.get(purpose))
+                before
+                    != (
+                        self.consents.get(purpose).cloned(),
+                        self.consent_log.get(purpose).cloned(),
+                    )
+            }
+            Change::Count { counter, hit, keep } => {
+                let before = self.counters.get(counter).cloned();
+                self.count(counter, std::slice::from_ref(hit), *keep);
+                differs(before, self.counters.get(counter))
             }
         }
     }
@@ -444,12 +598,42 @@ impl Profile {
     }
 
     pub fn set_consent(&mut self, purpose: &str, candidate: Consent) {
+        let log = self.consent_log.entry(purpose.to_owned()).or_default();
+        if !log.contains(&candidate) {
+            log.push(candidate.clone());
+            // Newest first by the same order that picks the current decision.
+            log.sort_by(|a, b| (b.at, !b.granted, &b.channel).cmp(&(a.at, !a.granted, &a.channel)));
+            log.truncate(CONSENT_HISTORY);
+        }
         match self.consents.get(purpose) {
             Some(current) if !candidate.beats(current) => {}
             _ => {
                 self.consents.insert(purpose.to_owned(), candidate);
             }
         }
+    }
+
+    /// Records that `stage` was reached (first and last times fold in).
+    fn visit_stage(&mut self, stage: &str, visit: &StageVisit) {
+        match self.stages.get_mut(stage) {
+            Some(mine) => mine.fold(visit),
+            None => {
+                self.stages.insert(stage.to_owned(), visit.clone());
+            }
+        }
+    }
+
+    /// Adds `hits` to a counter, keeping the newest `keep` distinct ones:
+    /// the same whatever order they arrive in.
+    pub fn count(&mut self, counter: &str, hits: &[Hit], keep: usize) {
+        let kept = self.counters.entry(counter.to_owned()).or_default();
+        for hit in hits {
+            if !kept.contains(hit) {
+                kept.push(hit.clone());
+            }
+        }
+        kept.sort_by(|a, b| b.cmp(a));
+        kept.truncate(keep.max(1));
     }
 
     /// Records a change of the profile as a whole (a merge, an unmerge) that
@@ -692,34 +876,28 @@ impl Profile {
 
     /// Inserts or updates an episode by id. Each field keeps the latest report
     /// of it, with ties broken deterministically, so arrival order never matters.
-    #[allow(clippy::too_many_arguments)]
     pub fn upsert_episode(
         &mut self,
         id: &str,
-        title: Option<&str>,
-        status: Option<EpisodeStatus>,
+        r: EpisodeReport<'_>,
         channel: &str,
         at: DateTime<Utc>,
         channels: &ChannelRules,
     ) {
+        let when = |given: bool| if given { at } else { DateTime::<Utc>::MIN_UTC };
         let report = Episode {
             id: id.to_owned(),
-            title: title.map(str::to_owned),
-            title_at: if title.is_some() {
-                at
-            } else {
-                DateTime::<Utc>::MIN_UTC
-            },
-            status: status.unwrap_or(EpisodeStatus::Open),
-            status_at: if status.is_some() {
-                at
-            } else {
-                DateTime::<Utc>::MIN_UTC
-            },
+            title: r.title.map(str::to_owned),
+            title_at: when(r.title.is_some()),
+            status: r.status.unwrap_or(EpisodeStatus::Open),
+            status_at: when(r.status.is_some()),
             opened_at: at,
             updated_at: at,
             channels: BTreeSet::from([channel.to_owned()]),
             last_channel: channel.to_owned(),
+            public_status: r.public_status.map(str::to_owned),
+            public_status_at: when(r.public_status.is_some()),
+            feedback: r.feedback.cloned(),
         };
         match self.episodes.get_mut(id) {
             Some(episode) => episode.fold(&report, channels),
@@ -780,6 +958,21 @@ impl Profile {
         }
         for (purpose, consent) in &other.consents {
             self.set_consent(purpose, consent.clone());
+        }
+        for (purpose, log) in &other.consent_log {
+            for consent in log {
+                self.set_consent(purpose, consent.clone());
+            }
+        }
+        for (stage, visit) in &other.stages {
+            self.visit_stage(stage, visit);
+        }
+        for (counter, hits) in &other.counters {
+            // Nothing is dropped here (the configured bound is not known):
+            // the union stays the same in any order, and the next count
+            // trims it again.
+            let keep = hits.len() + self.counters.get(counter).map_or(0, Vec::len);
+            self.count(counter, hits, keep);
         }
         for (id, theirs) in &other.episodes {
             match self.episodes.get_mut(id) {

@@ -14,6 +14,7 @@ use super::identifier::{
 };
 use super::names::{ChannelName, IdentifierType, JourneyStage, TRAIT_NAME_PATTERN};
 use super::profile::EpisodeStatus;
+use super::segment::{JourneyRules, Personalization, RuleError};
 use super::{is_valid_name, is_valid_trait_name};
 
 pub const MAX_IDENTIFIERS: usize = 50;
@@ -159,6 +160,27 @@ pub struct EpisodeInput {
     #[schema(max_length = 2000)]
     pub title: Option<String>,
     pub status: Option<EpisodeStatus>,
+    /// A status line meant for the customer ("Your parcel left our depot").
+    #[schema(max_length = 2000)]
+    pub public_status: Option<String>,
+    /// What the customer said about how it was handled; also kept as the
+    /// traits `nps` and `ces`. Settles a follow-up owed since its resolution.
+    pub feedback: Option<FeedbackInput>,
+}
+
+/// What the customer said about how an episode was handled: a net promoter
+/// score, a customer effort score, or both.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackInput {
+    /// Net promoter score: how likely to recommend us, 0 to 10.
+    #[schema(minimum = 0, maximum = 10)]
+    pub nps: Option<i64>,
+    /// Customer effort score: how easy it was, 1 to 7.
+    #[schema(minimum = 1, maximum = 7)]
+    pub ces: Option<i64>,
+    #[schema(max_length = 2000)]
+    pub comment: Option<String>,
 }
 
 /// Channel names and their priority.
@@ -202,8 +224,13 @@ pub struct SignalRules {
     pub channels: ChannelRules,
     pub stages: Vec<String>,
     pub event_stages: BTreeMap<String, String>,
+    /// `journey.rules`: checked before `event_stages`.
+    pub journey_rules: JourneyRules,
     pub answer_ttl: BTreeMap<String, Duration>,
     pub caps: Caps,
+    pub personalization: Personalization,
+    /// How long after an episode is resolved its follow-up falls due.
+    pub follow_up_delay: chrono::Duration,
 }
 
 /// Per-profile caps: the most absorbed profiles and identifiers one holds.
@@ -214,8 +241,10 @@ pub struct Caps {
 }
 
 impl SignalRules {
-    pub fn from_settings(settings: &crate::config::Settings) -> SignalRules {
-        SignalRules {
+    /// The rules of `settings`; fails where the journey rules, segments or
+    /// offers do not fit together (`Settings::validate` reports the same).
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<SignalRules, RuleError> {
+        Ok(SignalRules {
             identifiers: IdentifierRules::new(
                 &settings.identifiers,
                 &settings.phone.default_region,
@@ -226,12 +255,27 @@ impl SignalRules {
             ),
             stages: settings.journey.stages.clone(),
             event_stages: settings.journey.event_stages.clone(),
+            journey_rules: JourneyRules::compile(
+                &settings.journey.rules,
+                &settings.journey.stages,
+            )?,
             answer_ttl: settings.answers.ttl.clone(),
             caps: Caps {
                 max_merged: settings.profiles.max_merged,
                 max_identifiers: settings.profiles.max_identifiers,
             },
-        }
+            personalization: Personalization::compile(
+                &settings.segments,
+                &settings.offers,
+                &settings.journey.stages,
+            )?,
+            follow_up_delay: chrono::Duration::from_std(settings.follow_ups.delay).map_err(
+                |_| RuleError {
+                    key: "follow_ups.delay".into(),
+                    reason: "is too long".into(),
+                },
+            )?,
+        })
     }
 }
 
@@ -288,10 +332,20 @@ pub enum SignalError {
     ValueTooDeep(String),
     #[error("journey stage `{0}` is not configured")]
     UnknownJourneyStage(String),
+    #[error("event.episode.feedback: {0}")]
+    InvalidFeedback(&'static str),
     #[error("occurred_at lies more than 5 minutes in the future")]
     OccurredInFuture,
     #[error("{0} lies before 1970")]
     TooOld(&'static str),
+}
+
+impl SignalRules {
+    /// Works out what a profile derives from the rest before it is stored:
+    /// its segment membership as of `now`.
+    pub fn refresh(&self, p: &mut crate::domain::Profile, now: DateTime<Utc>) {
+        p.membership = Some(self.personalization.membership(p, now));
+    }
 }
 
 /// A validated signal: identifiers normalised and de-duplicated, every limit checked.
@@ -328,6 +382,16 @@ pub struct ValidEvent {
     /// Explicit or from the configured event-type mapping.
     pub journey_stage: Option<String>,
     pub properties: serde_json::Map<String, Value>,
+    /// `episode.feedback`, checked.
+    pub feedback: Option<ValidFeedback>,
+}
+
+/// Feedback whose scores are in range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidFeedback {
+    pub nps: Option<u8>,
+    pub ces: Option<u8>,
+    pub comment: Option<String>,
 }
 
 fn clip(s: &str) -> String {
@@ -603,6 +667,10 @@ fn check_event_shape(e: &EventInput, rules: &SignalRules) -> Result<(), SignalEr
             return Err(SignalError::InvalidEpisodeId);
         }
         check_text("event.episode.title", &ep.title)?;
+        check_text("event.episode.public_status", &ep.public_status)?;
+    }
+    if let Some(f) = e.episode.as_ref().and_then(|ep| ep.feedback.as_ref()) {
+        check_feedback(f)?;
     }
     if let Some(stage) = &e.journey_stage {
         if !rules.stages.contains(stage) {
@@ -610,6 +678,32 @@ fn check_event_shape(e: &EventInput, rules: &SignalRules) -> Result<(), SignalEr
         }
     }
     Ok(())
+}
+
+fn check_feedback(f: &FeedbackInput) -> Result<ValidFeedback, SignalError> {
+    if f.nps.is_none() && f.ces.is_none() {
+        return Err(SignalError::InvalidFeedback(
+            "give `nps` (0 to 10), `ces` (1 to 7) or both",
+        ));
+    }
+    let nps = match f.nps {
+        Some(n) if !(0..=10).contains(&n) => {
+            return Err(SignalError::InvalidFeedback("nps must be 0 to 10"))
+        }
+        n => n.and_then(|n| u8::try_from(n).ok()),
+    };
+    let ces = match f.ces {
+        Some(n) if !(1..=7).contains(&n) => {
+            return Err(SignalError::InvalidFeedback("ces must be 1 to 7"))
+        }
+        n => n.and_then(|n| u8::try_from(n).ok()),
+    };
+    check_text("event.episode.feedback.comment", &f.comment)?;
+    Ok(ValidFeedback {
+        nps,
+        ces,
+        comment: f.comment.clone(),
+    })
 }
 
 fn validate_event(e: EventInput, rules: &SignalRules) -> Result<ValidEvent, SignalError> {
@@ -623,14 +717,25 @@ fn validate_event(e: EventInput, rules: &SignalRules) -> Result<ValidEvent, Sign
     {
         return Err(SignalError::ValueTooDeep("event.properties".into()));
     }
-    let journey_stage = e
-        .journey_stage
-        .or_else(|| rules.event_stages.get(&e.kind).cloned());
+    let journey_stage = e.journey_stage.or_else(|| {
+        rules
+            .journey_rules
+            .stage_for(&e.kind, &e.properties)
+            .map(str::to_owned)
+            .or_else(|| rules.event_stages.get(&e.kind).cloned())
+    });
+    let feedback = e
+        .episode
+        .as_ref()
+        .and_then(|ep| ep.feedback.as_ref())
+        .map(check_feedback)
+        .transpose()?;
     Ok(ValidEvent {
         kind: e.kind,
         summary: e.summary,
         episode: e.episode,
         journey_stage,
         properties: e.properties,
+        feedback,
     })
 }

@@ -16,7 +16,7 @@ use crate::auth::{Authorized, ReadChanges, ReadProfiles};
 use crate::domain::CustomerId;
 use crate::error::{ApiError, ErrorBody};
 use crate::service::journal::ChangeKind;
-use crate::service::live::{live_event, ChangePage, EventStream, StreamEvent, MAX_CHANGES_PAGE};
+use crate::service::live::{ChangePage, EventStream, StreamEvent, MAX_CHANGES_PAGE};
 use crate::service::profiles::deserialize_limit;
 use crate::service::{ServiceError, Services};
 use crate::store::parse_decimal;
@@ -225,7 +225,8 @@ impl Streaming {
                 event = self.stream.subscription.events.recv() => match event {
                     Some(event) => {
                         if self.stream.is_new(&event) {
-                            self.send(&live_event(&event));
+                            let event = self.services.live_event(&event);
+                            self.send(&event);
                         }
                     }
                     None => {

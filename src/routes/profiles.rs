@@ -121,7 +121,7 @@ pub struct ContextQuery {
     pub limit: Option<usize>,
 }
 
-pub(super) fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
+pub(crate) fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     let id = CustomerId::parse(raw)?;
     note_customer(&id);
     Ok(id)

@@ -10,8 +10,8 @@ use super::views::{ignored_view, ConflictView, IngestResult};
 use super::{atomically, ServiceError, Services, Writer};
 use crate::domain::{
     plan_resolution, Answer, Caps, Change, ChannelRules, ConflictReason, Contribution, CustomerId,
-    Identifier, IdentityEvent, IdentityEventKind, Interaction, Journey, Owner, Profile, Signal,
-    SignalInput, SignalRules, Suggestion, TraitValue,
+    Feedback, Hit, Identifier, IdentityEvent, IdentityEventKind, Interaction, Journey, Owner,
+    Profile, Signal, SignalInput, SignalRules, Suggestion, TraitValue,
 };
 use crate::store::{StoreError, StoreTx, TimelinePosition};
 
@@ -77,7 +77,22 @@ fn fingerprint(signal: &Signal) -> String {
             "summary": e.summary,
             "journey_stage": e.journey_stage,
             "properties": e.properties,
-            "episode": e.episode.as_ref().map(|ep| serde_json::json!([ep.id, ep.title, ep.status])),
+            "episode": e.episode.as_ref().map(|ep| {
+                let mut parts = vec![
+                    serde_json::json!(ep.id),
+                    serde_json::json!(ep.title),
+                    serde_json::json!(ep.status),
+                ];
+                // Appended only when given, so signals recorded before these
+                // fields existed keep their fingerprint.
+                if ep.public_status.is_some() || e.feedback.is_some() {
+                    parts.push(serde_json::json!(ep.public_status));
+                    parts.push(serde_json::json!(e.feedback.as_ref().map(|f| {
+                        serde_json::json!([f.nps, f.ces, f.comment])
+                    })));
+                }
+                parts
+            }),
         })),
     });
     let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
@@ -362,11 +377,52 @@ fn resolve(
         };
         // Stored under the member, so an unmerge takes it along.
         tx.add_interaction(member, &interaction)?;
+        for counter in
+            rules
+                .personalization
+                .counters_for(&event.kind, &signal.channel, &event.properties)
+        {
+            changes.push(Change::Count {
+                counter: counter.key.clone(),
+                hit: Hit {
+                    at,
+                    id: interaction.id.clone(),
+                },
+                keep: counter.keep,
+            });
+        }
         if let Some(ep) = &event.episode {
+            let feedback = event.feedback.as_ref().map(|f| Feedback {
+                at,
+                channel: signal.channel.clone(),
+                nps: f.nps,
+                ces: f.ces,
+                comment: f.comment.clone(),
+            });
+            // The scores are traits too: the latest score says how the
+            // customer feels now, whatever the episode.
+            for (name, score) in [
+                ("nps", event.feedback.as_ref().and_then(|f| f.nps)),
+                ("ces", event.feedback.as_ref().and_then(|f| f.ces)),
+            ] {
+                if let Some(score) = score {
+                    changes.push(Change::Trait {
+                        name: name.to_owned(),
+                        value: TraitValue {
+                            value: Some(score.into()),
+                            channel: signal.channel.clone(),
+                            observed_at: at,
+                            signal_id: signal.signal_id.clone(),
+                        },
+                    });
+                }
+            }
             changes.push(Change::Episode {
                 id: ep.id.clone(),
                 title: ep.title.clone(),
                 status: ep.status,
+                public_status: ep.public_status.clone(),
+                feedback,
                 channel: signal.channel.clone(),
                 at,
             });
@@ -383,6 +439,7 @@ fn resolve(
         target.apply(member, change, channels);
     }
     target.note_write(member, now);
+    rules.refresh(&mut target, now);
     tx.put_profile(&target)?;
 
     let result = IngestResult {

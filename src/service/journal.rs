@@ -23,7 +23,7 @@ use utoipa::ToSchema;
 use crate::domain::{
     Answer, CustomerId, Episode, Identifier, IdentityEvent, Interaction, Profile, Suggestion,
 };
-use crate::store::{Store, StoreError, StoreTx};
+use crate::store::{FollowUpKey, Store, StoreError, StoreTx};
 
 /// What happened to a profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -210,6 +210,7 @@ impl Journal {
         seen: Seen,
         now: DateTime<Utc>,
     ) -> Result<Committed, StoreError> {
+        seen.index_follow_ups(tx);
         let (mut events, customers, identifiers) = seen.into_events(now);
         if events.is_empty() && customers.is_empty() && identifiers.is_empty() {
             return Ok(Committed::default());
@@ -310,7 +311,42 @@ pub struct Seen {
     interactions: Vec<(CustomerId, Interaction)>,
 }
 
+/// The follow-up index entries a profile needs: one per episode resolved
+/// and awaiting feedback.
+fn follow_ups_of(p: Option<&Profile>) -> BTreeSet<FollowUpKey> {
+    p.map(|p| {
+        p.episodes
+            .values()
+            .filter_map(|e| {
+                let resolved = e.awaiting_feedback()?;
+                Some(FollowUpKey {
+                    resolved_millis: u64::try_from(resolved.timestamp_millis()).unwrap_or(0),
+                    customer: p.customer_id,
+                    episode: e.id.clone(),
+                })
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 impl Seen {
+    /// Keeps the follow-up index in step with the profiles this write put
+    /// or deleted: whatever the use case (a signal, a merge, an unmerge, an
+    /// erasure), the index is derived from the profiles alone.
+    fn index_follow_ups(&self, tx: &mut dyn StoreTx) {
+        for (id, after) in &self.after {
+            let before = follow_ups_of(self.before.get(id).and_then(Option::as_ref));
+            let after = follow_ups_of(after.as_ref());
+            for gone in before.difference(&after) {
+                tx.delete_follow_up(gone);
+            }
+            for new in after.difference(&before) {
+                tx.put_follow_up(new);
+            }
+        }
+    }
+
     fn into_events(
         self,
         now: DateTime<Utc>,
@@ -658,6 +694,14 @@ impl StoreTx for Recording<'_> {
 
     fn put_meta(&mut self, name: &str, value: Vec<u8>) {
         self.inner.put_meta(name, value)
+    }
+
+    fn put_follow_up(&mut self, entry: &FollowUpKey) {
+        self.inner.put_follow_up(entry)
+    }
+
+    fn delete_follow_up(&mut self, entry: &FollowUpKey) {
+        self.inner.delete_follow_up(entry)
     }
 }
 

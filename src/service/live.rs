@@ -263,7 +263,7 @@ impl Services {
                 None => None,
             },
         };
-        Ok(payload.map(|p| payload_view(&p)))
+        Ok(payload.map(|p| self.payload_view(&p)))
     }
 
     fn find_interaction(
@@ -293,18 +293,25 @@ impl Services {
     }
 }
 
-/// A live event as a stream sends it.
-pub fn live_event(event: &Arc<LiveEvent>) -> StreamEvent {
-    stream_event(&event.change, event.data.as_ref().map(payload_view))
-}
+impl Services {
+    /// A live event as a stream sends it.
+    pub fn live_event(&self, event: &Arc<LiveEvent>) -> StreamEvent {
+        stream_event(
+            &event.change,
+            event.data.as_ref().map(|p| self.payload_view(p)),
+        )
+    }
 
-fn payload_view(payload: &Payload) -> Value {
-    let view = match payload {
-        Payload::Answer(a) => serde_json::to_value(views::answer_view(a)),
-        Payload::Interaction(i) => serde_json::to_value(views::interaction_view(i.clone())),
-        Payload::Episode(e) => serde_json::to_value(views::episode_view(e)),
-    };
-    view.unwrap_or(Value::Null)
+    fn payload_view(&self, payload: &Payload) -> Value {
+        let view = match payload {
+            Payload::Answer(a) => serde_json::to_value(views::answer_view(a)),
+            Payload::Interaction(i) => serde_json::to_value(views::interaction_view(i.clone())),
+            Payload::Episode(e) => {
+                serde_json::to_value(views::episode_view(e, self.rules.follow_up_delay))
+            }
+        };
+        view.unwrap_or(Value::Null)
+    }
 }
 
 fn stream_event(change: &Change, data: Option<Value>) -> StreamEvent {

@@ -3,6 +3,7 @@
 //! could a CLI or a queue consumer.
 
 pub mod committer;
+pub mod engagement;
 mod hot;
 mod ingest;
 pub mod journal;
@@ -222,7 +223,8 @@ impl Services {
             }),
             hot.clone(),
         );
-        let rules = SignalRules::from_settings(settings);
+        let rules = SignalRules::from_settings(settings)
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.reason))?;
         Ok(Services {
             store,
             committer,
@@ -269,6 +271,7 @@ impl Services {
             access,
             identifiers: &self.rules.identifiers,
             pii_traits: &self.pii_traits,
+            follow_up_delay: self.rules.follow_up_delay,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::domain::names::ChannelName;
 use crate::domain::{
     check_answers, check_traits, is_valid_name, trait_map_schema, Answer, AnswerInput, Change,
     ChannelRules, ConflictReason, Consent, CustomerId, Identifier, IdentityEventKind, Interaction,
-    NormaliseOutcome, Profile, Suggestion, TraitValue,
+    NormaliseOutcome, Profile, SignalRules, Suggestion, TraitValue,
 };
 use crate::store::{parse_decimal, StoreTx, TimelinePosition};
 
@@ -135,7 +135,7 @@ pub fn deserialize_limit<'de, D: serde::Deserializer<'de>>(
 
 impl Services {
     /// The live profile under `id`, or where it went.
-    fn live(&self, id: CustomerId) -> Result<Profile, ServiceError> {
+    pub(super) fn live(&self, id: CustomerId) -> Result<Profile, ServiceError> {
         if let Some(p) = self.store.profile(id)? {
             return Ok(p);
         }
@@ -220,7 +220,11 @@ impl Services {
     /// The live profile `id` and its `limit` newest interactions: from the
     /// in-process layer or Redis when configured and they hold them, else
     /// from the store (and then cached).
-    async fn source(&self, id: CustomerId, limit: usize) -> Result<Arc<CardSource>, ServiceError> {
+    pub(super) async fn source(
+        &self,
+        id: CustomerId,
+        limit: usize,
+    ) -> Result<Arc<CardSource>, ServiceError> {
         let limit = limit.min(MAX_PAGE);
         if limit > CACHED_INTERACTIONS || (self.redis.is_none() && self.hot.is_none()) {
             return self.read_source(id, limit).map(Arc::new);
@@ -291,7 +295,7 @@ impl Services {
 
     /// Like [`Services::source`], for the owner of an identifier; the owner's
     /// id is cached too.
-    async fn source_by(
+    pub(super) async fn source_by(
         &self,
         kind: &str,
         value: &str,
@@ -382,7 +386,7 @@ impl Services {
 
     /// Newest-first interactions across every member of the profile, and whether
     /// older ones remain.
-    fn interactions(
+    pub(super) fn interactions(
         &self,
         p: &Profile,
         before: Option<TimelinePosition>,
@@ -476,7 +480,7 @@ impl Services {
         let p = self
             .committer
             .run(move |store| {
-                update(store, id, now, Attribution::Own, |_, p| {
+                update(store, &rules, id, now, Attribution::Own, |_, p| {
                     apply_own(p, &changes, &rules.channels);
                     Ok(())
                 })
@@ -502,7 +506,7 @@ impl Services {
         let p = self
             .committer
             .run(move |store| {
-                update(store, target, now, Attribution::Whole, |tx, t| {
+                update(store, &rules, target, now, Attribution::Whole, |tx, t| {
                     let s = match tx.profile(source)? {
                         Some(s) => s,
                         None => match tx.alias(source)? {
@@ -564,7 +568,7 @@ impl Services {
             .run(move |store| {
                 atomically(store, |tx| {
                     let mut p = live_in(tx, id)?;
-                    let restored = p
+                    let mut restored = p
                         .split(merged, &rules.channels, now)
                         .map_err(|_| ServiceError::NothingToUnmerge(merged))?;
                     for r in &restored.identifiers {
@@ -574,6 +578,8 @@ impl Services {
                     for member in &restored.merged_ids {
                         tx.put_alias(*member, merged);
                     }
+                    rules.refresh(&mut p, now);
+                    rules.refresh(&mut restored, now);
                     tx.put_profile(&p)?;
                     tx.put_profile(&restored)?;
                     let cause = format!("token:{subject}");
@@ -614,7 +620,7 @@ impl Services {
         let p = self
             .committer
             .run(move |store| {
-                update(store, id, now, Attribution::Own, |tx, p| {
+                update(store, &rules, id, now, Attribution::Own, |tx, p| {
                     if !p.owns(&identifier) {
                         return Err(ServiceError::IdentifierNotOnProfile);
                     }
@@ -857,6 +863,7 @@ enum Attribution {
 /// stores it, all in one atomic write.
 fn update(
     store: &Writer<'_>,
+    rules: &SignalRules,
     id: CustomerId,
     now: DateTime<Utc>,
     attribution: Attribution,
@@ -871,6 +878,7 @@ fn update(
                 Attribution::Own => p.note_write(id, now),
                 Attribution::Whole => p.note_change(now),
             }
+            rules.refresh(&mut p, now);
             tx.put_profile(&p)?;
         }
         Ok(p)

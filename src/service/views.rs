@@ -9,7 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::domain::{
-    non_null_value_schema, Answer, ConflictReason, Contribution, CustomerId, Episode,
+    non_null_value_schema, Answer, ConflictReason, Consent, Contribution, CustomerId, Episode,
     EpisodeStatus, IdentifierRecord, IdentifierRules, IdentityEvent, IdentityEventKind,
     IgnoredIdentifier, Interaction, Profile, Suggestion,
 };
@@ -21,11 +21,14 @@ pub struct Access {
     pub pii: bool,
 }
 
-/// Field rules that decide what is PII.
+/// Field rules that decide what is PII, and the one setting views derive
+/// a field from.
 pub struct Masking<'a> {
     pub access: Access,
     pub identifiers: &'a IdentifierRules,
     pub pii_traits: &'a [String],
+    /// A resolved episode's follow-up falls due this long after resolution.
+    pub follow_up_delay: chrono::Duration,
 }
 
 /// Masks a PII value: phones keep the country and first digit plus the last four
@@ -122,6 +125,20 @@ pub struct JourneyView {
     #[schema(example = "service")]
     pub stage: Option<String>,
     pub updated_at: Option<DateTime<Utc>>,
+    /// Every stage ever reached, in the order first reached: when first and
+    /// last, and on which channels. Kept per stage (not per transition), so
+    /// it is the same whatever order signals arrive in, and bounded.
+    pub history: Vec<StageView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct StageView {
+    #[schema(example = "consideration")]
+    pub stage: String,
+    pub first_at: DateTime<Utc>,
+    pub first_channel: String,
+    pub last_at: DateTime<Utc>,
+    pub last_channel: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -129,10 +146,32 @@ pub struct EpisodeView {
     pub id: String,
     pub title: Option<String>,
     pub status: EpisodeStatus,
+    /// A status line meant for the customer.
+    pub public_status: Option<String>,
     pub opened_at: DateTime<Utc>,
+    /// The last touch: when anyone last reported on it.
     pub updated_at: DateTime<Utc>,
+    /// Every channel that reported on it.
     pub channels: Vec<String>,
     pub last_channel: String,
+    /// When it was resolved (absent unless it is).
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// The customer's latest feedback on it.
+    pub feedback: Option<FeedbackView>,
+    /// When someone should call the customer back about it: set while it is
+    /// resolved and no feedback arrived since.
+    pub follow_up_due_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct FeedbackView {
+    /// Net promoter score, 0 to 10.
+    pub nps: Option<u8>,
+    /// Customer effort score, 1 to 7.
+    pub ces: Option<u8>,
+    pub comment: Option<String>,
+    pub channel: String,
+    pub at: DateTime<Utc>,
 }
 
 /// The whole profile, as `GET /v1/profiles/{customer_id}` returns it.
@@ -157,6 +196,16 @@ pub struct ProfileView {
 pub struct ConsentView {
     pub granted: bool,
     /// Where it was given; `merge` when a merge restricted it.
+    pub channel: String,
+    pub at: DateTime<Utc>,
+    /// The decisions for this purpose, newest first (at most 20), the
+    /// current one included.
+    pub history: Vec<ConsentDecision>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct ConsentDecision {
+    pub granted: bool,
     pub channel: String,
     pub at: DateTime<Utc>,
 }
@@ -197,11 +246,28 @@ pub struct ContextCard {
     /// Fresh (unexpired) answers only.
     pub answers: BTreeMap<String, AnswerView>,
     pub journey_stage: Option<String>,
+    /// Episodes not resolved, last touched first.
     pub open_episodes: Vec<EpisodeView>,
+    /// Up to 10 episodes: the open ones first (last touched first), then
+    /// the resolved ones (last resolved first).
+    pub episodes: Vec<EpisodeView>,
+    /// Resolved episodes awaiting the customer's feedback, soonest due first.
+    pub follow_ups: Vec<CardFollowUp>,
     pub last_channel: Option<String>,
     /// Newest first, across all channels.
     pub recent_interactions: Vec<InteractionView>,
 }
+
+/// A follow-up on the context card: tell the agent to ask how it went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct CardFollowUp {
+    pub episode_id: String,
+    pub title: Option<String>,
+    pub due_at: DateTime<Utc>,
+}
+
+/// Episodes on the card at most.
+pub const CARD_EPISODES: usize = 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct TimelinePage {
@@ -288,16 +354,44 @@ pub fn answer_view(a: &Answer) -> AnswerView {
     }
 }
 
-pub fn episode_view(e: &Episode) -> EpisodeView {
+pub fn episode_view(e: &Episode, follow_up_delay: chrono::Duration) -> EpisodeView {
     EpisodeView {
         id: e.id.clone(),
         title: e.title.clone(),
         status: e.status,
+        public_status: e.public_status.clone(),
         opened_at: e.opened_at,
         updated_at: e.updated_at,
         channels: e.channels.iter().cloned().collect(),
         last_channel: e.last_channel.clone(),
+        resolved_at: e.resolved_at(),
+        feedback: e.feedback.as_ref().map(|f| FeedbackView {
+            nps: f.nps,
+            ces: f.ces,
+            comment: f.comment.clone(),
+            channel: f.channel.clone(),
+            at: f.at,
+        }),
+        follow_up_due_at: e.awaiting_feedback().map(|at| at + follow_up_delay),
     }
+}
+
+/// Episodes in the order a desk reads them: not resolved first (last
+/// touched first), then resolved (last resolved first).
+pub fn ordered_episodes(p: &Profile) -> Vec<&Episode> {
+    let mut all: Vec<&Episode> = p.episodes.values().collect();
+    all.sort_by(|a, b| {
+        let key = |e: &Episode| {
+            let when = if e.status.is_open() {
+                e.updated_at
+            } else {
+                e.status_at
+            };
+            (!e.status.is_open(), std::cmp::Reverse(when))
+        };
+        key(a).cmp(&key(b)).then_with(|| a.id.cmp(&b.id))
+    });
+    all
 }
 
 pub fn interaction_view(i: Interaction) -> InteractionView {
@@ -379,23 +473,55 @@ pub fn profile_view(p: &Profile, m: &Masking<'_>) -> ProfileView {
         journey: JourneyView {
             stage: p.journey.as_ref().map(|j| j.stage.clone()),
             updated_at: p.journey.as_ref().map(|j| j.updated_at),
+            history: stage_history(p),
         },
-        episodes: p.episodes.values().map(episode_view).collect(),
+        episodes: p
+            .episodes
+            .values()
+            .map(|e| episode_view(e, m.follow_up_delay))
+            .collect(),
         consents: p
             .consents
             .iter()
             .map(|(purpose, c)| {
+                let decision = |c: &Consent| ConsentDecision {
+                    granted: c.granted,
+                    channel: c.channel.clone(),
+                    at: c.at,
+                };
                 (
                     purpose.clone(),
                     ConsentView {
                         granted: c.granted,
                         channel: c.channel.clone(),
                         at: c.at,
+                        history: p
+                            .consent_log
+                            .get(purpose)
+                            .map(|log| log.iter().map(decision).collect())
+                            .unwrap_or_else(|| vec![decision(c)]),
                     },
                 )
             })
             .collect(),
     }
+}
+
+/// Stages in the order first reached.
+fn stage_history(p: &Profile) -> Vec<StageView> {
+    let mut history: Vec<StageView> = p
+        .stages
+        .iter()
+        .map(|(stage, v)| StageView {
+            stage: stage.clone(),
+            first_at: v.first_at,
+            first_channel: v.first_channel.clone(),
+            last_at: v.last_at,
+            last_channel: v.last_channel.clone(),
+        })
+        .collect();
+    history.sort_by(|a, b| (a.first_at, &a.stage).cmp(&(b.first_at, &b.stage)));
+    history
 }
 
 pub fn context_card(
@@ -404,12 +530,25 @@ pub fn context_card(
     m: &Masking<'_>,
     now: DateTime<Utc>,
 ) -> ContextCard {
-    let mut open: Vec<&Episode> = p.episodes.values().filter(|e| e.status.is_open()).collect();
-    open.sort_by(|a, b| {
-        b.updated_at
-            .cmp(&a.updated_at)
-            .then_with(|| a.id.cmp(&b.id))
-    });
+    let delay = m.follow_up_delay;
+    let ordered = ordered_episodes(p);
+    let open: Vec<EpisodeView> = ordered
+        .iter()
+        .filter(|e| e.status.is_open())
+        .map(|e| episode_view(e, delay))
+        .collect();
+    let mut follow_ups: Vec<CardFollowUp> = p
+        .episodes
+        .values()
+        .filter_map(|e| {
+            Some(CardFollowUp {
+                episode_id: e.id.clone(),
+                title: e.title.clone(),
+                due_at: e.awaiting_feedback()? + delay,
+            })
+        })
+        .collect();
+    follow_ups.sort_by(|a, b| (a.due_at, &a.episode_id).cmp(&(b.due_at, &b.episode_id)));
     ContextCard {
         customer_id: p.customer_id,
         version: p.version,
@@ -432,9 +571,57 @@ pub fn context_card(
             .map(|(k, a)| (k.clone(), answer_view(a)))
             .collect(),
         journey_stage: p.journey.as_ref().map(|j| j.stage.clone()),
-        open_episodes: open.into_iter().map(episode_view).collect(),
+        episodes: ordered
+            .iter()
+            .take(CARD_EPISODES)
+            .map(|e| episode_view(e, delay))
+            .collect(),
+        open_episodes: open,
+        follow_ups,
         last_channel: p.last_channel().map(str::to_owned),
         recent_interactions: recent.into_iter().map(interaction_view).collect(),
+    }
+}
+
+/// What a channel may personalise with, as
+/// `GET /v1/profiles/{customer_id}/personalization` returns it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct PersonalizationView {
+    pub customer_id: CustomerId,
+    /// Whether the customer granted the `personalization` purpose.
+    pub consent: bool,
+    /// Why there is nothing: `consent_not_given` or `consent_denied`.
+    #[schema(example = json!(null))]
+    pub reason: Option<String>,
+    /// Segments the profile is in (none without consent).
+    pub segments: Vec<String>,
+    /// Offers for those segments, best first (none without consent).
+    pub offers: Vec<OfferView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct OfferView {
+    #[schema(example = "pink_roadster_test_drive")]
+    pub id: String,
+    pub title: String,
+    pub description: Option<String>,
+    /// Higher first.
+    pub priority: i64,
+    /// The profile's segments this offer targets.
+    pub segments: Vec<String>,
+    /// As configured, for the channel to render.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Map<String, Value>,
+}
+
+pub fn offer_view(o: &crate::domain::Offer, matched: Vec<String>) -> OfferView {
+    OfferView {
+        id: o.id.clone(),
+        title: o.title.clone(),
+        description: o.description.clone(),
+        priority: o.priority,
+        segments: matched,
+        data: o.data.clone(),
     }
 }
 

@@ -53,6 +53,64 @@ pub fn parse_decimal(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
+/// One entry of the follow-up index: an episode resolved at `resolved_millis`
+/// that awaits the customer's feedback. Entries sort by resolution time,
+/// so "due before" is a range of keys.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FollowUpKey {
+    pub resolved_millis: u64,
+    pub customer: CustomerId,
+    pub episode: String,
+}
+
+impl FollowUpKey {
+    /// The key's bytes: the time, the customer, the episode id.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(24 + self.episode.len());
+        k.extend_from_slice(&self.resolved_millis.to_be_bytes());
+        k.extend_from_slice(&self.customer.to_key());
+        k.extend_from_slice(self.episode.as_bytes());
+        k
+    }
+
+    /// `<millis>-<customer id>-<episode id>`: the shape
+    /// `names::FOLLOW_UP_CURSOR_PATTERN` publishes.
+    pub fn to_cursor(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            self.resolved_millis, self.customer, self.episode
+        )
+    }
+
+    pub fn from_cursor(cursor: &str) -> Option<FollowUpKey> {
+        let (millis, rest) = cursor.split_once('-')?;
+        let (customer, episode) = rest.split_once('-')?;
+        let ok = !episode.is_empty()
+            && episode.len() <= 128
+            && episode.bytes().all(|b| b.is_ascii_graphic());
+        ok.then_some(())?;
+        Some(FollowUpKey {
+            resolved_millis: parse_decimal(millis)?,
+            customer: CustomerId::parse(customer).ok()?,
+            episode: episode.to_owned(),
+        })
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<FollowUpKey> {
+        let millis = <[u8; 8]>::try_from(bytes.get(..8)?).ok()?;
+        let customer = CustomerId::from_key(bytes.get(8..24)?)?;
+        let episode = std::str::from_utf8(bytes.get(24..)?).ok()?;
+        if episode.is_empty() {
+            return None;
+        }
+        Some(FollowUpKey {
+            resolved_millis: u64::from_be_bytes(millis),
+            customer,
+            episode: episode.to_owned(),
+        })
+    }
+}
+
 /// The changes of one use case, applied all together or not at all.
 pub trait StoreTx {
     fn profile(&mut self, id: CustomerId) -> Result<Option<Profile>, StoreError>;
@@ -119,6 +177,9 @@ pub trait StoreTx {
     /// A small named value of the service's own bookkeeping.
     fn meta(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_meta(&mut self, name: &str, value: Vec<u8>);
+
+    fn put_follow_up(&mut self, entry: &FollowUpKey);
+    fn delete_follow_up(&mut self, entry: &FollowUpKey);
 }
 
 /// A use case run by [`Store::write`]. Returning `false` discards every change it made.
@@ -175,6 +236,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// A small named value of the service's own bookkeeping.
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` follow-up entries after `after` (in key order) resolved
+    /// before `resolved_before` (milliseconds), oldest first.
+    fn follow_ups(
+        &self,
+        after: Option<&FollowUpKey>,
+        resolved_before: u64,
+        limit: usize,
+    ) -> Result<Vec<FollowUpKey>, StoreError>;
 
     /// Runs `op` and stages its changes if it returns `true` (all of them,
     /// or none). Later writes see them; readers see them after

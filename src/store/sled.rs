@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Store, StoreError, StoreTx, TimelinePosition, WriteFn};
+use super::{FollowUpKey, Store, StoreError, StoreTx, TimelinePosition, WriteFn};
 use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile, Suggestion};
 
 const PROFILE: u8 = b'p';
@@ -31,6 +31,7 @@ const SIGNALS_OF: u8 = b'c';
 const CHANGE: u8 = b'x';
 const CHANGES_OF: u8 = b'y';
 const META: u8 = b'm';
+const FOLLOW_UP: u8 = b'f';
 
 /// One line of [`SledStore::stats`].
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -54,6 +55,7 @@ fn kind_name(prefix: u8) -> &'static str {
         CHANGE => "change log",
         CHANGES_OF => "change index",
         META => "bookkeeping",
+        FOLLOW_UP => "follow-ups due",
         _ => "unknown",
     }
 }
@@ -330,6 +332,37 @@ impl Store for SledStore {
             if let Some(v) = self.get(&change_key(seq))? {
                 out.push((seq, v.to_vec()));
             }
+        }
+        Ok(out)
+    }
+
+    fn follow_ups(
+        &self,
+        after: Option<&FollowUpKey>,
+        resolved_before: u64,
+        limit: usize,
+    ) -> Result<Vec<FollowUpKey>, StoreError> {
+        let start = match after {
+            // Strictly after: the smallest key greater than `after`'s.
+            Some(a) => {
+                let mut k = key(FOLLOW_UP, &a.to_bytes());
+                k.push(0);
+                k
+            }
+            None => key(FOLLOW_UP, &[]),
+        };
+        let end = key(FOLLOW_UP, &resolved_before.to_be_bytes());
+        let mut out = Vec::with_capacity(limit.min(256));
+        if start >= end {
+            return Ok(out);
+        }
+        for entry in self.tree.range(start..end).take(limit) {
+            let (k, _) = entry.map_err(engine)?;
+            let parsed = FollowUpKey::from_bytes(&k[1..]).ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "not a follow-up key".into(),
+            })?;
+            out.push(parsed);
         }
         Ok(out)
     }
@@ -614,5 +647,13 @@ impl StoreTx for SledTx<'_> {
 
     fn put_meta(&mut self, name: &str, value: Vec<u8>) {
         self.put(key(META, name.as_bytes()), value);
+    }
+
+    fn put_follow_up(&mut self, entry: &FollowUpKey) {
+        self.put(key(FOLLOW_UP, &entry.to_bytes()), Vec::new());
+    }
+
+    fn delete_follow_up(&mut self, entry: &FollowUpKey) {
+        self.remove(key(FOLLOW_UP, &entry.to_bytes()));
     }
 }

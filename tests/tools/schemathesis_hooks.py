@@ -36,6 +36,7 @@ SEMANTIC_REJECTIONS = {
     # The identifier value is normalised like any other.
     "lookup": {"invalid_identifier"},
     "context_by_identifier": {"invalid_identifier"},
+    "personalization_by_identifier": {"invalid_identifier"},
     "remove_identifier": {"invalid_identifier"},
     # Value sizes and depths as JSON.
     "patch_traits": {"trait_value_too_large", "value_too_deep"},
