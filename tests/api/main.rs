@@ -9,6 +9,7 @@ mod contract;
 mod hardening;
 mod journeys;
 mod live;
+mod memory;
 mod merges;
 mod protection;
 mod redis_server;
