@@ -148,6 +148,10 @@ pub struct Hit {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     pub segments: Vec<String>,
+    /// Which segment definitions decided it: after a change of
+    /// configuration, a read works membership out again.
+    #[serde(default)]
+    pub rules: String,
     /// Past this instant the membership must be worked out again (`None`:
     /// it holds until the next write).
     pub until: Option<DateTime<Utc>>,

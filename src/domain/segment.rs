@@ -57,6 +57,17 @@ fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// FNV-1a of the segment definitions as JSON: stable across builds.
+fn fingerprint(segments: &BTreeMap<String, SegmentSettings>) -> String {
+    let bytes = serde_json::to_vec(segments).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 /// `[[journey.rules]]`, checked in order.
 #[derive(Debug, Clone, Default)]
 pub struct JourneyRules {
@@ -252,6 +263,9 @@ pub struct Offer {
 /// Segments, their counters, and offers, checked at start-up.
 #[derive(Debug, Clone, Default)]
 pub struct Personalization {
+    /// A fingerprint of the segment definitions, kept with each stored
+    /// membership (see [`Membership::rules`]).
+    fingerprint: String,
     segments: Vec<Segment>,
     counters: Vec<Counter>,
     /// Highest priority first, then by id.
@@ -469,6 +483,7 @@ impl Personalization {
         }
         ranked.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
         Ok(Personalization {
+            fingerprint: fingerprint(segments),
             segments: compiled,
             counters: counters.into_values().collect(),
             offers: ranked,
@@ -504,14 +519,20 @@ impl Personalization {
                 segments.push(segment.name.clone());
             }
         }
-        Membership { segments, until }
+        Membership {
+            segments,
+            rules: self.fingerprint.clone(),
+            until,
+        }
     }
 
     /// The membership stored at the last write while it still holds, else
     /// worked out again from the profile (no store access either way).
     pub fn current(&self, p: &Profile, now: DateTime<Utc>) -> Vec<String> {
         match &p.membership {
-            Some(m) if m.until.is_none_or(|u| now < u) => m.segments.clone(),
+            Some(m) if m.rules == self.fingerprint && m.until.is_none_or(|u| now < u) => {
+                m.segments.clone()
+            }
             _ => self.membership(p, now).segments,
         }
     }
@@ -594,6 +615,26 @@ mod tests {
         p.membership = Some(m);
         assert_eq!(r.current(&p, t(12)), ["shoppers"]);
         assert!(r.current(&p, t(13)).is_empty());
+    }
+
+    /// A membership stored under other segment definitions is not trusted.
+    #[test]
+    fn a_change_of_definitions_is_noticed_at_read() {
+        let before = rules(json!([{ "trait": "tier" }]));
+        let after = rules(json!([{ "trait": "tier", "equals": "gold" }]));
+        let mut p = Profile::new(CustomerId::generate(), t(1));
+        p.traits.insert(
+            "tier".into(),
+            TraitValue {
+                value: Some(json!("silver")),
+                channel: "web".into(),
+                observed_at: t(1),
+                signal_id: None,
+            },
+        );
+        p.membership = Some(before.membership(&p, t(2)));
+        assert_eq!(before.current(&p, t(3)), ["shoppers"]);
+        assert!(after.current(&p, t(3)).is_empty());
     }
 
     /// Counters are the same whatever order hits and merges come in.
