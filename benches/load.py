@@ -21,14 +21,13 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
-from ports import free_port
+from service import Anamnesis, cpu_seconds, disk_bytes, memory, wait_until_up
 
 BIN, REFERENCE, WRK, OHA = sys.argv[1:5]
 DURATION = os.environ.get("DURATION", "10s")
@@ -38,96 +37,7 @@ INTERACTIONS = int(os.environ.get("INTERACTIONS", "20"))
 SCENARIOS = os.environ.get("SCENARIOS", "all")
 OPEN_LOOP = os.environ.get("OPEN_LOOP", "1") == "1"
 DATA_DIR = os.environ.get("DATA_DIR")
-SECRET = "load-test-secret-load-test-secret-0123456789"
-TICKS = os.sysconf("SC_CLK_TCK")
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
-def wait_until_up(base, proc, what):
-    for _ in range(600):
-        if proc.poll() is not None:
-            sys.exit(f"{what} exited with {proc.returncode} before answering")
-        try:
-            urllib.request.urlopen(base + "/healthz", timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"{what} did not answer within 30 s")
-
-
-def cpu_seconds(pid):
-    """User plus system CPU time the process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def memory(pid):
-    """Resident and peak resident memory in MiB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) / 1024
-    return out["VmRSS"], out["VmHWM"]
-
-
-def disk_bytes(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            total += os.stat(os.path.join(root, name)).st_blocks * 512
-    return total
-
-
-class Anamnesis:
-    def __init__(self, data):
-        self.data = data
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "ANAMNESIS__AUTH__HS256_SECRET": SECRET,
-            "ANAMNESIS__STORAGE__PATH": data,
-            "ANAMNESIS__SERVER__LISTEN": f"127.0.0.1:{self.port}",
-            "ANAMNESIS__TELEMETRY__LEVEL": os.environ.get("ANAMNESIS__TELEMETRY__LEVEL", "warn"),
-            # One token drives all load: measure the service, not the per-subject limit.
-            "ANAMNESIS__LIMITS__RATE_PER_SECOND": "0",
-        }
-        self.log_path = os.path.join(data, f"server-{self.port}.log")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([BIN, "serve"], env=self.env, stdout=self.log, stderr=self.log)
-        wait_until_up(self.base, self.proc, "anamnesis")
-        self.pid = self.proc.pid
-        self.token = subprocess.run(
-            [BIN, "token", "--scope", "admin", "--ttl", "4h"],
-            env=self.env, capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
-
-    def request(self, method, path, body=None):
-        req = urllib.request.Request(
-            self.base + path, method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Authorization": "Bearer " + self.token})
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.read()
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class Reference:
@@ -339,7 +249,7 @@ def main():
     data = DATA_DIR or os.path.join(scratch, "data")
     os.makedirs(data, exist_ok=True)
     populated = os.path.join(data, "population.json")
-    svc = Anamnesis(data)
+    svc = Anamnesis(BIN, data)
     try:
         print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
               f"{cpu_model()}; {DURATION} per measurement, {CONNECTIONS} connections")
@@ -370,7 +280,7 @@ def main():
               f"{logical / 2**20:,.0f} MiB ({disk / logical:.2f}x)")
         print("\n```\n" + stats.rstrip() + "\n```")
         started = time.monotonic()
-        svc = Anamnesis(data)
+        svc = Anamnesis(BIN, data)
         print(f"restart on this store: answering after {time.monotonic() - started:.2f} s")
 
         mid = info["profiles"] // 2
