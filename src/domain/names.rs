@@ -31,9 +31,10 @@ pub const CUSTOMER_ID_PATTERN: &str = "^cus_[0-7][0-9A-HJKMNP-TV-Z]{25}$";
 pub const TIMELINE_CURSOR_PATTERN: &str = "^[0-9]{1,19}-[0-9]{1,19}$";
 /// A ledger cursor: the `id` of a history entry, a decimal sequence number.
 pub const HISTORY_CURSOR_PATTERN: &str = "^[0-9]{1,19}$";
-/// A follow-up list cursor: resolution time, customer id, episode id.
+/// A follow-up list cursor: resolution time, customer id, episode id in hex
+/// (printable ASCII: bytes 21 to 7e).
 pub const FOLLOW_UP_CURSOR_PATTERN: &str =
-    "^[0-9]{1,19}-cus_[0-7][0-9A-HJKMNP-TV-Z]{25}-[!-~]{1,128}$";
+    "^[0-9]{1,19}-cus_[0-7][0-9A-HJKMNP-TV-Z]{25}-(2[1-9a-f]|[3-6][0-9a-f]|7[0-9a-e]){1,128}$";
 /// The name of an event on a profile's event stream (the kinds of change,
 /// and the two last events of a stream).
 pub const STREAM_EVENT_PATTERN: &str = "^(profile\\.(created|updated|merged|unmerged|erased)|answer\\.captured|interaction\\.added|episode\\.updated|stream\\.(dropped|closed))$";
@@ -171,18 +172,21 @@ mod tests {
         texts.push("9".repeat(20));
         let id = "cus_01M83EDRV0FKRY1XCBH0BNP572";
         for episode in [
-            "order-A-1",
-            "x",
-            "a b",
+            "6f2d41",
+            "78",
+            "a",
             "",
-            &"e".repeat(128),
-            &"e".repeat(129),
+            "6F",
+            "zz",
+            "ff",
+            &"ab".repeat(128),
+            &"ab".repeat(129),
         ] {
             texts.push(format!("1732000000000-{id}-{episode}"));
         }
-        texts.push(format!("{}-{id}-e", "9".repeat(20)));
-        texts.push(format!("-{id}-e"));
-        texts.push("12-cus_81M83EDRV0FKRY1XCBH0BNP572-e".to_owned());
+        texts.push(format!("{}-{id}-6f", "9".repeat(20)));
+        texts.push(format!("-{id}-6f"));
+        texts.push("12-cus_81M83EDRV0FKRY1XCBH0BNP572-6f".to_owned());
         texts
     }
 

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::is_valid_name;
 use super::profile::{Hit, Membership, Profile};
+use super::{is_valid_name, is_valid_trait_name};
 use crate::config::{
     InteractionPredicate, JourneyRule, OfferSettings, PredicateSettings, SegmentSettings,
 };
@@ -316,8 +316,20 @@ fn compile_predicate(
         ));
     }
     let test = if let Some(name) = &p.trait_name {
+        if !is_valid_trait_name(name) {
+            return Err(refuse(
+                format!("{key}.trait"),
+                format!("`{name}` is not a trait name ([a-z][a-z0-9_.]{{0,63}})"),
+            ));
+        }
         Test::Trait(name.clone(), comparison)
     } else if let Some(answer) = &p.answer {
+        if !is_valid_name(answer, 64) {
+            return Err(refuse(
+                format!("{key}.answer"),
+                format!("`{answer}` is not a question key ([a-z][a-z0-9_]{{0,63}})"),
+            ));
+        }
         if bounds {
             return Err(refuse(key, "min and max apply to traits only"));
         }
@@ -718,6 +730,10 @@ mod tests {
         let e = refused(json!([{ "trait": "a" }, { "interactions": {
             "type": "page_view", "at_least": 1, "within": "400days" } }]));
         assert_eq!(e.key, "segments.shoppers.when[1].interactions.within");
+        let e = refused(json!([{ "trait": "First Name" }]));
+        assert_eq!(e.key, "segments.shoppers.when[0].trait");
+        let e = refused(json!([{ "answer": "Reason" }]));
+        assert_eq!(e.key, "segments.shoppers.when[0].answer");
         let e = refused(json!([{ "open_episodes": 1, "equals": 2 }]));
         assert!(
             e.reason.contains("apply to `trait` and `answer` only"),

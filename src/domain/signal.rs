@@ -381,6 +381,10 @@ pub struct ValidEvent {
     pub episode: Option<EpisodeInput>,
     /// Explicit or from the configured event-type mapping.
     pub journey_stage: Option<String>,
+    /// Whether the signal named `journey_stage` itself (else configuration
+    /// derived it, and a retry after a configuration change may derive
+    /// another: it is not part of what the signal asserts).
+    pub journey_stage_given: bool,
     pub properties: serde_json::Map<String, Value>,
     /// `episode.feedback`, checked.
     pub feedback: Option<ValidFeedback>,
@@ -717,6 +721,7 @@ fn validate_event(e: EventInput, rules: &SignalRules) -> Result<ValidEvent, Sign
     {
         return Err(SignalError::ValueTooDeep("event.properties".into()));
     }
+    let journey_stage_given = e.journey_stage.is_some();
     let journey_stage = e.journey_stage.or_else(|| {
         rules
             .journey_rules
@@ -735,6 +740,7 @@ fn validate_event(e: EventInput, rules: &SignalRules) -> Result<ValidEvent, Sign
         summary: e.summary,
         episode: e.episode,
         journey_stage,
+        journey_stage_given,
         properties: e.properties,
         feedback,
     })

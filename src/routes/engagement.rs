@@ -94,7 +94,9 @@ pub struct FollowUpQuery {
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
-    #[param(pattern = "^[0-9]{1,19}-cus_[0-7][0-9A-HJKMNP-TV-Z]{25}-[!-~]{1,128}$")]
+    #[param(
+        pattern = "^[0-9]{1,19}-cus_[0-7][0-9A-HJKMNP-TV-Z]{25}-(2[1-9a-f]|[3-6][0-9a-f]|7[0-9a-e]){1,128}$"
+    )]
     pub cursor: Option<String>,
 }
 
@@ -225,15 +227,30 @@ pub async fn export(
         &result,
     );
     let export = result?;
-    let body = futures_util::stream::unfold(export, |mut export| async move {
-        let chunk = export.next_chunk()?;
-        let chunk = chunk.map(actix_web::web::Bytes::from).map_err(|e| {
-            // The status line is gone: cut the document short, so the
-            // client sees invalid JSON rather than a partial export.
-            tracing::error!(error = %e, "an export failed part-way");
-            actix_web::error::ErrorInternalServerError("export failed")
-        });
-        Some((chunk, export))
+    // Each piece reads the store: off the server's threads.
+    let body = futures_util::stream::unfold(Some(export), |state| async move {
+        let mut export = state?;
+        let read = web::block(move || {
+            let chunk = export.next_chunk();
+            (chunk, export)
+        })
+        .await;
+        let failed = |why: String| {
+            // The status line is gone: break the connection off, so the
+            // client sees an unfinished document rather than a partial
+            // export that looks whole.
+            tracing::error!(error = %why, "an export failed part-way");
+            Some((
+                Err(actix_web::error::ErrorInternalServerError("export failed")),
+                None,
+            ))
+        };
+        match read {
+            Ok((None, _)) => None,
+            Ok((Some(Ok(chunk)), export)) => Some((Ok(web::Bytes::from(chunk)), Some(export))),
+            Ok((Some(Err(e)), _)) => failed(e.to_string()),
+            Err(e) => failed(e.to_string()),
+        }
     });
     Ok(HttpResponse::Ok()
         .content_type("application/json")

@@ -102,7 +102,11 @@ impl Services {
                 let Some(e) = p.episodes.get(&key.episode) else {
                     continue;
                 };
-                let Some(resolved_at) = e.awaiting_feedback() else {
+                // The profile may have moved on since the index was read.
+                let Some(resolved_at) = e
+                    .awaiting_feedback()
+                    .filter(|r| r.timestamp_millis() == key.resolved_millis as i64)
+                else {
                     continue;
                 };
                 out.push(FollowUpView {
@@ -316,6 +320,18 @@ impl Export {
             }
             Phase::History { index, before } => {
                 let Some(&member) = self.members.get(index) else {
+                    // Erased or merged away while it was read: what was
+                    // sent may be incomplete, so the document must not end.
+                    if self
+                        .services
+                        .store
+                        .profile(self.profile.customer_id)?
+                        .is_none()
+                    {
+                        return Err(ServiceError::ProfileNotFound(
+                            "profile (it was erased or merged during the export)",
+                        ));
+                    }
                     return Ok(Some(b"]}".to_vec()));
                 };
                 let mut entries = self

@@ -75,7 +75,7 @@ fn fingerprint(signal: &Signal) -> String {
         "event": signal.event.as_ref().map(|e| serde_json::json!({
             "type": e.kind,
             "summary": e.summary,
-            "journey_stage": e.journey_stage,
+            "journey_stage": e.journey_stage.as_ref().filter(|_| e.journey_stage_given),
             "properties": e.properties,
             "episode": e.episode.as_ref().map(|ep| {
                 let mut parts = vec![

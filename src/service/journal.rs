@@ -311,6 +311,46 @@ pub struct Seen {
     interactions: Vec<(CustomerId, Interaction)>,
 }
 
+/// Where the bookkeeping notes that every stored profile's follow-ups are
+/// in the index (stores written before the index existed get them at
+/// start-up), and by which version of the rule: a later rule bumps it and
+/// the index is rebuilt.
+const FOLLOW_UPS_INDEXED: &str = "follow_ups.indexed";
+const FOLLOW_UPS_INDEX_VERSION: u8 = 1;
+
+/// Indexes the follow-ups of every stored profile, once per store: a store
+/// written before the index existed has resolved episodes awaiting feedback
+/// that no later write would add. Runs before the committer starts (it is
+/// then the only writer); returns how many entries it added.
+pub fn index_follow_ups_once(store: &dyn Store) -> Result<usize, StoreError> {
+    if store.meta(FOLLOW_UPS_INDEXED)?.as_deref() == Some(&[FOLLOW_UPS_INDEX_VERSION]) {
+        return Ok(0);
+    }
+    let mut added = 0;
+    let mut after = None;
+    loop {
+        let page = store.profiles_after(after, 1024)?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(last.customer_id);
+        let entries: Vec<FollowUpKey> = page.iter().flat_map(|p| follow_ups_of(Some(p))).collect();
+        added += entries.len();
+        store.write(&mut |tx| {
+            for entry in &entries {
+                tx.put_follow_up(entry);
+            }
+            true
+        })?;
+    }
+    store.write(&mut |tx| {
+        tx.put_meta(FOLLOW_UPS_INDEXED, vec![FOLLOW_UPS_INDEX_VERSION]);
+        true
+    })?;
+    store.flush()?;
+    Ok(added)
+}
+
 /// The follow-up index entries a profile needs: one per episode resolved
 /// and awaiting feedback.
 fn follow_ups_of(p: Option<&Profile>) -> BTreeSet<FollowUpKey> {
@@ -707,8 +747,43 @@ impl StoreTx for Recording<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::ChangeKind;
+    use super::{index_follow_ups_once, ChangeKind};
     use crate::domain::names::STREAM_EVENT_PATTERN;
+    use crate::domain::{ChannelRules, CustomerId, EpisodeReport, EpisodeStatus, Profile};
+    use crate::store::{SledStore, Store};
+
+    /// A store written before the follow-up index existed gets its resolved
+    /// episodes indexed at the next start, once.
+    #[test]
+    fn follow_ups_stored_before_the_index_are_indexed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let at = chrono::Utc::now();
+        let channels = ChannelRules::new(vec!["web".into()], false);
+        let mut p = Profile::new(CustomerId::generate(), at);
+        for (id, status) in [
+            ("o-1", EpisodeStatus::Resolved),
+            ("o-2", EpisodeStatus::Open),
+        ] {
+            let report = EpisodeReport {
+                status: Some(status),
+                ..EpisodeReport::default()
+            };
+            p.upsert_episode(id, report, "web", at, &channels);
+        }
+        // Written past the journal, as a release without the index did.
+        store.write(&mut |tx| tx.put_profile(&p).is_ok()).unwrap();
+        store.flush().unwrap();
+        assert!(store.follow_ups(None, u64::MAX, 10).unwrap().is_empty());
+        assert_eq!(index_follow_ups_once(&store).unwrap(), 1);
+        let listed = store.follow_ups(None, u64::MAX, 10).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].customer, listed[0].episode.as_str()),
+            (p.customer_id, "o-1")
+        );
+        assert_eq!(index_follow_ups_once(&store).unwrap(), 0, "only once");
+    }
 
     /// The documented pattern of event names admits every kind there is.
     #[test]

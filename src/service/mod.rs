@@ -204,6 +204,13 @@ impl Services {
             _ => None,
         };
         let durable = Arc::new(AtomicU64::new(0));
+        let indexed = journal::index_follow_ups_once(&*store)?;
+        if indexed > 0 {
+            tracing::info!(
+                entries = indexed,
+                "indexed the follow-ups of profiles stored before the follow-up index existed"
+            );
+        }
         // Positions are never reused, even when retention emptied the log.
         let last_change = store.last_change()?.max(journal::pruned_through(&*store)?);
         let committer = Committer::start(

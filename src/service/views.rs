@@ -251,7 +251,8 @@ pub struct ContextCard {
     /// Up to 10 episodes: the open ones first (last touched first), then
     /// the resolved ones (last resolved first).
     pub episodes: Vec<EpisodeView>,
-    /// Resolved episodes awaiting the customer's feedback, soonest due first.
+    /// Resolved episodes awaiting the customer's feedback, soonest due first
+    /// (at most 10).
     pub follow_ups: Vec<CardFollowUp>,
     pub last_channel: Option<String>,
     /// Newest first, across all channels.
@@ -549,6 +550,7 @@ pub fn context_card(
         })
         .collect();
     follow_ups.sort_by(|a, b| (a.due_at, &a.episode_id).cmp(&(b.due_at, &b.episode_id)));
+    follow_ups.truncate(CARD_EPISODES);
     ContextCard {
         customer_id: p.customer_id,
         version: p.version,

@@ -73,26 +73,31 @@ impl FollowUpKey {
         k
     }
 
-    /// `<millis>-<customer id>-<episode id>`: the shape
-    /// `names::FOLLOW_UP_CURSOR_PATTERN` publishes.
+    /// `<millis>-<customer id>-<episode id in hex>`: the shape
+    /// `names::FOLLOW_UP_CURSOR_PATTERN` publishes. The episode id is in hex
+    /// so the cursor needs no escaping in a URL (ids may hold `+`, `&`, `#`).
     pub fn to_cursor(&self) -> String {
-        format!(
-            "{}-{}-{}",
-            self.resolved_millis, self.customer, self.episode
-        )
+        let hex: String = self.episode.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("{}-{}-{hex}", self.resolved_millis, self.customer)
     }
 
     pub fn from_cursor(cursor: &str) -> Option<FollowUpKey> {
         let (millis, rest) = cursor.split_once('-')?;
-        let (customer, episode) = rest.split_once('-')?;
-        let ok = !episode.is_empty()
-            && episode.len() <= 128
-            && episode.bytes().all(|b| b.is_ascii_graphic());
-        ok.then_some(())?;
+        let (customer, hex) = rest.split_once('-')?;
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        let shape =
+            !hex.is_empty() && hex.len() % 2 == 0 && hex.len() <= 256 && hex.bytes().all(lower_hex);
+        shape.then_some(())?;
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+            .collect::<Option<_>>()?;
+        // Episode ids are printable ASCII.
+        bytes.iter().all(u8::is_ascii_graphic).then_some(())?;
         Some(FollowUpKey {
             resolved_millis: parse_decimal(millis)?,
             customer: CustomerId::parse(customer).ok()?,
-            episode: episode.to_owned(),
+            episode: String::from_utf8(bytes).ok()?,
         })
     }
 
@@ -236,6 +241,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// A small named value of the service's own bookkeeping.
     fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` live profiles with an id above `after`, in id order.
+    fn profiles_after(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<Profile>, StoreError>;
 
     /// Up to `limit` follow-up entries after `after` (in key order) resolved
     /// before `resolved_before` (milliseconds), oldest first.

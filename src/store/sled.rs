@@ -336,6 +336,28 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn profiles_after(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<Profile>, StoreError> {
+        let start = match after {
+            Some(id) => {
+                let mut k = key(PROFILE, &id.to_key());
+                k.push(0);
+                k
+            }
+            None => key(PROFILE, &[]),
+        };
+        let end = key(PROFILE + 1, &[]);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for entry in self.tree.range(start..end).take(limit) {
+            let (k, v) = entry.map_err(engine)?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
     fn follow_ups(
         &self,
         after: Option<&FollowUpKey>,
