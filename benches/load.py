@@ -40,6 +40,14 @@ DATA_DIR = os.environ.get("DATA_DIR")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 class Reference:
     """The bare server, answering with `body` from memory."""
 

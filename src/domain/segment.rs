@@ -502,6 +502,10 @@ impl Personalization {
         })
     }
 
+    pub fn has_segments(&self) -> bool {
+        !self.segments.is_empty()
+    }
+
     /// The counters an interaction feeds.
     pub fn counters_for<'a>(
         &'a self,

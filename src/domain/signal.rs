@@ -342,9 +342,13 @@ pub enum SignalError {
 
 impl SignalRules {
     /// Works out what a profile derives from the rest before it is stored:
-    /// its segment membership as of `now`.
+    /// its segment membership as of `now` (nothing when no segment is
+    /// configured: 60 bytes less on every profile).
     pub fn refresh(&self, p: &mut crate::domain::Profile, now: DateTime<Utc>) {
-        p.membership = Some(self.personalization.membership(p, now));
+        p.membership = self
+            .personalization
+            .has_segments()
+            .then(|| self.personalization.membership(p, now));
     }
 }
 
