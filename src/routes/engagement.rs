@@ -6,11 +6,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::profiles::customer_id;
+use super::profiles::{customer_id, LookupQuery};
 use super::resource;
 use crate::audit::{self, Action, Detail};
 use crate::auth::{Authorized, ExportProfiles, ReadProfiles, Scope};
-use crate::domain::names::IdentifierType;
 use crate::domain::{CustomerId, EpisodeStatus};
 use crate::error::{ApiError, ErrorBody};
 use crate::service::engagement::{EpisodesPage, FollowUpPage};
@@ -159,23 +158,10 @@ pub async fn personalization(
     Ok(web::Json(services.personalization(id).await?))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct PersonalizationQuery {
-    /// Identifier type, e.g. `web_cookie`.
-    #[serde(rename = "type")]
-    #[param(rename = "type", value_type = IdentifierType)]
-    pub kind: String,
-    /// Identifier value, written any way the type's normaliser accepts.
-    #[param(example = "c-7f3a", max_length = 256)]
-    pub value: String,
-}
-
 /// The same for whoever owns an identifier: an anonymous visitor by cookie.
 #[utoipa::path(
     get, path = "/v1/personalization", tag = "personalization",
-    params(PersonalizationQuery),
+    params(LookupQuery),
     responses(
         (status = 200, body = PersonalizationView),
         (status = 404, description = "Nobody owns the identifier", body = ErrorBody),
@@ -186,7 +172,7 @@ pub struct PersonalizationQuery {
 pub async fn personalization_by_identifier(
     _auth: Authorized<ReadProfiles>,
     services: web::Data<Services>,
-    query: web::Query<PersonalizationQuery>,
+    query: web::Query<LookupQuery>,
 ) -> Result<web::Json<PersonalizationView>, ApiError> {
     Ok(web::Json(
         services
