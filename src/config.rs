@@ -28,6 +28,18 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
+/// TOML has no null: an unset optional setting is left out.
+fn strip_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -634,6 +646,34 @@ impl Settings {
             .and_then(|c| c.try_deserialize())
             .expect("the built-in configuration is valid");
         settings
+    }
+
+    /// The configuration in effect (defaults, file and environment layered),
+    /// as TOML, with every secret replaced by `<hidden>`: for
+    /// `anamnesis check-config`, and safe to paste into a ticket.
+    pub fn effective_toml(&self) -> Result<String, ConfigError> {
+        const HIDDEN: &str = "<hidden>";
+        let mut value = serde_json::to_value(self).map_err(|e| invalid("(all)", e.to_string()))?;
+        let auth = &mut value["auth"];
+        if self.auth.hs256_secret.is_some() {
+            auth["hs256_secret"] = HIDDEN.into();
+        }
+        // Secrets are never serialised; say where one is set.
+        for (i, key) in self.auth.keys.iter().enumerate() {
+            if key.secret.is_some() {
+                auth["keys"][i]["secret"] = HIDDEN.into();
+            }
+        }
+        // A Redis URL may carry a password: redis://user:password@host.
+        if let Some(url) = value["redis"]["url"].as_str() {
+            if let Some((scheme, rest)) = url.split_once("://") {
+                if let Some((_, host)) = rest.rsplit_once('@') {
+                    value["redis"]["url"] = format!("{scheme}://{HIDDEN}@{host}").into();
+                }
+            }
+        }
+        strip_nulls(&mut value);
+        toml::to_string(&value).map_err(|e| invalid("(all)", e.to_string()))
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

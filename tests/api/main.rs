@@ -4,6 +4,7 @@ mod auth;
 mod bad_input;
 mod binary;
 mod cache;
+mod cli;
 mod concurrency;
 mod contract;
 mod hardening;

@@ -1,0 +1,119 @@
+//! The command line an operator uses beside the service: checking a
+//! configuration before a deploy.
+
+use std::process::{Command, Output};
+
+/// Runs the binary with `args` and `env` (nothing of the caller's
+/// `ANAMNESIS_*` environment leaks in).
+fn anamnesis(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_anamnesis"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ANAMNESIS") {
+            command.env_remove(key);
+        }
+    }
+    command.args(args).envs(env.iter().copied());
+    command.output().expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `check-config` prints the configuration in effect (file and environment
+/// layered over the defaults) as TOML that loads again, with every secret
+/// hidden, and says it is valid.
+#[test]
+fn check_config_prints_the_effective_configuration_with_secrets_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("production.toml");
+    std::fs::write(
+        &file,
+        r#"
+[server]
+listen = "0.0.0.0:9090"
+
+[redis]
+url = "redis://anamnesis:redis-password-123@cache.internal:6379/0"
+
+[[auth.keys]]
+kid = "bots-2026"
+alg = "HS256"
+secret = "a-shared-secret-of-at-least-32-bytes-xyz"
+
+[follow_ups]
+delay = "1day"
+"#,
+    )
+    .unwrap();
+    let out = anamnesis(
+        &["--config", file.to_str().unwrap(), "check-config"],
+        &[
+            (
+                "ANAMNESIS__AUTH__HS256_SECRET",
+                "the-default-secret-of-at-least-32-bytes",
+            ),
+            ("ANAMNESIS__LIMITS__BURST", "7"),
+        ],
+    );
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("configuration is valid"), "{stderr}");
+    for secret in [
+        "redis-password-123",
+        "a-shared-secret-of-at-least-32-bytes-xyz",
+        "the-default-secret-of-at-least-32-bytes",
+    ] {
+        assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
+    }
+    let effective: toml::Table = stdout.parse().expect("the output is TOML");
+    assert_eq!(effective["server"]["listen"].as_str(), Some("0.0.0.0:9090"));
+    assert_eq!(
+        effective["limits"]["burst"].as_integer(),
+        Some(7),
+        "environment layered"
+    );
+    assert_eq!(effective["follow_ups"]["delay"].as_str(), Some("1day"));
+    assert_eq!(
+        effective["redis"]["url"].as_str(),
+        Some("redis://<hidden>@cache.internal:6379/0")
+    );
+    assert_eq!(effective["auth"]["hs256_secret"].as_str(), Some("<hidden>"));
+    assert_eq!(
+        effective["auth"]["keys"][0]["secret"].as_str(),
+        Some("<hidden>")
+    );
+    // Built-in defaults are there too.
+    assert_eq!(effective["phone"]["default_region"].as_str(), Some("NL"));
+}
+
+/// A bad configuration exits non-zero naming what is wrong, before any
+/// deploy: a bad value, an unknown key, a key file that cannot be read.
+#[test]
+fn check_config_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+        ("[server]\nlisen = \"0.0.0.0:1\"\n", "lisen"),
+        (
+            "[[auth.keys]]\nkid = \"desk\"\nalg = \"RS256\"\npublic_key_file = \"/nonexistent/desk.pem\"\n",
+            "/nonexistent/desk.pem",
+        ),
+        (
+            "[offers.ghost]\ntitle = \"Boo\"\nsegments = [\"nobody\"]\n",
+            "offers.ghost.segments",
+        ),
+    ];
+    for (i, (body, named)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&file, body).unwrap();
+        let out = anamnesis(&["--config", file.to_str().unwrap(), "check-config"], &[]);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{body} was accepted");
+        assert!(stderr.contains(named), "{body}: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "nothing printed for a bad configuration"
+        );
+    }
+}
