@@ -61,6 +61,14 @@ enum Command {
     /// print the configuration in effect as TOML, secrets hidden. Exits
     /// non-zero naming the first problem.
     CheckConfig,
+    /// Write every profile as NDJSON (one profile per line, as the API shows
+    /// it with `pii:read`), to FILE or standard output. Opens the store
+    /// exclusively: stop the service first.
+    Export {
+        /// Where to write (standard output when absent).
+        #[arg(long, short)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Exit 0 when the service at the configured address answers /healthz
     /// (for container health checks: no curl needed).
     Healthcheck {
@@ -115,6 +123,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::StoreStats => store_stats(&settings),
         Command::CheckConfig => check_config(&settings),
+        Command::Export { out } => export(&settings, out.as_deref()),
         Command::Healthcheck { addr } => {
             healthcheck(addr.as_deref().unwrap_or(&settings.server.listen))
         }
@@ -158,16 +167,44 @@ fn check_config(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn store_stats(settings: &Settings) -> anyhow::Result<()> {
+/// The store under `storage.path`, opened by a command beside the service.
+fn open_store(settings: &Settings) -> anyhow::Result<anamnesis::store::SledStore> {
     let path = settings.storage.path.join("db");
     anyhow::ensure!(path.exists(), "no store at {}", path.display());
-    let store = anamnesis::store::SledStore::open_with(&path, settings.storage.cache_bytes)
-        .with_context(|| {
-            format!(
-                "opening the store in {} (is the service running?)",
-                path.display()
-            )
+    anamnesis::store::SledStore::open_with(&path, settings.storage.cache_bytes).with_context(|| {
+        format!(
+            "opening the store in {} (is the service running?)",
+            path.display()
+        )
+    })
+}
+
+fn export(settings: &Settings, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
+    let mut sink: Box<dyn std::io::Write> = match out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let started = std::time::Instant::now();
+    let mut last_report = started;
+    let written =
+        anamnesis::service::engagement::export_profiles(&store, settings, &mut sink, &mut |n| {
+            if last_report.elapsed() >= std::time::Duration::from_secs(1) {
+                last_report = std::time::Instant::now();
+                eprint!("\rexported {n} profiles");
+            }
         })?;
+    eprintln!(
+        "\rexported {written} profiles in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn store_stats(settings: &Settings) -> anyhow::Result<()> {
+    let store = open_store(settings)?;
     let kinds = store.stats()?;
     let live: u64 = kinds.iter().map(|k| k.key_bytes + k.value_bytes).sum();
     let disk = store.size_on_disk()?;

@@ -214,6 +214,43 @@ impl Services {
     }
 }
 
+/// Writes every live profile to `out` as NDJSON, one profile per line as
+/// `GET /v1/profiles/{id}` shows it to a token with `pii:read`, in id order,
+/// a page at a time; `progress` hears the running count. For
+/// `anamnesis export`, over a store no service is writing to.
+pub fn export_profiles(
+    store: &dyn crate::store::Store,
+    settings: &crate::config::Settings,
+    out: &mut dyn std::io::Write,
+    progress: &mut dyn FnMut(u64),
+) -> anyhow::Result<u64> {
+    let rules = crate::domain::SignalRules::from_settings(settings)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.reason))?;
+    let masking = views::Masking {
+        access: Access { pii: true },
+        identifiers: &rules.identifiers,
+        pii_traits: &settings.traits.pii,
+        follow_up_delay: rules.follow_up_delay,
+    };
+    let mut written = 0;
+    let mut after = None;
+    loop {
+        let page = store.profiles_after(after, EXPORT_PAGE)?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(last.customer_id);
+        for p in &page {
+            serde_json::to_writer(&mut *out, &views::profile_view(p, &masking))?;
+            out.write_all(b"\n")?;
+            written += 1;
+        }
+        progress(written);
+    }
+    out.flush()?;
+    Ok(written)
+}
+
 fn encoding(e: serde_json::Error) -> ServiceError {
     ServiceError::Store(crate::store::StoreError::Engine(format!(
         "encoding failed: {e}"

@@ -1,7 +1,13 @@
 //! The command line an operator uses beside the service: checking a
-//! configuration before a deploy.
+//! configuration before a deploy, exporting every profile.
 
 use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+use crate::binary::{token_for, Binary};
+use crate::helpers::{body, SECRET};
+use anamnesis::auth::Scope;
 
 /// Runs the binary with `args` and `env` (nothing of the caller's
 /// `ANAMNESIS_*` environment leaks in).
@@ -116,4 +122,80 @@ fn check_config_names_what_is_wrong() {
             "nothing printed for a bad configuration"
         );
     }
+}
+
+/// `export` writes every profile, as the API shows it with `pii:read`, one
+/// JSON object per line, from the store of a stopped service; with the
+/// service running it refuses and says why.
+#[tokio::test]
+async fn export_writes_every_profile_as_ndjson() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Binary::start(dir.path(), &[]);
+    let admin = token_for("cli-test", &[Scope::Admin]);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let signal = json!({
+            "channel": "web",
+            "identifiers": [{"type": "email", "value": format!("person{i}@example.com")},
+                            {"type": "phone", "value": format!("06 1234 56{i:02}")}],
+            "traits": {"first_name": format!("Person {i}")},
+        });
+        ids.push(service.ingest(&admin, &signal).await);
+    }
+    // One more signal joins two of them: four profiles remain.
+    let joining = json!({
+        "channel": "chat",
+        "identifiers": [{"type": "email", "value": "person0@example.com"},
+                        {"type": "account_id", "value": "C-1"},
+                        {"type": "email", "value": "person1@example.com"}],
+    });
+    service.ingest(&admin, &joining).await;
+    let mut expected: Vec<Value> = Vec::new();
+    for id in &ids {
+        // A merged-away id leads to the survivor: keep each profile once.
+        let p = body(service.get(&admin, &format!("/v1/profiles/{id}")).await).await;
+        if !expected
+            .iter()
+            .any(|e| e["customer_id"] == p["customer_id"])
+        {
+            expected.push(p);
+        }
+    }
+    assert_eq!(expected.len(), 4);
+    let data = dir.path().to_str().unwrap();
+    let env = [
+        ("ANAMNESIS__STORAGE__PATH", data),
+        ("ANAMNESIS__AUTH__HS256_SECRET", SECRET),
+    ];
+    let busy = anamnesis(&["export"], &env);
+    assert!(!busy.status.success(), "the store is in use");
+    assert!(
+        text(&busy.stderr).contains("is the service running?"),
+        "{}",
+        text(&busy.stderr)
+    );
+    service.stop().await;
+
+    let file = dir.path().join("profiles.ndjson");
+    let out = anamnesis(&["export", "--out", file.to_str().unwrap()], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("exported 4 profiles"),
+        "{}",
+        text(&out.stderr)
+    );
+    let written = std::fs::read_to_string(&file).unwrap();
+    let mut exported: Vec<Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+        .collect();
+    let key = |p: &Value| p["customer_id"].as_str().unwrap().to_owned();
+    exported.sort_by_key(key);
+    expected.sort_by_key(key);
+    assert_eq!(exported, expected);
+    assert!(written.contains("+31612345600"), "phone numbers in clear");
+    // To standard output when no file is given.
+    let out = anamnesis(&["export"], &env);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), written);
 }
