@@ -24,6 +24,7 @@
 //! - [`store`]: the durable store behind a trait, and its sled implementation.
 //! - [`cache`]: Redis, when configured: the hot-profile cache and the event bus between instances.
 //! - [`events`]: live event streams in process: subscriptions and bounded fan-out.
+//! - [`import`]: `anamnesis import`: NDJSON signals through the API's validation and resolution.
 
 pub mod audit;
 pub mod auth;
@@ -33,6 +34,7 @@ pub mod conn;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod import;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;

@@ -61,6 +61,25 @@ enum Command {
     /// print the configuration in effect as TOML, secrets hidden. Exits
     /// non-zero naming the first problem.
     CheckConfig,
+    /// Load signals from a file of newline-delimited JSON, one signal per
+    /// line as POST /v1/signals takes it, through the same validation and
+    /// resolution. Refused lines go to a report with their reasons; the
+    /// summary names the line to resume from. Opens the store exclusively:
+    /// stop the service first.
+    Import {
+        /// The NDJSON file.
+        file: std::path::PathBuf,
+        /// Start at this line (1-based), e.g. the one a stopped import named.
+        #[arg(long, default_value_t = 1)]
+        from_line: u64,
+        /// Signals per batch (each batch is durable before the next).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Where refused lines go, one JSON object each (line, code,
+        /// message, input); default FILE.rejects.ndjson.
+        #[arg(long)]
+        rejects: Option<std::path::PathBuf>,
+    },
     /// Write every profile as NDJSON (one profile per line, as the API shows
     /// it with `pii:read`), to FILE or standard output. Opens the store
     /// exclusively: stop the service first.
@@ -124,6 +143,12 @@ fn run() -> anyhow::Result<()> {
         Command::StoreStats => store_stats(&settings),
         Command::CheckConfig => check_config(&settings),
         Command::Export { out } => export(&settings, out.as_deref()),
+        Command::Import {
+            file,
+            from_line,
+            batch,
+            rejects,
+        } => import(&settings, &file, from_line, batch, rejects),
         Command::Healthcheck { addr } => {
             healthcheck(addr.as_deref().unwrap_or(&settings.server.listen))
         }
@@ -167,10 +192,11 @@ fn check_config(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The store under `storage.path`, opened by a command beside the service.
-fn open_store(settings: &Settings) -> anyhow::Result<anamnesis::store::SledStore> {
+/// The store under `storage.path`, opened by a command beside the service;
+/// `create`: a new one when there is none.
+fn open_store(settings: &Settings, create: bool) -> anyhow::Result<anamnesis::store::SledStore> {
     let path = settings.storage.path.join("db");
-    anyhow::ensure!(path.exists(), "no store at {}", path.display());
+    anyhow::ensure!(create || path.exists(), "no store at {}", path.display());
     anamnesis::store::SledStore::open_with(&path, settings.storage.cache_bytes).with_context(|| {
         format!(
             "opening the store in {} (is the service running?)",
@@ -179,8 +205,99 @@ fn open_store(settings: &Settings) -> anyhow::Result<anamnesis::store::SledStore
     })
 }
 
+fn import(
+    settings: &Settings,
+    file: &std::path::Path,
+    from_line: u64,
+    batch: usize,
+    rejects: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    anyhow::ensure!(
+        (1..=settings.server.max_batch_signals).contains(&batch),
+        "--batch must be 1 to {} (server.max_batch_signals)",
+        settings.server.max_batch_signals
+    );
+    let input = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let size = input.metadata().map(|m| m.len()).unwrap_or(0);
+    let rejects_path = rejects.unwrap_or_else(|| {
+        let mut name = file.as_os_str().to_owned();
+        name.push(".rejects.ndjson");
+        name.into()
+    });
+    let mut rejects_file = std::io::BufWriter::new(
+        std::fs::File::create(&rejects_path)
+            .with_context(|| format!("creating {}", rejects_path.display()))?,
+    );
+    let store = open_store(settings, true)?;
+    let bar = indicatif::ProgressBar::new(size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta} left  {msg}",
+        )
+        .context("progress bar style")?,
+    );
+    let options = anamnesis::import::Options { from_line, batch };
+    let started = std::time::Instant::now();
+    let summary = actix_web::rt::System::new().block_on(async {
+        let services = anamnesis::service::Services::new(settings, std::sync::Arc::new(store))?;
+        let interrupted = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = interrupted.clone();
+        actix_web::rt::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+        let mut reader = std::io::BufReader::new(input);
+        let result = anamnesis::import::import(
+            &services,
+            &mut reader,
+            &mut rejects_file,
+            &options,
+            &mut |bytes, s| {
+                bar.set_position(bytes);
+                bar.set_message(format!(
+                    "{} created, {} attached, {} rejected",
+                    s.created, s.attached, s.rejected
+                ));
+            },
+            &|| interrupted.load(Ordering::SeqCst),
+        )
+        .await;
+        bar.finish_and_clear();
+        result.map(|s| (s, interrupted.load(Ordering::SeqCst)))
+    })?;
+    let (summary, interrupted) = summary;
+    if summary.rejected == 0 {
+        // Nothing to report: leave no empty file behind.
+        let _ = std::fs::remove_file(&rejects_path);
+    }
+    let imported = summary.created + summary.attached;
+    println!(
+        "{imported} signals imported in {:.1} s: {} created a profile, {} joined one, {} profiles merged; {} lines refused{}",
+        started.elapsed().as_secs_f64(),
+        summary.created,
+        summary.attached,
+        summary.merged,
+        summary.rejected,
+        if summary.rejected > 0 {
+            format!(" (reasons in {})", rejects_path.display())
+        } else {
+            String::new()
+        },
+    );
+    if interrupted {
+        println!(
+            "interrupted: lines before {} are imported; go on with --from-line {}",
+            summary.next_line, summary.next_line
+        );
+        anyhow::bail!("interrupted");
+    }
+    Ok(())
+}
+
 fn export(settings: &Settings, out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let store = open_store(settings)?;
+    let store = open_store(settings, false)?;
     let mut sink: Box<dyn std::io::Write> = match out {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -204,7 +321,7 @@ fn export(settings: &Settings, out: Option<&std::path::Path>) -> anyhow::Result<
 }
 
 fn store_stats(settings: &Settings) -> anyhow::Result<()> {
-    let store = open_store(settings)?;
+    let store = open_store(settings, false)?;
     let kinds = store.stats()?;
     let live: u64 = kinds.iter().map(|k| k.key_bytes + k.value_bytes).sum();
     let disk = store.size_on_disk()?;
