@@ -308,3 +308,65 @@ fn import_loads_signals_reports_refusals_and_resumes() {
         2
     );
 }
+
+/// An import interrupted (Ctrl-C) stops between batches, says which line to
+/// go on from, and going on from there ends with every signal imported once.
+#[test]
+fn an_interrupted_import_says_where_to_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.ndjson");
+    let total = 8000;
+    let lines: Vec<String> = (0..total)
+        .map(|i| {
+            json!({"signal_id": format!("m-{i}"), "channel": "import",
+                   "identifiers": [{"type": "email", "value": format!("m{i}@example.com")}]})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        ("ANAMNESIS__STORAGE__PATH", data.to_str().unwrap()),
+        ("ANAMNESIS__AUTH__HS256_SECRET", SECRET),
+    ];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_anamnesis"));
+    command
+        .args(["import", file.to_str().unwrap(), "--batch", "100"])
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "interrupted is not success: {stdout}"
+    );
+    let next: u64 = stdout
+        .split("go on with --from-line ")
+        .nth(1)
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no line to go on from: {stdout}"));
+    assert!(next > 1 && next <= total, "{stdout}");
+    assert_eq!((next - 1) % 100, 0, "a whole number of batches: {stdout}");
+    let done = exported(&env).len() as u64;
+    assert_eq!(done, next - 1, "exactly the lines before it are in");
+
+    let out = anamnesis(
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--from-line",
+            &next.to_string(),
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(exported(&env).len() as u64, total);
+}
