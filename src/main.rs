@@ -61,14 +61,29 @@ enum Command {
     /// print the configuration in effect as TOML, secrets hidden. Exits
     /// non-zero naming the first problem.
     CheckConfig,
-    /// Load signals from a file of newline-delimited JSON, one signal per
-    /// line as POST /v1/signals takes it, through the same validation and
-    /// resolution. Refused lines go to a report with their reasons; the
-    /// summary names the line to resume from. Opens the store exclusively:
-    /// stop the service first.
+    /// Load signals from a file through the same validation and resolution
+    /// as POST /v1/signals: newline-delimited JSON (one signal per line), or
+    /// CSV with a header line and a column mapping (--map). Refused lines go
+    /// to a report with their reasons; the summary names the line to resume
+    /// from. Opens the store exclusively: stop the service first.
+    ///
+    /// CSV example: --map email=identifier:email --map phone=identifier:phone
+    /// --map first=trait:first_name --map id=signal_id --channel import
     Import {
-        /// The NDJSON file.
+        /// The NDJSON or CSV file.
         file: std::path::PathBuf,
+        /// Read the file as CSV (also when it ends in .csv).
+        #[arg(long)]
+        csv: bool,
+        /// CSV only, repeated: COLUMN=TARGET, where TARGET is signal_id,
+        /// channel, occurred_at, identifier:TYPE, trait:NAME, answer:KEY,
+        /// event.type, event.summary or property:NAME. Empty cells are left
+        /// out; values are text.
+        #[arg(long = "map", value_name = "COLUMN=TARGET")]
+        map: Vec<String>,
+        /// CSV only: the channel of rows without a channel column.
+        #[arg(long, default_value = "import")]
+        channel: String,
         /// Start at this line (1-based), e.g. the one a stopped import named.
         #[arg(long, default_value_t = 1)]
         from_line: u64,
@@ -145,10 +160,28 @@ fn run() -> anyhow::Result<()> {
         Command::Export { out } => export(&settings, out.as_deref()),
         Command::Import {
             file,
+            csv,
+            map,
+            channel,
             from_line,
             batch,
             rejects,
-        } => import(&settings, &file, from_line, batch, rejects),
+        } => {
+            let csv = csv
+                || file
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+            let mapping = if csv {
+                anyhow::ensure!(!map.is_empty(), "a CSV import needs --map COLUMN=TARGET");
+                Some(parse_mapping(&map)?)
+            } else {
+                anyhow::ensure!(map.is_empty(), "--map is for CSV files (add --csv)");
+                None
+            };
+            import(
+                &settings, &file, mapping, &channel, from_line, batch, rejects,
+            )
+        }
         Command::Healthcheck { addr } => {
             healthcheck(addr.as_deref().unwrap_or(&settings.server.listen))
         }
@@ -205,9 +238,26 @@ fn open_store(settings: &Settings, create: bool) -> anyhow::Result<anamnesis::st
     })
 }
 
+/// `COLUMN=TARGET` pairs of `--map`.
+fn parse_mapping(map: &[String]) -> anyhow::Result<Vec<(String, anamnesis::import::Target)>> {
+    map.iter()
+        .map(|m| {
+            let (column, target) = m
+                .split_once('=')
+                .with_context(|| format!("--map `{m}` is not COLUMN=TARGET"))?;
+            let target = target
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--map `{m}`: {e}"))?;
+            Ok((column.trim().to_owned(), target))
+        })
+        .collect()
+}
+
 fn import(
     settings: &Settings,
     file: &std::path::Path,
+    mapping: Option<Vec<(String, anamnesis::import::Target)>>,
+    channel: &str,
     from_line: u64,
     batch: usize,
     rejects: Option<std::path::PathBuf>,
@@ -248,10 +298,14 @@ fn import(
                 flag.store(true, Ordering::SeqCst);
             }
         });
-        let mut reader = std::io::BufReader::new(input);
+        let reader = std::io::BufReader::new(input);
+        let mut source: Box<dyn anamnesis::import::Source> = match &mapping {
+            Some(mapping) => Box::new(anamnesis::import::Csv::new(reader, mapping, channel)?),
+            None => Box::new(anamnesis::import::Ndjson::new(reader)),
+        };
         let result = anamnesis::import::import(
             &services,
-            &mut reader,
+            &mut *source,
             &mut rejects_file,
             &options,
             &mut |bytes, s| {

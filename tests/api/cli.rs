@@ -370,3 +370,114 @@ fn an_interrupted_import_says_where_to_go_on() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(exported(&env).len() as u64, total);
 }
+
+/// A CSV export of a CRM imports with a column mapping: identifiers,
+/// traits and answers from named columns, empty cells left out, and a row
+/// that identifies nobody or holds a bad phone number refused with the
+/// API's code and its line.
+#[test]
+fn a_csv_imports_through_a_column_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("crm.csv");
+    std::fs::write(
+        &file,
+        "id,E-mail,phone,first,reason,internal\n\
+         c-1,anna@example.com,06 1234 5678,Anna,delivery,x\n\
+         c-2,,0612345678,,,y\n\
+         c-3,bob@example.com,12,Bob,,z\n\
+         c-4,,,Nobody,,w\n\
+         \"c-5\",\"carol@example.com\",,\"Carol, Jr.\",,v\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        ("ANAMNESIS__STORAGE__PATH", data.to_str().unwrap()),
+        ("ANAMNESIS__AUTH__HS256_SECRET", SECRET),
+    ];
+    let map = [
+        "--map",
+        "id=signal_id",
+        "--map",
+        "E-mail=identifier:email",
+        "--map",
+        "phone=identifier:phone",
+        "--map",
+        "first=trait:first_name",
+        "--map",
+        "reason=answer:reason_for_contact",
+    ];
+    let mut args = vec!["import", file.to_str().unwrap(), "--channel", "store"];
+    args.extend(map);
+    let out = anamnesis(&args, &env);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("3 signals imported"), "{stdout}");
+    assert!(
+        stdout.contains("2 created a profile, 1 joined one"),
+        "{stdout}"
+    );
+    let report = std::fs::read_to_string(dir.path().join("crm.csv.rejects.ndjson")).unwrap();
+    let refused: Vec<(u64, String)> = report
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            (
+                r["line"].as_u64().unwrap(),
+                r["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (4, "invalid_identifier".to_owned()),
+            (5, "no_identifiers".to_owned())
+        ]
+    );
+    let profiles = exported(&env);
+    assert_eq!(profiles.len(), 2, "anna (two rows, one phone) and carol");
+    let anna = profiles
+        .iter()
+        .find(|p| p["traits"]["first_name"]["value"] == "Anna")
+        .unwrap();
+    assert_eq!(anna["answers"]["reason_for_contact"]["value"], "delivery");
+    assert!(
+        anna["channels"]["store"]["first_seen"].is_string(),
+        "the --channel of the rows"
+    );
+    assert!(profiles
+        .iter()
+        .any(|p| p["traits"]["first_name"]["value"] == "Carol, Jr."));
+
+    // A mapping that names a column the file does not have stops at once.
+    let out = anamnesis(
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--map",
+            "mail=identifier:email",
+        ],
+        &env,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no column `mail`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = anamnesis(
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--map",
+            "phone=identifiers:phone",
+        ],
+        &env,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a target"),
+        "{}",
+        text(&out.stderr)
+    );
+}
