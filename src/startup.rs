@@ -145,6 +145,7 @@ impl Application {
                 .configure(routes::profiles::configure)
                 .configure(routes::changes::configure)
                 .configure(routes::engagement::configure)
+                .configure(routes::console::configure)
                 .service(
                     SwaggerUi::new("/docs/{_:.*}")
                         .external_url_unchecked("/openapi.json", openapi.clone()),

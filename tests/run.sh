@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Installs Debian packages, with sudo when not root.
+apt_install() {
+    local sudo_cmd=""
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "$@" >/dev/null
+}
+
 # Everything the tests need is installed here when missing (a fresh machine
 # has only the Rust toolchain and apt).
 if ! command -v cargo >/dev/null; then
@@ -22,11 +30,14 @@ fi
 # The Redis tests start their own private redis-server (never the machine's).
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     step "installing redis-server (for the cache tests)"
-    sudo_cmd=""
-    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server redis-tools >/dev/null
+    apt_install redis-server redis-tools
     # The package may start a server on the standard port; the tests never use it.
+fi
+
+# The console test drives headless Chromium through chromedriver.
+if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then
+    step "installing chromium and chromedriver (for the console test)"
+    apt_install chromium chromium-driver
 fi
 
 step "cargo fmt --check"

@@ -2,6 +2,7 @@
 //! service function, shape the response.
 
 pub mod changes;
+pub mod console;
 pub mod engagement;
 pub mod extract;
 pub mod ops;

@@ -6,6 +6,7 @@ mod binary;
 mod cache;
 mod cli;
 mod concurrency;
+mod console;
 mod contract;
 mod hardening;
 mod journeys;
