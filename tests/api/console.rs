@@ -240,3 +240,37 @@ async fn an_agent_finds_the_caller_and_sees_a_chatbot_answer_arrive_live() {
         .call("DELETE", &format!("/session/{session}"), json!({}))
         .await;
 }
+
+/// The interactive API docs come from the binary: the page renders the
+/// served OpenAPI document and asks nothing of any other host.
+#[tokio::test]
+async fn the_api_docs_render_from_the_service_alone() {
+    let app = spawn_app().await;
+    let (browser, session) = Browser::start().await;
+    browser
+        .call(
+            "POST",
+            &format!("/session/{session}/url"),
+            json!({"url": format!("{}/docs", app.address)}),
+        )
+        .await;
+    let page = "return document.body.innerText";
+    let shown = browser.wait_for(&session, page, "/v1/signals").await;
+    assert!(shown.contains("anamnesis"), "{shown}");
+    // Swagger UI loads its parts after the page: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let elsewhere = browser
+        .script(
+            &session,
+            &format!(
+                "return performance.getEntriesByType('resource').map(e => e.name)\
+                 .filter(n => !n.startsWith('{}')).join(' ')",
+                app.address
+            ),
+        )
+        .await;
+    assert_eq!(elsewhere, "", "requests beyond the service");
+    browser
+        .call("DELETE", &format!("/session/{session}"), json!({}))
+        .await;
+}
