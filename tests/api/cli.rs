@@ -481,3 +481,39 @@ fn a_csv_imports_through_a_column_mapping() {
         text(&out.stderr)
     );
 }
+
+/// Every command explains itself with `--help`, and the top level lists them all.
+#[test]
+fn every_command_has_help() {
+    let commands = [
+        "serve",
+        "openapi",
+        "token",
+        "check-config",
+        "import",
+        "export",
+        "store-stats",
+        "healthcheck",
+    ];
+    let top = anamnesis(&["--help"], &[]);
+    assert!(top.status.success());
+    let listed = text(&top.stdout);
+    for command in commands {
+        assert!(
+            listed.contains(command),
+            "`{command}` not listed:\n{listed}"
+        );
+        let out = anamnesis(&[command, "--help"], &[]);
+        let help = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{command} --help: {}",
+            text(&out.stderr)
+        );
+        assert!(help.contains("Usage:"), "{command} --help:\n{help}");
+    }
+    let import = text(&anamnesis(&["import", "--help"], &[]).stdout);
+    for option in ["--from-line", "--map", "--rejects", "--csv", "--batch"] {
+        assert!(import.contains(option), "import --help lacks {option}");
+    }
+}
