@@ -17,10 +17,6 @@ use crate::error::ApiError;
 use crate::routes::extract::parse_json;
 use crate::service::{BatchItem, ServiceError, Services};
 
-/// Longest line taken (a signal is at most 64 KiB in the API; a line may
-/// carry more whitespace).
-pub const MAX_LINE_BYTES: usize = 1 << 20;
-
 /// How an import ran.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Summary {
@@ -39,6 +35,8 @@ pub struct Summary {
     pub rejected: u64,
     /// The line to pass as `--from-line` to go on after this run.
     pub next_line: u64,
+    /// Whether the whole input was read (not stopped early).
+    pub finished: bool,
 }
 
 /// One refused line, as the rejects report writes it.
@@ -70,31 +68,72 @@ pub struct Ndjson<R> {
     reader: R,
     line: u64,
     read_bytes: u64,
+    /// Longest line taken, in bytes: the API's own body limit.
+    max_line: usize,
 }
 
 impl<R: BufRead> Ndjson<R> {
-    pub fn new(reader: R) -> Ndjson<R> {
+    pub fn new(reader: R, max_line: usize) -> Ndjson<R> {
         Ndjson {
             reader,
             line: 0,
             read_bytes: 0,
+            max_line,
+        }
+    }
+
+    /// Reads up to the next newline, keeping at most `max_line + 1` bytes
+    /// of it (a longer line is refused, never held whole); the bytes read
+    /// and whether the line was cut.
+    fn read_bounded(&mut self, into: &mut Vec<u8>) -> std::io::Result<(usize, bool)> {
+        let mut read = 0;
+        let mut cut = false;
+        loop {
+            let buffer = self.reader.fill_buf()?;
+            if buffer.is_empty() {
+                return Ok((read, cut));
+            }
+            let (chunk, found) = match buffer.iter().position(|b| *b == b'\n') {
+                Some(at) => (&buffer[..=at], true),
+                None => (buffer, false),
+            };
+            let room = (self.max_line + 1).saturating_sub(into.len());
+            if chunk.len() > room {
+                cut = true;
+            }
+            into.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let used = chunk.len();
+            self.reader.consume(used);
+            read += used;
+            if found {
+                return Ok((read, cut));
+            }
         }
     }
 }
 
 impl<R: BufRead> Source for Ndjson<R> {
     fn next_record(&mut self) -> std::io::Result<Option<Record>> {
-        let mut text = String::new();
-        let n = self.reader.read_line(&mut text)?;
+        let mut bytes = Vec::new();
+        let (n, cut) = self.read_bounded(&mut bytes)?;
         if n == 0 {
             return Ok(None);
         }
         self.line += 1;
         self.read_bytes += n as u64;
-        let text = if n > MAX_LINE_BYTES {
-            Err(ApiError::PayloadTooLarge(MAX_LINE_BYTES))
+        // A byte-order mark some editors write at the start of a file.
+        if self.line == 1 && bytes.starts_with(b"\xef\xbb\xbf") {
+            bytes.drain(..3);
+        }
+        let text = if cut || bytes.len() > self.max_line {
+            Err(ApiError::PayloadTooLarge(self.max_line))
         } else {
-            Ok(text.trim().to_owned())
+            match String::from_utf8(bytes) {
+                Ok(text) => Ok(text.trim().to_owned()),
+                Err(_) => Err(ApiError::MalformedJson(
+                    "the line is not UTF-8 text".to_owned(),
+                )),
+            }
         };
         Ok(Some(Record {
             line: self.line,
@@ -259,7 +298,8 @@ impl<R: std::io::Read> Source for Csv<R> {
             }
             Err(e) if e.is_io_error() => Err(std::io::Error::other(e.to_string())),
             Err(e) => Ok(Some(Record {
-                line,
+                // Where the bad row starts, not where the reader stopped.
+                line: e.position().map_or(line, csv::Position::line),
                 read_bytes,
                 text: Err(ApiError::MalformedJson(format!("not a CSV row: {e}"))),
             })),
@@ -308,13 +348,18 @@ pub async fn import(
         next_line: options.from_line.max(1),
         ..Summary::default()
     };
+    // After a failure part-way, this names the line to go on from.
+    let resume = |s: &Summary| format!("resume with --from-line {}", s.next_line);
     let mut read_bytes = 0u64;
     let mut done = false;
     while !done && !stop() {
         // (line number, the line, the parsed signal or why not)
         let mut batch: Vec<(u64, String, Result<SignalInput, ApiError>)> = Vec::new();
         while batch.len() < options.batch {
-            let Some(record) = input.next_record()? else {
+            let read = input.next_record().map_err(|e| {
+                anyhow::anyhow!("reading the input failed ({e}); {}", resume(&summary))
+            })?;
+            let Some(record) = read else {
                 done = true;
                 break;
             };
@@ -356,13 +401,21 @@ pub async fn import(
             });
         }
         let outcomes = services.ingest_batch(items).await.map_err(|e| {
-            anyhow::anyhow!(
-                "the store refused a batch ({e}); everything before line {} is imported: \
-                 resume with --from-line {}",
-                summary.next_line,
-                summary.next_line
-            )
+            anyhow::anyhow!("the store refused a batch ({e}); {}", resume(&summary))
         })?;
+        // The store failing is no fault of the line: stop, and resume from
+        // this batch (lines with a signal_id replay without harm).
+        let store_failed = outcomes.iter().find_map(|o| match o {
+            Err(Err(
+                e
+                @ (ServiceError::Store(_) | ServiceError::NotDurable | ServiceError::ShuttingDown),
+            )) => Some(e.to_string()),
+            _ => None,
+        });
+        if let Some(e) = store_failed {
+            rejects.flush()?;
+            anyhow::bail!("the store failed ({e}); {}", resume(&summary));
+        }
         for ((number, line), outcome) in lines.iter().zip(outcomes) {
             match outcome {
                 Ok(result) => {
@@ -386,6 +439,7 @@ pub async fn import(
         summary.next_line = last_line + 1;
         progress(read_bytes, &summary);
     }
+    summary.finished = done;
     rejects.flush()?;
     Ok(summary)
 }

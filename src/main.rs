@@ -275,11 +275,17 @@ fn import(
         name.push(".rejects.ndjson");
         name.into()
     });
+    // A resumed run adds to the report of the run it continues.
+    let existed = rejects_path.exists();
     let mut rejects_file = std::io::BufWriter::new(
-        std::fs::File::create(&rejects_path)
+        std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(from_line > 1)
+            .truncate(from_line <= 1)
+            .open(&rejects_path)
             .with_context(|| format!("creating {}", rejects_path.display()))?,
     );
-    let store = open_store(settings, true)?;
     let bar = indicatif::ProgressBar::new(size);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -290,18 +296,27 @@ fn import(
     let options = anamnesis::import::Options { from_line, batch };
     let started = std::time::Instant::now();
     let summary = actix_web::rt::System::new().block_on(async {
-        let services = anamnesis::service::Services::new(settings, std::sync::Arc::new(store))?;
+        // Caught from here on, before the store opens: an interrupt stops
+        // between batches, and names the line to go on from.
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("catching Ctrl-C")?;
         let interrupted = std::sync::Arc::new(AtomicBool::new(false));
         let flag = interrupted.clone();
         actix_web::rt::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupt.recv().await.is_some() {
                 flag.store(true, Ordering::SeqCst);
             }
         });
+        let store = open_store(settings, true)?;
+        let services = anamnesis::service::Services::new(settings, std::sync::Arc::new(store))?;
         let reader = std::io::BufReader::new(input);
         let mut source: Box<dyn anamnesis::import::Source> = match &mapping {
             Some(mapping) => Box::new(anamnesis::import::Csv::new(reader, mapping, channel)?),
-            None => Box::new(anamnesis::import::Ndjson::new(reader)),
+            None => Box::new(anamnesis::import::Ndjson::new(
+                reader,
+                settings.server.max_body_bytes,
+            )),
         };
         let result = anamnesis::import::import(
             &services,
@@ -319,11 +334,15 @@ fn import(
         )
         .await;
         bar.finish_and_clear();
-        result.map(|s| (s, interrupted.load(Ordering::SeqCst)))
+        result.map(|s| {
+            let stopped = !s.finished;
+            (s, stopped)
+        })
     })?;
     let (summary, interrupted) = summary;
-    if summary.rejected == 0 {
-        // Nothing to report: leave no empty file behind.
+    if summary.rejected == 0 && (from_line <= 1 || !existed) {
+        // Nothing to report: leave no empty file behind (a report an
+        // earlier run wrote stays).
         let _ = std::fs::remove_file(&rejects_path);
     }
     let imported = summary.created + summary.attached;

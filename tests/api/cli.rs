@@ -517,3 +517,72 @@ fn every_command_has_help() {
         assert!(import.contains(option), "import --help lacks {option}");
     }
 }
+
+/// Awkward files: a byte-order mark, a line that is not UTF-8, a line far
+/// over the API's body limit (refused without being held whole), Windows
+/// line endings. Each bad line is reported and the rest goes in; a resumed
+/// run adds to the earlier report instead of wiping it.
+#[test]
+fn awkward_lines_are_refused_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("awkward.ndjson");
+    let good = |i: u32| {
+        json!({"signal_id": format!("a-{i}"), "channel": "import",
+               "identifiers": [{"type": "email", "value": format!("a{i}@example.com")}]})
+        .to_string()
+    };
+    let mut bytes = b"\xef\xbb\xbf".to_vec();
+    bytes.extend(good(1).as_bytes());
+    bytes.extend(b"\r\n");
+    bytes.extend(b"{\"channel\": \"import\", \"identifiers\": [{\"type\": \"email\", \"value\": \"caf\xe9@example.com\"}]}\r\n");
+    bytes.extend(
+        format!(
+            "{{\"channel\": \"import\", \"traits\": {{\"x\": \"{}\"}}}}\n",
+            "y".repeat(200_000)
+        )
+        .as_bytes(),
+    );
+    bytes.extend(good(4).as_bytes());
+    std::fs::write(&file, bytes).unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        ("ANAMNESIS__STORAGE__PATH", data.to_str().unwrap()),
+        ("ANAMNESIS__AUTH__HS256_SECRET", SECRET),
+    ];
+    let out = anamnesis(&["import", file.to_str().unwrap()], &env);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("2 signals imported"), "{stdout}");
+    let report_path = dir.path().join("awkward.ndjson.rejects.ndjson");
+    let codes = |path: &std::path::Path| -> Vec<(u64, String)> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let r: Value = serde_json::from_str(l).unwrap();
+                (
+                    r["line"].as_u64().unwrap(),
+                    r["code"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let first = codes(&report_path);
+    assert_eq!(
+        first,
+        [
+            (2, "malformed_json".to_owned()),
+            (3, "payload_too_large".to_owned())
+        ]
+    );
+    assert_eq!(exported(&env).len(), 2);
+    // Going on from line 3 reports line 3 again, after what was there.
+    let out = anamnesis(
+        &["import", file.to_str().unwrap(), "--from-line", "3"],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut expected = first.clone();
+    expected.push((3, "payload_too_large".to_owned()));
+    assert_eq!(codes(&report_path), expected);
+}
