@@ -7,6 +7,8 @@ const $ = (id) => document.getElementById(id);
 let current = null;      // customer id on screen
 let stream = null;       // AbortController of the live stream
 let refreshing = null;   // pending refresh timer
+let latest = 0;          // number of the newest card request: older replies are dropped
+let retryDelay = 1000;   // live stream reconnect delay, doubled up to 30 s
 
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 
@@ -118,13 +120,16 @@ function render(card) {
 }
 
 async function load(path) {
+  const mine = ++latest;
   $("card").setAttribute("aria-busy", "true");
   try {
     const card = await api(path);
+    if (mine !== latest) return; // a newer lookup or update owns the screen
     render(card);
     say("Showing " + card.customer_id + " (updated " + new Date().toLocaleTimeString() + ")");
     if (card.customer_id !== current) follow(card.customer_id);
   } catch (e) {
+    if (mine !== latest) return;
     say(e.code === "profile_not_found" ? "Nobody with that number, email or id yet." : e.message, true);
     if (e.code === "profile_not_found") { $("card").replaceChildren(); stopFollowing(); }
   } finally {
@@ -147,13 +152,22 @@ async function follow(id) {
   try {
     const r = await fetch("/v1/profiles/" + encodeURIComponent(id) + "/events",
       { headers: { Authorization: "Bearer " + token(), Accept: "text/event-stream" }, signal: ctl.signal });
-    if (!r.ok || !r.body) return;
+    if (!r.ok || !r.body) {
+      // Refused (a token without access, an expired token): say so, and
+      // do not knock again.
+      if (r.status === 401 || r.status === 403) {
+        say("Live updates are off: the token may not follow this customer (" + r.status + ").", true);
+        return;
+      }
+      throw new Error("HTTP " + r.status);
+    }
+    retryDelay = 1000;
     const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
-      buffer += value;
+      buffer += value.replaceAll("\r\n", "\n");
       let end;
       while ((end = buffer.indexOf("\n\n")) >= 0) {
         const block = buffer.slice(0, end);
@@ -163,9 +177,18 @@ async function follow(id) {
     }
   } catch (e) {
     if (e.name === "AbortError") return;
+    say("Live updates interrupted; reconnecting…", true);
   }
-  // The stream ended (the service closes long streams): follow again.
-  if (current === id && stream === ctl) setTimeout(() => follow(id), 1000);
+  // The stream ended (the service closes long streams, or the network
+  // failed): follow again after a pause that grows while it keeps failing,
+  // and reload the card, since changes in the gap sent no event here.
+  if (current === id && stream === ctl) {
+    const wait = retryDelay * (0.75 + Math.random() / 2);
+    retryDelay = Math.min(retryDelay * 2, 30000);
+    setTimeout(() => {
+      if (current === id && stream === ctl) { changed(); follow(id); }
+    }, wait);
+  }
 }
 
 function changed() {
@@ -183,6 +206,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("lookup-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
+    clearTimeout(refreshing);
     if (!token()) { say("Paste an access token first.", true); $("token").focus(); return; }
     const q = $("lookup").value;
     if (!q.trim()) { say("Type a phone number, an email or a customer id.", true); return; }
