@@ -26,6 +26,23 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The rejects report at `path`: (line, code) of each refused line, after
+/// checking every entry names a reason.
+fn refused_lines(path: &std::path::Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            assert!(r["message"].as_str().is_some_and(|m| !m.is_empty()), "{r}");
+            (
+                r["line"].as_u64().unwrap(),
+                r["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// `check-config` prints the configuration in effect (file and environment
 /// layered over the defaults) as TOML that loads again, with every secret
 /// hidden, and says it is valid.
@@ -416,17 +433,7 @@ fn a_csv_imports_through_a_column_mapping() {
         stdout.contains("2 created a profile, 1 joined one"),
         "{stdout}"
     );
-    let report = std::fs::read_to_string(dir.path().join("crm.csv.rejects.ndjson")).unwrap();
-    let refused: Vec<(u64, String)> = report
-        .lines()
-        .map(|l| {
-            let r: Value = serde_json::from_str(l).unwrap();
-            (
-                r["line"].as_u64().unwrap(),
-                r["code"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let refused = refused_lines(&dir.path().join("crm.csv.rejects.ndjson"));
     assert_eq!(
         refused,
         [
@@ -449,37 +456,16 @@ fn a_csv_imports_through_a_column_mapping() {
         .iter()
         .any(|p| p["traits"]["first_name"]["value"] == "Carol, Jr."));
 
-    // A mapping that names a column the file does not have stops at once.
-    let out = anamnesis(
-        &[
-            "import",
-            file.to_str().unwrap(),
-            "--map",
-            "mail=identifier:email",
-        ],
-        &env,
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("no column `mail`"),
-        "{}",
-        text(&out.stderr)
-    );
-    let out = anamnesis(
-        &[
-            "import",
-            file.to_str().unwrap(),
-            "--map",
-            "phone=identifiers:phone",
-        ],
-        &env,
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("is not a target"),
-        "{}",
-        text(&out.stderr)
-    );
+    // A mapping that names a column the file does not have, or a target
+    // that does not exist, stops at once.
+    for (mapping, said) in [
+        ("mail=identifier:email", "no column `mail`"),
+        ("phone=identifiers:phone", "is not a target"),
+    ] {
+        let out = anamnesis(&["import", file.to_str().unwrap(), "--map", mapping], &env);
+        assert!(!out.status.success(), "{mapping}");
+        assert!(text(&out.stderr).contains(said), "{}", text(&out.stderr));
+    }
 }
 
 /// Every command explains itself with `--help`, and the top level lists them all.
@@ -554,20 +540,7 @@ fn awkward_lines_are_refused_one_by_one() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(stdout.contains("2 signals imported"), "{stdout}");
     let report_path = dir.path().join("awkward.ndjson.rejects.ndjson");
-    let codes = |path: &std::path::Path| -> Vec<(u64, String)> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let r: Value = serde_json::from_str(l).unwrap();
-                (
-                    r["line"].as_u64().unwrap(),
-                    r["code"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
-    };
-    let first = codes(&report_path);
+    let first = refused_lines(&report_path);
     assert_eq!(
         first,
         [
@@ -584,5 +557,5 @@ fn awkward_lines_are_refused_one_by_one() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut expected = first.clone();
     expected.push((3, "payload_too_large".to_owned()));
-    assert_eq!(codes(&report_path), expected);
+    assert_eq!(refused_lines(&report_path), expected);
 }

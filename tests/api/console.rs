@@ -124,6 +124,20 @@ impl Browser {
         .await
     }
 
+    /// Asserts that every resource the page loaded came from `origin`.
+    async fn assert_only_from(&self, session: &str, origin: &str) {
+        let elsewhere = self
+            .script(
+                session,
+                &format!(
+                    "return performance.getEntriesByType('resource').map(e => e.name)\
+                     .filter(n => !n.startsWith('{origin}')).join(' ')"
+                ),
+            )
+            .await;
+        assert_eq!(elsewhere, "", "requests beyond the service");
+    }
+
     /// Waits until `script` returns a string containing `wanted`.
     async fn wait_for(&self, session: &str, script: &str, wanted: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -215,17 +229,7 @@ async fn an_agent_finds_the_caller_and_sees_a_chatbot_answer_arrive_live() {
     assert_eq!(browser.script(&session, marker).await, before, "no reload");
 
     // Nothing was fetched from anywhere but this service.
-    let elsewhere = browser
-        .script(
-            &session,
-            &format!(
-                "return performance.getEntriesByType('resource').map(e => e.name)\
-                 .filter(n => !n.startsWith('{}')).join(' ')",
-                app.address
-            ),
-        )
-        .await;
-    assert_eq!(elsewhere, "", "requests beyond the service");
+    browser.assert_only_from(&session, &app.address).await;
 
     let png = browser
         .call("GET", &format!("/session/{session}/screenshot"), json!({}))
@@ -259,17 +263,7 @@ async fn the_api_docs_render_from_the_service_alone() {
     assert!(shown.contains("anamnesis"), "{shown}");
     // Swagger UI loads its parts after the page: give it a moment.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let elsewhere = browser
-        .script(
-            &session,
-            &format!(
-                "return performance.getEntriesByType('resource').map(e => e.name)\
-                 .filter(n => !n.startsWith('{}')).join(' ')",
-                app.address
-            ),
-        )
-        .await;
-    assert_eq!(elsewhere, "", "requests beyond the service");
+    browser.assert_only_from(&session, &app.address).await;
     browser
         .call("DELETE", &format!("/session/{session}"), json!({}))
         .await;
