@@ -367,12 +367,7 @@ fn context_card(c: &mut Criterion) {
     let (profile, recent) = card_profile(&rules);
     let mut group = c.benchmark_group("context_card");
     for pii in [true, false] {
-        let masking = Masking {
-            access: Access { pii },
-            identifiers: &rules.identifiers,
-            pii_traits: &settings.traits.pii,
-            follow_up_delay: rules.follow_up_delay,
-        };
+        let masking = Masking::new(Access { pii }, &rules, &settings.traits.pii);
         let name = if pii {
             "build+json/pii"
         } else {

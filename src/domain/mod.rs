@@ -30,6 +30,17 @@ pub use signal::{
     MAX_IDENTIFIERS,
 };
 
+/// FNV-1a of `bytes` as 16 hex digits: stable across builds and versions
+/// (unlike `std`'s hasher), for fingerprints that are stored.
+pub fn fnv1a(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 /// `[a-z][a-z0-9_]{0,max-1}`: the shape of channel, identifier type and question
 /// key names, so they are safe in keys, metrics labels and URLs.
 pub fn is_valid_name(name: &str, max: usize) -> bool {

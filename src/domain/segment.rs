@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::profile::{Hit, Membership, Profile};
-use super::{is_valid_name, is_valid_trait_name};
+use super::{fnv1a, is_valid_name, is_valid_trait_name};
 use crate::config::{
     InteractionPredicate, JourneyRule, OfferSettings, PredicateSettings, SegmentSettings,
 };
@@ -57,15 +57,9 @@ fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// FNV-1a of the segment definitions as JSON: stable across builds.
+/// A fingerprint of the segment definitions as JSON: stable across builds.
 fn fingerprint(segments: &BTreeMap<String, SegmentSettings>) -> String {
-    let bytes = serde_json::to_vec(segments).unwrap_or_default();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    fnv1a(&serde_json::to_vec(segments).unwrap_or_default())
 }
 
 /// `[[journey.rules]]`, checked in order.

@@ -197,7 +197,7 @@ impl Services {
                 .rules
                 .personalization
                 .current(&profile, Services::now()),
-            suggestions: self.suggestions(id, Access { pii: true })?,
+            suggestions: self.suggestions_of(&profile, Access { pii: true })?,
         };
         let mut opening = serde_json::to_vec(&head).map_err(encoding)?;
         // The head is a JSON object: reopen it to append the long parts.
@@ -226,12 +226,7 @@ pub fn export_profiles(
 ) -> anyhow::Result<u64> {
     let rules = crate::domain::SignalRules::from_settings(settings)
         .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.reason))?;
-    let masking = views::Masking {
-        access: Access { pii: true },
-        identifiers: &rules.identifiers,
-        pii_traits: &settings.traits.pii,
-        follow_up_delay: rules.follow_up_delay,
-    };
+    let masking = views::Masking::new(Access { pii: true }, &rules, &settings.traits.pii);
     let mut written = 0;
     let mut after = None;
     loop {

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::views::{ignored_view, ConflictView, IngestResult};
 use super::{atomically, ServiceError, Services, Writer};
 use crate::domain::{
-    plan_resolution, Answer, Caps, Change, ChannelRules, ConflictReason, Contribution, CustomerId,
-    Feedback, Hit, Identifier, IdentityEvent, IdentityEventKind, Interaction, Journey, Owner,
-    Profile, Signal, SignalInput, SignalRules, Suggestion, TraitValue,
+    fnv1a, plan_resolution, Answer, Caps, Change, ChannelRules, ConflictReason, Contribution,
+    CustomerId, Feedback, Hit, Identifier, IdentityEvent, IdentityEventKind, Interaction, Journey,
+    Owner, Profile, Signal, SignalInput, SignalRules, Suggestion, TraitValue,
 };
 use crate::store::{StoreError, StoreTx, TimelinePosition};
 
@@ -47,9 +47,8 @@ pub enum BatchItem<E> {
     Signal(Box<SignalInput>),
 }
 
-/// FNV-1a over the canonical JSON of what the signal asserts. Stable across
-/// builds and versions (unlike `std`'s hasher), so records written by one
-/// release are understood by the next.
+/// FNV-1a over the canonical JSON of what the signal asserts (see
+/// [`fnv1a`]), so records written by one release are understood by the next.
 fn fingerprint(signal: &Signal) -> String {
     let explicit_time = signal.occurred_at_given;
     // Everything the signal asserts; a defaulted time is the receiving time and
@@ -95,13 +94,7 @@ fn fingerprint(signal: &Signal) -> String {
             }),
         })),
     });
-    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    fnv1a(&serde_json::to_vec(&canonical).unwrap_or_default())
 }
 
 impl Services {

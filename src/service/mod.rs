@@ -274,12 +274,7 @@ impl Services {
     }
 
     pub fn masking(&self, access: Access) -> Masking<'_> {
-        Masking {
-            access,
-            identifiers: &self.rules.identifiers,
-            pii_traits: &self.pii_traits,
-            follow_up_delay: self.rules.follow_up_delay,
-        }
+        Masking::new(access, &self.rules, &self.pii_traits)
     }
 
     pub fn rules(&self) -> &SignalRules {

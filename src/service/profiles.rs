@@ -679,7 +679,15 @@ impl Services {
         id: CustomerId,
         access: Access,
     ) -> Result<Vec<SuggestionView>, ServiceError> {
-        let p = self.live(id)?;
+        self.suggestions_of(&self.live(id)?, access)
+    }
+
+    /// The same for a profile already read.
+    pub(super) fn suggestions_of(
+        &self,
+        p: &Profile,
+        access: Access,
+    ) -> Result<Vec<SuggestionView>, ServiceError> {
         let mut by_other: BTreeMap<CustomerId, Suggestion> = BTreeMap::new();
         for member in p.members() {
             for (other, s) in self.store.suggestions(member)? {

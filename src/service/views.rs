@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use crate::domain::{
     non_null_value_schema, Answer, ConflictReason, Consent, Contribution, CustomerId, Episode,
     EpisodeStatus, IdentifierRecord, IdentifierRules, IdentityEvent, IdentityEventKind,
-    IgnoredIdentifier, Interaction, Profile, Suggestion,
+    IgnoredIdentifier, Interaction, Profile, SignalRules, Suggestion,
 };
 
 /// What the caller may see. Built from the token's scopes.
@@ -56,7 +56,18 @@ pub fn mask(kind: &str, value: &str) -> String {
     }
 }
 
-impl Masking<'_> {
+impl<'a> Masking<'a> {
+    /// What `access` may see under `rules`, with `pii_traits` the trait
+    /// names that hold personal data.
+    pub fn new(access: Access, rules: &'a SignalRules, pii_traits: &'a [String]) -> Masking<'a> {
+        Masking {
+            access,
+            identifiers: &rules.identifiers,
+            pii_traits,
+            follow_up_delay: rules.follow_up_delay,
+        }
+    }
+
     pub fn identifier_value(&self, kind: &str, value: &str) -> String {
         if self.access.pii || !self.identifiers.is_pii(kind) {
             value.to_owned()

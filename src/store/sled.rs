@@ -91,6 +91,12 @@ fn key(prefix: u8, body: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The smallest key greater than `k`: where a range strictly after it starts.
+fn just_after(mut k: Vec<u8>) -> Vec<u8> {
+    k.push(0);
+    k
+}
+
 fn timeline_key(member: CustomerId, pos: TimelinePosition) -> Vec<u8> {
     let mut k = key(TIMELINE, &member.to_key());
     k.extend_from_slice(&pos.millis.to_be_bytes());
@@ -342,11 +348,7 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<Profile>, StoreError> {
         let start = match after {
-            Some(id) => {
-                let mut k = key(PROFILE, &id.to_key());
-                k.push(0);
-                k
-            }
+            Some(id) => just_after(key(PROFILE, &id.to_key())),
             None => key(PROFILE, &[]),
         };
         let end = key(PROFILE + 1, &[]);
@@ -365,12 +367,7 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<FollowUpKey>, StoreError> {
         let start = match after {
-            // Strictly after: the smallest key greater than `after`'s.
-            Some(a) => {
-                let mut k = key(FOLLOW_UP, &a.to_bytes());
-                k.push(0);
-                k
-            }
+            Some(a) => just_after(key(FOLLOW_UP, &a.to_bytes())),
             None => key(FOLLOW_UP, &[]),
         };
         let end = key(FOLLOW_UP, &resolved_before.to_be_bytes());
