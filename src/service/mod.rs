@@ -186,7 +186,11 @@ impl Services {
             settings.events.buffer,
             settings.events.max_streams,
         ));
-        let published = Arc::new(AtomicU64::new(0));
+        // Positions are never reused, even when retention emptied the log.
+        let last_change = store.last_change()?.max(journal::pruned_through(&*store)?);
+        // Everything in the store was published by an earlier run: the feed
+        // and stream replays serve it from the first request on.
+        let published = Arc::new(AtomicU64::new(last_change));
         let redis = match &settings.redis.url {
             Some(_) => Some(RedisLink::start(
                 &settings.redis,
@@ -211,8 +215,6 @@ impl Services {
                 "indexed the follow-ups of profiles stored before the follow-up index existed"
             );
         }
-        // Positions are never reused, even when retention emptied the log.
-        let last_change = store.last_change()?.max(journal::pruned_through(&*store)?);
         let committer = Committer::start(
             store.clone(),
             CommitPolicy {

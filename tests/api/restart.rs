@@ -108,6 +108,36 @@ async fn sigterm_stops_gracefully_and_keeps_the_data() {
     server.kill().await;
 }
 
+/// The change feed and a stream's replay serve what an earlier run wrote
+/// from the first request after a restart, before any new write.
+#[tokio::test]
+async fn the_change_feed_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = admin_token();
+    let server = Binary::start(dir.path(), &[]);
+    let id = server
+        .ingest(
+            &token,
+            &json!({"signal_id": "feed-1", "channel": "web",
+                      "identifiers": [{"type": "web_cookie", "value": "feed"}]}),
+        )
+        .await;
+    server.stop().await;
+
+    let server = Binary::start(dir.path(), &[]);
+    let resp = server.get(&token, "/v1/changes").await;
+    assert_eq!(resp.status(), 200);
+    let feed: serde_json::Value = resp.json().await.unwrap();
+    let customers: Vec<&str> = feed["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["customer_id"].as_str())
+        .collect();
+    assert_eq!(customers, [id.as_str()], "{feed}");
+    server.kill().await;
+}
+
 #[tokio::test]
 async fn first_start_without_a_secret_prints_a_working_admin_token_once() {
     let dir = tempfile::tempdir().unwrap();
