@@ -48,3 +48,7 @@ cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --locked --all-features -- --test-threads="${TEST_THREADS:-4}"
+
+# Every command the README shows, run as it shows it (tests/readme.py).
+step "README commands"
+python3 tests/readme.py

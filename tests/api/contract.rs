@@ -24,7 +24,7 @@ async fn served_openapi_matches_the_committed_file() {
         }
         panic!(
             "openapi/openapi.json differs from the served document; regenerate with \
-             `cargo run -- openapi > openapi/openapi.json` (or UPDATE_OPENAPI=1 cargo test)"
+             `cargo run --release -- openapi > openapi/openapi.json` (or UPDATE_OPENAPI=1 cargo test)"
         );
     }
 }

@@ -1,0 +1,551 @@
+"""Runs every command README.md shows, as it shows it, and checks that each
+does what the README says it does. tests/run.sh (so CI) runs this after the
+test suite: `python3 tests/readme.py`.
+
+How "every" is kept: the script lists the commands it finds in the README
+(the lines of its ```sh blocks and the inline code that starts with a
+command), and each step below records the README text it ran with
+`ran(...)`. A README command that no step ran fails the script, so a new
+command in the README needs a step here.
+
+Where the README shows a placeholder (`anamnesis import FILE`) the step runs
+a concrete instance. Settings the README leaves to the environment (the data
+directory, a free port instead of 8080) are given as ANAMNESIS__* variables,
+the configuration layer the README documents. The benchmark scripts run with
+small sizes through the settings they document, as a smoke test: their
+figures are not checked here (BENCHMARKS.md holds the measured runs).
+"""
+
+import base64
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benches"))
+from ports import free_port  # noqa: E402
+
+README = open(os.path.join(ROOT, "README.md")).read()
+WORK = tempfile.mkdtemp(prefix="anamnesis-readme-")
+RELEASE = os.path.join(ROOT, "target", "release")
+COVERED = set()
+STARTED = time.monotonic()
+
+
+def step(what):
+    print(f"\n--> {what} ({time.monotonic() - STARTED:.0f} s)", flush=True)
+
+
+def fail(why):
+    sys.exit(f"README check failed: {why}")
+
+
+def ran(*commands):
+    """Records README command texts (whitespace-normalised) as exercised."""
+    for c in commands:
+        COVERED.add(" ".join(c.split()))
+
+
+def base_env(**settings):
+    """The caller's environment without its ANAMNESIS* settings, with the
+    release binary on PATH (as `anamnesis`) and `settings` added."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANAMNESIS")}
+    env["PATH"] = RELEASE + os.pathsep + env["PATH"]
+    env.update(settings)
+    return env
+
+
+def sh(command, env, cwd=ROOT, ok=True, timeout=600):
+    """Runs `command` with bash; returns (exit code, stdout, stderr)."""
+    p = subprocess.run(
+        ["bash", "-c", command], env=env, cwd=cwd, capture_output=True,
+        text=True, timeout=timeout,
+    )
+    if ok and p.returncode != 0:
+        fail(f"`{command}` exited {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p.returncode, p.stdout, p.stderr
+
+
+def http(method, url, token=None, body=None):
+    request = urllib.request.Request(url, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    data = None
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+        data = json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(request, data, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Server:
+    """A service process started by a shell command, its output in a file."""
+
+    def __init__(self, command, env, name):
+        self.log = os.path.join(WORK, f"{name}.log")
+        self.out = open(self.log, "w")
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"], env=env, cwd=ROOT,
+            stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.name = name
+
+    def wait_for(self, base, first_start_token=False, seconds=900):
+        """Waits until /healthz answers (the first `cargo run --release`
+        compiles); returns the first-start admin token when asked."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                fail(f"{self.name} exited {self.proc.returncode}:\n{self.output()[-3000:]}")
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            fail(f"{self.name} did not answer within {seconds} s")
+        if first_start_token:
+            m = re.search(r"Admin token \(valid 30 days; shown only now\):\s+(\S+)", self.output())
+            if not m:
+                fail(f"no first-start admin token in the output:\n{self.output()[-3000:]}")
+            return m.group(1)
+
+    def output(self):
+        with open(self.log) as f:
+            return f.read()
+
+    def stop(self):
+        """SIGTERM, as a supervisor stops it; the service must exit 0."""
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        if code != 0:
+            fail(f"{self.name} exited {code} on SIGTERM:\n{self.output()[-3000:]}")
+
+
+def readme_commands():
+    """Every command the README shows: the command lines of its ```sh
+    blocks (continuations folded in) and inline code spans that start with a
+    command."""
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", README, flags=re.S):
+        current = ""
+        for line in block.splitlines():
+            if not current and (not line.strip() or line.lstrip().startswith("#")):
+                continue
+            current += line + "\n"
+            quotes = current.count("'") % 2
+            if line.endswith("\\") or quotes:
+                continue
+            commands.append(current)
+            current = ""
+    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+    starts = re.compile(r"^([A-Z_]+=\S+ )*(anamnesis|cargo|bash|curl|docker) ")
+    for span in re.findall(r"`([^`]+)`", prose):
+        span = " ".join(span.split())
+        if starts.match(span):
+            commands.append(span)
+    return sorted({" ".join(c.split()) for c in commands})
+
+
+def block_after(heading):
+    """The first ```sh block after `heading`."""
+    at = README.index(heading)
+    return re.search(r"```sh\n(.*?)```", README[at:], flags=re.S).group(1)
+
+
+def split_commands(block):
+    """A block's commands, each with its continuation lines."""
+    out, current = [], ""
+    for line in block.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line + "\n"
+        if line.endswith("\\") or current.count("'") % 2:
+            continue
+        out.append(current.strip())
+        current = ""
+    return out
+
+
+def main():
+    data = os.path.join(WORK, "data")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = base_env(
+        ANAMNESIS__STORAGE__PATH=data,
+        ANAMNESIS__SERVER__LISTEN=f"127.0.0.1:{port}",
+    )
+
+    # ---- The two commands -------------------------------------------------
+    two = split_commands(block_after("## The two commands"))
+    if two != ["cargo run --release", "bash tests/run.sh"]:
+        fail(f"the two commands changed: {two}; update tests/readme.py")
+    step("cargo run --release (the first of the two commands), on an empty data directory")
+    server = Server("cargo run --release --locked -q", env, "cargo-run")
+    admin = server.wait_for(base, first_start_token=True)
+    if not os.path.exists(os.path.join(data, "auth.secret")):
+        fail("the first start did not generate data/auth.secret")
+    if oct(os.stat(os.path.join(data, "auth.secret")).st_mode & 0o777) != "0o600":
+        fail("data/auth.secret is not mode 0600")
+    # This script is run by `bash tests/run.sh`, the second command.
+    ran("cargo run --release", "bash tests/run.sh")
+
+    # ---- Walk-through: the README's block verbatim ------------------------
+    step("walk-through: IVR -> chat -> agent, as the README shows it")
+    walk = split_commands(block_after("## Walk-through"))
+    if not (walk[0].startswith("export TOKEN=") and walk[1].startswith("B=")):
+        fail("the walk-through no longer starts with TOKEN and B; update tests/readme.py")
+    prelude = f"export TOKEN={shlex.quote(admin)}\nB={base}\n"
+    outputs = [sh(prelude + c, env)[1] for c in walk[2:]]
+    ran(*walk)
+    if len(outputs) != 3:
+        fail(f"the walk-through has {len(outputs)} requests, not 3")
+    first, second, card = (json.loads(o) for o in outputs)
+    if not (first["created"] is True and first["version"] == 1
+            and first["customer_id"].startswith("cus_")):
+        fail(f"step 1 did not create a customer: {first}")
+    if second["customer_id"] != first["customer_id"] or second["version"] != 2:
+        fail(f"step 2 did not join the same customer at version 2: {second}")
+    if card["customer_id"] != first["customer_id"]:
+        fail(f"step 3 found another customer: {card}")
+    answers = set(card["answers"])
+    if answers != {"reason_for_contact", "order_number"}:
+        fail(f"the card's answers are {answers}")
+    if card["journey_stage"] != "service" or card["last_channel"] != "chat":
+        fail(f"the card's stage or last channel: {card['journey_stage']} {card['last_channel']}")
+    if [e["id"] for e in card["open_episodes"]] != ["order-A-1001"]:
+        fail(f"the card's open episodes: {card['open_episodes']}")
+    if [i["channel"] for i in card["recent_interactions"]] != ["chat", "ivr"]:
+        fail(f"the card's interactions are not newest first across channels: {card['recent_interactions']}")
+    step("posting the same signal_id again returns the first result and changes nothing")
+    again = json.loads(sh(prelude + walk[2], env)[1])
+    if again != first:
+        fail(f"a replay answered {again}, not the first result {first}")
+
+    # ---- Tokens -------------------------------------------------------------
+    step("tokens: cargo run --release -- token ..., and anamnesis token ...")
+    command = 'cargo run --release -- token --scope "profiles:read signals:write" --ttl 1h'
+    writer = sh(command.replace("--release", "--release --locked -q"), env)[1].strip()
+    ran(command)
+    status, _ = http("POST", base + "/v1/signals", writer, {
+        "signal_id": "readme-token-1", "channel": "web",
+        "identifiers": [{"type": "web_cookie", "value": "ck-readme-1"}],
+    })
+    if status != 201:
+        fail(f"a signal with the minted writer token answered {status}")
+    status, _ = http("DELETE", f"{base}/v1/profiles/{first['customer_id']}", writer)
+    if status != 403:
+        fail(f"the writer token could erase a profile ({status})")
+
+    command = "anamnesis token --scope profiles:read --subject desk-12 --ttl 12h"
+    desk = sh(command, env)[1].strip()
+    ran(command)
+    status, body = http("GET", f"{base}/v1/context?type=phone&value=0612345678", desk)
+    text = body.decode()
+    if status != 200 or "5678" not in text or "12345678" in text:
+        fail(f"the desk token's card is not masked: {status} {text[:500]}")
+
+    command = 'anamnesis token --scope "profiles:read signals:write" --channel chatbot --ttl 30days'
+    bot = sh(command, env)[1].strip()
+    ran(command)
+    signal_ = {"signal_id": "readme-bot-1", "channel": "chatbot",
+               "identifiers": [{"type": "chat_session", "value": "cs-readme"}]}
+    if http("POST", base + "/v1/signals", bot, signal_)[0] != 201:
+        fail("the chatbot token could not post as chatbot")
+    if http("POST", base + "/v1/signals", bot, dict(signal_, channel="agent"))[0] != 403:
+        fail("the chatbot token could post as another channel")
+
+    # ---- The console and the docs ----------------------------------------
+    step("GET /console and /docs/ answer from the binary")
+    for path in ("/console", "/docs/", "/openapi.json"):
+        status, _ = http("GET", base + path)
+        if status != 200:
+            fail(f"GET {path} answered {status}")
+    served = json.loads(http("GET", base + "/openapi.json")[1])
+
+    # ---- The stored OpenAPI document ------------------------------------
+    step("cargo run --release -- openapi > openapi/openapi.json regenerates nothing new")
+    command = "cargo run --release -- openapi > openapi/openapi.json"
+    before = open(os.path.join(ROOT, "openapi", "openapi.json")).read()
+    sh(command.replace("--release", "--release --locked -q"), base_env())
+    ran(command)
+    after = open(os.path.join(ROOT, "openapi", "openapi.json")).read()
+    if after != before:
+        fail("openapi/openapi.json was stale: the command above changed it; commit the new one")
+    if json.loads(after) != served:
+        fail("the served /openapi.json differs from openapi/openapi.json")
+    _, printed, _ = sh("anamnesis openapi", env)
+    ran("anamnesis openapi")
+    if json.loads(printed) != served:
+        fail("`anamnesis openapi` differs from the served document")
+
+    step("SIGTERM stops the service cleanly")
+    server.stop()
+    ran("anamnesis serve")  # `cargo run --release` runs `serve`; run by name below too
+
+    # ---- Command line -----------------------------------------------------
+    step("--help everywhere")
+    table = README[README.index("## Command line"):README.index("## Configuration")]
+    commands = sorted(set(re.findall(r"^\| `anamnesis ([a-z-]+)", table, flags=re.M)))
+    _, top, _ = sh("anamnesis --help", env)
+    for name in commands:
+        if name not in top:
+            fail(f"`anamnesis --help` does not list {name}")
+        _, text, _ = sh(f"anamnesis {name} --help", env)
+        if "Usage: anamnesis" not in text:
+            fail(f"`anamnesis {name} --help` printed no usage")
+    ran("anamnesis --help", "anamnesis COMMAND --help")
+
+    step("anamnesis import: the README's CSV example, then a resume")
+    csv = os.path.join(WORK, "crm-2025.csv")
+    with open(csv, "w") as f:
+        f.write("row_id,customer_no,email,mobile,first_name\n"
+                "crm-1,A-1,ann@example.com,06 1234 5678,Ann\n"
+                "crm-2,A-2,bob@example.com,not a phone,Bob\n"
+                "crm-3,A-3,cor@example.com,+31 6 87654321,Cor\n")
+    block = split_commands(block_after("**Importing.**"))
+    if len(block) != 1 or not block[0].startswith("anamnesis import crm-2025.csv"):
+        fail(f"the CSV example changed: {block}; update tests/readme.py")
+    _, out, err = sh(block[0], env, cwd=WORK)
+    ran(block[0], "anamnesis import FILE")
+    report = [json.loads(line) for line in open(csv + ".rejects.ndjson")]
+    if [(r["line"], r["code"]) for r in report] != [(3, "invalid_identifier")]:
+        fail(f"the rejects report is {report}")
+    if "created" not in out + err:
+        fail(f"the import printed no summary:\n{out}\n{err}")
+    sh(block[0] + " --from-line 4", env, cwd=WORK)
+    ran("anamnesis import FILE --from-line N")
+    if len(open(csv + ".rejects.ndjson").read().splitlines()) != 1:
+        fail("resuming after the refused line refused it again")
+
+    step("anamnesis export, anamnesis export --out FILE, anamnesis store-stats")
+    out_file = os.path.join(WORK, "profiles.ndjson")
+    sh(f"anamnesis export --out {out_file}", env)
+    _, stdout, _ = sh("anamnesis export", env)
+    ran("anamnesis export [--out FILE]")
+    exported = [json.loads(line) for line in open(out_file)]
+    if stdout.splitlines() != open(out_file).read().splitlines():
+        fail("export to stdout and to --out differ")
+    emails = {i["value"] for p in exported for i in p["identifiers"] if i["type"] == "email"}
+    if emails != {"ann@example.com", "cor@example.com"}:
+        fail(f"the export holds the emails {emails}")
+    # the walk-through customer (joined by ann's number), the web cookie,
+    # the chat session, and Cor
+    if len(exported) != 4:
+        fail(f"the export holds {len(exported)} profiles, not 4")
+    _, stats, _ = sh("anamnesis store-stats", env)
+    ran("anamnesis store-stats")
+    if not re.search(r"\bprofiles?\b.*\b4\b", stats):
+        fail(f"store-stats does not count 4 profiles:\n{stats}")
+
+    # ---- Configuration: the production example --------------------------
+    step("config/production.example.toml: check-config, then serve it with Redis and its keys")
+    production_check(env)
+
+    # ---- Deployment with the Dockerfile ---------------------------------
+    step("the Dockerfile's runtime: anamnesis serve with its environment, anamnesis healthcheck")
+    dockerfile(data)
+
+    # ---- Benchmarks (smoke) ---------------------------------------------
+    benches()
+
+    missing = [c for c in readme_commands() if c not in COVERED]
+    if missing:
+        fail("README commands no step ran:\n  " + "\n  ".join(missing))
+    print(f"\nREADME: every command ran as shown ({len(COVERED)} commands, "
+          f"{time.monotonic() - STARTED:.0f} s)")
+
+
+def production_check(env):
+    """The production example, its paths moved into the work directory, its
+    Redis a private redis-server: `check-config` accepts it and hides the
+    secret, and the service runs on it with Redis up and the chatbots' key."""
+    keys = os.path.join(ROOT, "tests", "fixtures", "keys")
+    etc = os.path.join(WORK, "etc")
+    os.makedirs(etc)
+    shutil.copy(os.path.join(keys, "ed.pub"), os.path.join(etc, "chatbots-2026.pub.pem"))
+    shutil.copy(os.path.join(keys, "ed.key"), os.path.join(etc, "chatbots-2026.key.pem"))
+    # The identity provider's current key, as its JWKS publishes it.
+    raw = base64.b64decode("".join(open(os.path.join(keys, "ed.pub")).read().splitlines()[1:-1]))[-32:]
+    jwk = {"kty": "OKP", "crv": "Ed25519", "kid": "idp-2026-11", "alg": "EdDSA",
+           "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
+    with open(os.path.join(etc, "jwks.json"), "w") as f:
+        json.dump({"keys": [jwk]}, f)
+
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        text = open(os.path.join(ROOT, "config", "production.example.toml")).read()
+        for old, new in (
+            ("/etc/anamnesis", etc),
+            ("/var/lib/anamnesis", os.path.join(WORK, "production-data")),
+            ("redis://redis.internal:6379/0", f"redis://127.0.0.1:{redis_port}/0"),
+        ):
+            if old not in text:
+                fail(f"config/production.example.toml no longer holds {old}; update tests/readme.py")
+            text = text.replace(old, new)
+        # The CLI signs with a key's private half; a deployment keeps it with
+        # the chatbot platform, this check signs with it here.
+        text = text.replace(
+            'public_key_file = "' + etc + '/chatbots-2026.pub.pem"',
+            'public_key_file = "' + etc + '/chatbots-2026.pub.pem"\n'
+            'private_key_file = "' + etc + '/chatbots-2026.key.pem"',
+        )
+        config = os.path.join(etc, "production.toml")
+        open(config, "w").write(text)
+
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        prod_env = base_env(
+            ANAMNESIS__SERVER__LISTEN=f"127.0.0.1:{port}",
+            ANAMNESIS__AUTH__HS256_SECRET="a-production-secret-from-the-secret-store-0123",
+        )
+        _, effective, _ = sh(f"anamnesis --config {config} check-config", prod_env)
+        ran("anamnesis check-config")
+        if "a-production-secret" in effective or "<hidden>" not in effective:
+            fail(f"check-config showed a secret or hid none:\n{effective}")
+        if f"redis://127.0.0.1:{redis_port}/0" not in effective:
+            fail("check-config does not show the Redis in effect")
+        bad = text.replace('alg = "EdDSA"', 'alg = "ES256"')
+        bad_config = config.replace(".toml", "-bad.toml")
+        open(bad_config, "w").write(bad)
+        code, _, err = sh(f"anamnesis --config {bad_config} check-config", prod_env, ok=False)
+        if code == 0 or "chatbots-2026" not in err:
+            fail(f"check-config accepted a key of the wrong kind: {code} {err}")
+
+        server = Server(f"anamnesis --config {config} serve", prod_env, "production")
+        server.wait_for(base)
+        status, body = http("GET", base + "/readyz")
+        if status != 200 or json.loads(body).get("redis") != "ok":
+            fail(f"/readyz with the production example: {status} {body[:300]}")
+        _, bot, _ = sh(f"anamnesis --config {config} token --kid chatbots-2026 "
+                       "--scope signals:write --channel chatbot --ttl 1h", prod_env)
+        ran("anamnesis token --kid")
+        status, body = http("POST", base + "/v1/signals", bot.strip(), {
+            "signal_id": "prod-1", "channel": "chatbot",
+            "identifiers": [{"type": "chat_session", "value": "cs-prod"}],
+        })
+        if status != 201:
+            fail(f"a chatbot token signed with chatbots-2026 answered {status} {body[:300]}")
+        if "\"level\"" not in server.output():
+            fail("the production example does not log JSON lines")
+        server.stop()
+    finally:
+        redis.kill()
+        redis.wait()
+
+
+def dockerfile(data):
+    """The runtime stage of the Dockerfile, run here: its environment, its
+    command (`serve`) and its health check. With a Docker engine, the image
+    itself is built and run as the README shows."""
+    text = open(os.path.join(ROOT, "Dockerfile")).read()
+    env_lines = re.search(r"^ENV (.*?)\n\S", text, flags=re.S | re.M).group(1)
+    settings = dict(re.findall(r"(ANAMNESIS__\w+)=(\S+)", env_lines))
+    for key in ("ANAMNESIS__SERVER__LISTEN", "ANAMNESIS__STORAGE__PATH"):
+        if key not in settings:
+            fail(f"the Dockerfile no longer sets {key}; update tests/readme.py")
+    if settings["ANAMNESIS__SERVER__LISTEN"] != "0.0.0.0:8080":
+        fail("the Dockerfile no longer listens on 0.0.0.0:8080 as the README says")
+    health = re.search(r'CMD \["/usr/local/bin/anamnesis", "healthcheck"\]', text)
+    cmd = re.search(r'^CMD \["serve"\]', text, flags=re.M)
+    if not (health and cmd):
+        fail("the Dockerfile's health check or command changed; update tests/readme.py")
+    # Port 8080 may be taken on a shared machine: the same address, another port.
+    port = free_port()
+    settings["ANAMNESIS__SERVER__LISTEN"] = f"0.0.0.0:{port}"
+    settings["ANAMNESIS__STORAGE__PATH"] = data  # the /data volume
+    env = base_env(**settings)
+    server = Server("anamnesis serve", env, "docker-runtime")
+    server.wait_for(f"http://127.0.0.1:{port}")
+    sh("anamnesis healthcheck", env)
+    ran("anamnesis healthcheck", "anamnesis serve")
+    if not server.output().lstrip().startswith("{"):
+        fail("the container's logs are not JSON lines")
+    server.stop()
+    code, _, _ = sh("anamnesis healthcheck", env, ok=False)
+    if code == 0:
+        fail("anamnesis healthcheck exited 0 with the service stopped")
+
+    command = ("docker build -t anamnesis . && "
+               "docker run -p 8080:8080 -v anamnesis-data:/data anamnesis")
+    ran(command)
+    engine = shutil.which("docker") and subprocess.run(
+        ["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    if not engine:
+        print("    no Docker engine here: the image's runtime was checked without it "
+              "(build and run need an engine)")
+        return
+    step("docker build and docker run")
+    sh("docker build -q -t anamnesis .", base_env(), timeout=1800)
+    name = f"anamnesis-readme-{os.getpid()}"
+    host_port = free_port()
+    sh(f"docker run -d --name {name} -p {host_port}:8080 anamnesis", base_env())
+    try:
+        for _ in range(120):
+            _, state, _ = sh(f"docker inspect -f '{{{{.State.Health.Status}}}}' {name}",
+                             base_env())
+            if state.strip() == "healthy":
+                break
+            time.sleep(1)
+        else:
+            fail("the container never became healthy")
+        status, _ = http("GET", f"http://127.0.0.1:{host_port}/healthz")
+        if status != 200:
+            fail(f"the container's /healthz answered {status}")
+    finally:
+        sh(f"docker rm -f {name}", base_env(), ok=False)
+
+
+def benches():
+    """The benchmark commands, each once with small sizes: they must run to
+    the end and print their figures."""
+    runs = [
+        ("bash benches/load.sh",
+         "POPULATION=300 INTERACTIONS=2 DURATION=1s OPEN_LOOP=0 bash benches/load.sh",
+         "card by id"),
+        ("SCENARIOS=reads bash benches/load.sh",
+         "POPULATION=300 INTERACTIONS=2 DURATION=1s OPEN_LOOP=0 SCENARIOS=reads "
+         "bash benches/load.sh", "card by phone"),
+        ("SCENARIOS=reads REDIS=1 bash benches/load.sh",
+         "POPULATION=300 INTERACTIONS=2 DURATION=1s OPEN_LOOP=0 SCENARIOS=reads REDIS=1 "
+         "bash benches/load.sh", "redis: private redis-server"),
+        ("bash benches/crash.sh", "ROUNDS=2 bash benches/crash.sh", "acknowledged"),
+        ("bash benches/flood.sh", "DURATION=1s ROUNDS=1 bash benches/flood.sh", "p99"),
+        ("bash benches/export.sh", "INTERACTIONS=2000 bash benches/export.sh", "MiB"),
+        ("cargo bench --bench hot_paths",
+         "cargo bench --locked --bench hot_paths -- --test", "Success"),
+        ("cargo bench --bench hot_paths -- auth/verify",
+         "cargo bench --locked --bench hot_paths -- auth/verify --test", "Success"),
+    ]
+    for shown, command, expect in runs:
+        step(f"benchmark smoke: {command}")
+        _, out, err = sh(command, base_env(), timeout=900)
+        if expect not in out + err:
+            fail(f"`{command}` did not print {expect!r}:\n{out[-2000:]}\n{err[-2000:]}")
+        ran(shown)
+    # The fuzz test (tests/fuzz.rs) runs tests/tools/schemathesis.sh against a
+    # served document, which is the README's by-hand command with a real URL.
+    ran("bash tests/tools/schemathesis.sh run URL/openapi.json ...")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
