@@ -38,6 +38,7 @@ README = open(os.path.join(ROOT, "README.md")).read()
 WORK = tempfile.mkdtemp(prefix="anamnesis-readme-")
 RELEASE = os.path.join(ROOT, "target", "release")
 COVERED = set()
+SERVERS = []  # stopped (killed) on the way out, whatever happened
 STARTED = time.monotonic()
 
 
@@ -101,6 +102,7 @@ class Server:
             stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.name = name
+        SERVERS.append(self)
 
     def wait_for(self, base, first_start_token=False, seconds=900):
         """Waits until /healthz answers (the first `cargo run --release`
@@ -548,4 +550,8 @@ if __name__ == "__main__":
     try:
         main()
     finally:
+        for server in SERVERS:
+            if server.proc.poll() is None:
+                os.killpg(server.proc.pid, signal.SIGKILL)
+                server.proc.wait()
         shutil.rmtree(WORK, ignore_errors=True)
