@@ -42,7 +42,7 @@ use tokio::sync::mpsc;
 
 use crate::config::RedisSettings;
 use crate::domain::{CustomerId, Identifier};
-use crate::events::Hub;
+use crate::events::Publish;
 use crate::service::journal::{Committed, LiveEvent};
 
 /// Fills an entry unless it holds a newer position (or the generation moved).
@@ -128,7 +128,8 @@ pub struct RedisLink {
     closed: AtomicBool,
     /// Tells this instance's own events from the others' on the bus.
     instance: String,
-    hub: Arc<Hub>,
+    /// Where events go once marked: the streams, or the tail.
+    hub: Arc<dyn Publish>,
     commits: mpsc::UnboundedSender<Commit>,
     fill: Script,
     mark: Script,
@@ -142,7 +143,7 @@ impl RedisLink {
     pub fn start(
         settings: &RedisSettings,
         store: &str,
-        hub: Arc<Hub>,
+        hub: Arc<dyn Publish>,
         published: Arc<AtomicU64>,
     ) -> anyhow::Result<Arc<RedisLink>> {
         let url = settings.url.as_deref().context("redis.url is not set")?;
@@ -485,7 +486,7 @@ impl RedisLink {
                 else {
                     continue;
                 };
-                if bus.origin != self.instance {
+                if bus.origin != self.instance && self.hub.takes_remote() {
                     let events: Vec<Arc<LiveEvent>> =
                         bus.events.into_iter().map(Arc::new).collect();
                     self.hub.publish(&events);

@@ -102,6 +102,7 @@ pub struct ServerSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    pub backend: Backend,
     pub path: PathBuf,
     /// Upper bound on writes applied between two flushes.
     pub max_group_commit: usize,
@@ -112,6 +113,44 @@ pub struct StorageSettings {
     /// store's memory grows with its number of records (BENCHMARKS.md, the
     /// scale run).
     pub cache_bytes: u64,
+    pub postgres: PostgresSettings,
+}
+
+/// Which engine keeps the profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Embedded, in `storage.path`: one instance owns it.
+    Sled,
+    /// A database speaking the PostgreSQL protocol, shared by instances.
+    Postgres,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    /// Required with `storage.backend = "postgres"`; may carry a password.
+    pub url: Option<String>,
+    pub schema: String,
+    pub pool_size: usize,
+    pub statement_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// How often an instance reads the change log for the other instances'
+    /// changes (it also reads it at once after each of its own writes).
+    pub poll_ms: u64,
+}
+
+impl PostgresSettings {
+    /// The connection options, once validated.
+    pub fn options(&self) -> Option<crate::store::PgOptions> {
+        Some(crate::store::PgOptions {
+            url: self.url.clone()?,
+            schema: self.schema.clone(),
+            pool_size: self.pool_size,
+            statement_timeout: Duration::from_millis(self.statement_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -672,6 +711,19 @@ impl Settings {
                 }
             }
         }
+        // So may a database URL: postgres://user:password@host/db.
+        if let Some(url) = value["storage"]["postgres"]["url"].as_str() {
+            let hidden = match url.split_once("://") {
+                Some((scheme, rest)) => match rest.rsplit_once('@') {
+                    Some((_, host)) => format!("{scheme}://{HIDDEN}@{host}"),
+                    None => url.to_owned(),
+                },
+                // key=value form: the password is one of the pairs.
+                None if url.contains("password") => HIDDEN.to_owned(),
+                None => url.to_owned(),
+            };
+            value["storage"]["postgres"]["url"] = hidden.into();
+        }
         strip_nulls(&mut value);
         toml::to_string(&value).map_err(|e| invalid("(all)", e.to_string()))
     }
@@ -707,6 +759,47 @@ impl Settings {
                 "storage.cache_bytes",
                 "must be at least 1 MiB (1048576)",
             ));
+        }
+        let pg = &self.storage.postgres;
+        if self.storage.backend == Backend::Postgres && pg.url.is_none() {
+            return Err(invalid(
+                "storage.postgres.url",
+                "is required with storage.backend = \"postgres\"",
+            ));
+        }
+        if let Some(url) = &pg.url {
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| invalid("storage.postgres.url", e.to_string()))?;
+        }
+        let schema_name = |s: &str| {
+            s.len() <= 63
+                && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !schema_name(&pg.schema) {
+            return Err(invalid(
+                "storage.postgres.schema",
+                "must be 1 to 63 of a-z, 0-9 and _, not starting with a digit",
+            ));
+        }
+        if !(1..=256).contains(&pg.pool_size) {
+            return Err(invalid("storage.postgres.pool_size", "must be 1 to 256"));
+        }
+        if !(100..=600_000).contains(&pg.statement_timeout_ms) {
+            return Err(invalid(
+                "storage.postgres.statement_timeout_ms",
+                "must be 100 to 600000",
+            ));
+        }
+        if !(100..=60_000).contains(&pg.connect_timeout_ms) {
+            return Err(invalid(
+                "storage.postgres.connect_timeout_ms",
+                "must be 100 to 60000",
+            ));
+        }
+        if !(1..=10_000).contains(&pg.poll_ms) {
+            return Err(invalid("storage.postgres.poll_ms", "must be 1 to 10000"));
         }
         if self.storage.max_group_commit == 0 {
             return Err(invalid("storage.max_group_commit", "must be at least 1"));

@@ -42,6 +42,25 @@ impl Slot {
     }
 }
 
+/// Where committed events go: straight to this instance's streams (the
+/// [`Hub`]), or, over a store several instances write, to the tail that
+/// hands out every instance's changes in log order.
+pub trait Publish: Send + Sync {
+    fn publish(&self, events: &[Arc<LiveEvent>]);
+
+    /// Whether events other instances send over the Redis bus are wanted
+    /// (not when the change log brings them).
+    fn takes_remote(&self) -> bool {
+        true
+    }
+}
+
+impl Publish for Hub {
+    fn publish(&self, events: &[Arc<LiveEvent>]) {
+        self.publish_now(events)
+    }
+}
+
 pub struct Hub {
     listeners: Mutex<HashMap<CustomerId, Vec<Arc<Slot>>>>,
     buffer: usize,
@@ -159,12 +178,13 @@ impl Hub {
         }
     }
 
-    /// Hands each event to the streams following its profile; never waits.
+    /// Hands each event to the streams following its profile; never waits
+    /// (see [`Publish`]).
     ///
     /// A stream following a profile that is merged away follows the survivor
     /// from that event on, before any later event is handed out, so it misses
     /// nothing the survivor does next; an unmerge of that profile ends it.
-    pub fn publish(&self, events: &[Arc<LiveEvent>]) {
+    pub fn publish_now(&self, events: &[Arc<LiveEvent>]) {
         if events.is_empty() {
             return;
         }

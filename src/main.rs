@@ -103,6 +103,11 @@ enum Command {
         #[arg(long, short)]
         out: Option<std::path::PathBuf>,
     },
+    /// Create or update the database schema of `storage.backend =
+    /// "postgres"` to this build's version (safe to run from several
+    /// instances at once; does nothing when it is current). The sled store
+    /// needs no migration.
+    Migrate,
     /// Exit 0 when the service at the configured address answers /healthz
     /// (for container health checks: no curl needed).
     Healthcheck {
@@ -182,6 +187,7 @@ fn run() -> anyhow::Result<()> {
                 &settings, &file, mapping, &channel, from_line, batch, rejects,
             )
         }
+        Command::Migrate => migrate(&settings),
         Command::Healthcheck { addr } => {
             healthcheck(addr.as_deref().unwrap_or(&settings.server.listen))
         }
@@ -225,17 +231,33 @@ fn check_config(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The store under `storage.path`, opened by a command beside the service;
-/// `create`: a new one when there is none.
-fn open_store(settings: &Settings, create: bool) -> anyhow::Result<anamnesis::store::SledStore> {
-    let path = settings.storage.path.join("db");
-    anyhow::ensure!(create || path.exists(), "no store at {}", path.display());
-    anamnesis::store::SledStore::open_with(&path, settings.storage.cache_bytes).with_context(|| {
-        format!(
-            "opening the store in {} (is the service running?)",
-            path.display()
-        )
-    })
+fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    use anamnesis::config::Backend;
+    anyhow::ensure!(
+        settings.storage.backend == Backend::Postgres,
+        "storage.backend is \"sled\": the embedded store needs no migration"
+    );
+    let options = settings
+        .storage
+        .postgres
+        .options()
+        .context("storage.postgres.url is required")?;
+    let schema = options.schema.clone();
+    let applied = anamnesis::store::migrate(options)
+        .with_context(|| format!("migrating schema `{schema}`"))?;
+    for (version, what) in &applied {
+        println!("applied migration {version}: {what}");
+    }
+    println!(
+        "schema `{schema}` is at version {}{}",
+        anamnesis::store::SCHEMA_VERSION,
+        if applied.is_empty() {
+            " (already current)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 /// `COLUMN=TARGET` pairs of `--map`.
@@ -308,8 +330,8 @@ fn import(
                 flag.store(true, Ordering::SeqCst);
             }
         });
-        let store = open_store(settings, true)?;
-        let services = anamnesis::service::Services::new(settings, std::sync::Arc::new(store))?;
+        let store = anamnesis::startup::open_store(settings, true)?;
+        let services = anamnesis::service::Services::new(settings, store)?;
         let reader = std::io::BufReader::new(input);
         let mut source: Box<dyn anamnesis::import::Source> = match &mapping {
             Some(mapping) => Box::new(anamnesis::import::Csv::new(reader, mapping, channel)?),
@@ -370,7 +392,7 @@ fn import(
 }
 
 fn export(settings: &Settings, out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let store = open_store(settings, false)?;
+    let store = anamnesis::startup::open_store(settings, false)?;
     let mut sink: Box<dyn std::io::Write> = match out {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
@@ -380,7 +402,7 @@ fn export(settings: &Settings, out: Option<&std::path::Path>) -> anyhow::Result<
     let started = std::time::Instant::now();
     let mut last_report = started;
     let written =
-        anamnesis::service::engagement::export_profiles(&store, settings, &mut sink, &mut |n| {
+        anamnesis::service::engagement::export_profiles(&*store, settings, &mut sink, &mut |n| {
             if last_report.elapsed() >= std::time::Duration::from_secs(1) {
                 last_report = std::time::Instant::now();
                 eprint!("\rexported {n} profiles");
@@ -394,8 +416,8 @@ fn export(settings: &Settings, out: Option<&std::path::Path>) -> anyhow::Result<
 }
 
 fn store_stats(settings: &Settings) -> anyhow::Result<()> {
-    let store = open_store(settings, false)?;
-    let kinds = store.stats()?;
+    let store = anamnesis::startup::open_store(settings, false)?;
+    let kinds = store.record_stats()?;
     let live: u64 = kinds.iter().map(|k| k.key_bytes + k.value_bytes).sum();
     let disk = store.size_on_disk()?;
     println!(

@@ -18,13 +18,14 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{default_secret, Authenticator, RateLimiter, Scope, SecretSource};
+use crate::config::Backend;
 use crate::config::Settings;
 use crate::conn::DeadlineStream;
 use crate::middleware::request_context;
 use crate::routes;
 use crate::routes::extract::{path_error_handler, query_error, BodyLimit, BodyTimeout};
 use crate::service::Services;
-use crate::store::SledStore;
+use crate::store::{PgStore, SledStore, Store};
 
 /// Histogram buckets in seconds: fine below a millisecond, where reads live.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -61,6 +62,37 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// The configured store: sled under `storage.path` (`create`: a new one
+/// when there is none), or the database of `storage.postgres`, whose schema
+/// must be at this build's version (`anamnesis migrate`).
+pub fn open_store(settings: &Settings, create: bool) -> anyhow::Result<Arc<dyn Store>> {
+    match settings.storage.backend {
+        Backend::Sled => {
+            let path = settings.storage.path.join("db");
+            anyhow::ensure!(create || path.exists(), "no store at {}", path.display());
+            let store =
+                SledStore::open_with(&path, settings.storage.cache_bytes).with_context(|| {
+                    format!(
+                        "opening the store in {} (is the service running?)",
+                        path.display()
+                    )
+                })?;
+            Ok(Arc::new(store))
+        }
+        Backend::Postgres => {
+            let options = settings
+                .storage
+                .postgres
+                .options()
+                .context("storage.postgres.url is required")?;
+            let schema = options.schema.clone();
+            let store = PgStore::open(options)
+                .with_context(|| format!("opening the database store (schema `{schema}`)"))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -74,8 +106,7 @@ impl Application {
         let data_dir = settings.storage.path.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-        let store = SledStore::open_with(&data_dir.join("db"), settings.storage.cache_bytes)
-            .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+        let store = open_store(&settings, true)?;
         let (secret, source) =
             default_secret(&settings.auth, &data_dir).context("loading the auth secret")?;
         let authenticator = Arc::new(
@@ -116,9 +147,8 @@ impl Application {
             SecretSource::Configured | SecretSource::Existing(_) => None,
         };
 
-        let services = web::Data::new(
-            Services::new(&settings, Arc::new(store)).context("starting the services")?,
-        );
+        let services =
+            web::Data::new(Services::new(&settings, store).context("starting the services")?);
         let authenticator = web::Data::from(authenticator);
         let limiter = web::Data::new(RateLimiter::new(&settings.limits));
         let prometheus = web::Data::new(metrics_handle());

@@ -190,10 +190,15 @@ impl Journal {
         }
     }
 
-    fn allocate(&self) -> u64 {
+    /// The next position: the engine's, when it numbers changes in the
+    /// transaction (several writers), else this committer's own.
+    fn allocate(&self, tx: &mut dyn StoreTx) -> Result<u64, StoreError> {
+        if let Some(seq) = tx.allocate_change()? {
+            return Ok(seq);
+        }
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
-        seq
+        Ok(seq)
     }
 
     /// What was written since the last call (called once a flush succeeded;
@@ -217,7 +222,7 @@ impl Journal {
         }
         let mut last_seq = 0;
         for event in &mut events {
-            event.change.seq = self.allocate();
+            event.change.seq = self.allocate(tx)?;
             last_seq = event.change.seq;
             tx.put_change(
                 event.change.seq,
@@ -228,7 +233,7 @@ impl Journal {
         if last_seq == 0 {
             // Cache entries change without an event (an identifier moved):
             // they still need a position newer than any read before this write.
-            last_seq = self.allocate();
+            last_seq = self.allocate(tx)?;
         }
         Ok(Committed {
             events,
@@ -292,7 +297,14 @@ pub fn prune(
         for (seq, customer) in &doomed {
             tx.delete_change(*seq, *customer);
         }
-        tx.put_meta(PRUNED_THROUGH, last.to_be_bytes().to_vec());
+        // Another instance sharing the store may have pruned further.
+        let Ok(before) = tx.meta(PRUNED_THROUGH) else {
+            return false;
+        };
+        let before = before
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes);
+        tx.put_meta(PRUNED_THROUGH, last.max(before).to_be_bytes().to_vec());
         true
     })?;
     Ok(doomed.len())
@@ -718,6 +730,10 @@ impl StoreTx for Recording<'_> {
 
     fn forget_signal_index(&mut self, customer: CustomerId, signal_id: &str) {
         self.inner.forget_signal_index(customer, signal_id)
+    }
+
+    fn allocate_change(&mut self) -> Result<Option<u64>, StoreError> {
+        self.inner.allocate_change()
     }
 
     fn put_change(&mut self, seq: u64, customer: CustomerId, record: Vec<u8>) {

@@ -10,9 +10,9 @@ use utoipa::ToSchema;
 
 use super::journal::{pruned_through, Change, ChangeKind, LiveEvent, Payload};
 use super::{views, ServiceError, Services};
-use crate::domain::{CustomerId, Profile};
+use crate::domain::CustomerId;
 use crate::events::Subscription;
-use crate::store::TimelinePosition;
+use crate::store::{Store, StoreError, TimelinePosition};
 
 /// Most entries one page of the change feed may ask for.
 pub const MAX_CHANGES_PAGE: usize = 1000;
@@ -235,51 +235,8 @@ impl Services {
     /// What a replayed change is about, as it is now (the log keeps no
     /// content): the current answer, episode or interaction, if still there.
     fn replayed_data(&self, change: &Change) -> Result<Option<Value>, ServiceError> {
-        let needs_profile = matches!(
-            change.kind,
-            ChangeKind::AnswerCaptured | ChangeKind::EpisodeUpdated | ChangeKind::InteractionAdded
-        );
-        if !needs_profile {
-            return Ok(None);
-        }
-        let Some(p) = self.current(change.customer_id)? else {
-            return Ok(None);
-        };
-        let payload = match change.kind {
-            ChangeKind::AnswerCaptured => change
-                .key
-                .as_ref()
-                .and_then(|k| p.answers.get(k))
-                .cloned()
-                .map(Payload::Answer),
-            ChangeKind::EpisodeUpdated => change
-                .episode_id
-                .as_ref()
-                .and_then(|e| p.episodes.get(e))
-                .cloned()
-                .map(Payload::Episode),
-            _ => match &change.interaction_id {
-                Some(i) => self.find_interaction(&p, i)?.map(Payload::Interaction),
-                None => None,
-            },
-        };
+        let payload = payload_from_store(&*self.store, change)?;
         Ok(payload.map(|p| self.payload_view(&p)))
-    }
-
-    fn find_interaction(
-        &self,
-        p: &Profile,
-        id: &str,
-    ) -> Result<Option<crate::domain::Interaction>, ServiceError> {
-        let Some(pos) = TimelinePosition::from_id(id) else {
-            return Ok(None);
-        };
-        for member in p.members() {
-            if let Some(i) = self.store.interaction(member, pos)? {
-                return Ok(Some(i));
-            }
-        }
-        Ok(None)
     }
 
     /// How often an idle stream gets a heartbeat.
@@ -324,4 +281,61 @@ fn stream_event(change: &Change, data: Option<Value>) -> StreamEvent {
         kind: change.kind,
         json: json.to_string(),
     }
+}
+
+/// What a change from the log is about, as it is now in the store (the
+/// answer, episode or interaction it names), for changes that carry one.
+pub(super) fn payload_from_store(
+    store: &dyn Store,
+    change: &Change,
+) -> Result<Option<Payload>, StoreError> {
+    let needs_profile = matches!(
+        change.kind,
+        ChangeKind::AnswerCaptured | ChangeKind::EpisodeUpdated | ChangeKind::InteractionAdded
+    );
+    if !needs_profile {
+        return Ok(None);
+    }
+    let id = change.customer_id;
+    let p = match store.profile(id)? {
+        Some(p) => p,
+        None => match store.alias(id)? {
+            Some(to) => match store.profile(to)? {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+            None => return Ok(None),
+        },
+    };
+    Ok(match change.kind {
+        ChangeKind::AnswerCaptured => change
+            .key
+            .as_ref()
+            .and_then(|k| p.answers.get(k))
+            .cloned()
+            .map(Payload::Answer),
+        ChangeKind::EpisodeUpdated => change
+            .episode_id
+            .as_ref()
+            .and_then(|e| p.episodes.get(e))
+            .cloned()
+            .map(Payload::Episode),
+        _ => match change
+            .interaction_id
+            .as_deref()
+            .and_then(TimelinePosition::from_id)
+        {
+            Some(pos) => {
+                let mut found = None;
+                for member in p.members() {
+                    if let Some(i) = store.interaction(member, pos)? {
+                        found = Some(Payload::Interaction(i));
+                        break;
+                    }
+                }
+                found
+            }
+            None => None,
+        },
+    })
 }

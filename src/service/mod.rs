@@ -9,6 +9,7 @@ mod ingest;
 pub mod journal;
 pub mod live;
 pub mod profiles;
+mod tail;
 pub mod views;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,14 +19,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::cache::RedisLink;
+use crate::config::Backend;
 use crate::config::Settings;
 use crate::domain::{
     ConflictReason, CustomerId, IdentifierError, SignalError, SignalInput, SignalRules,
 };
-use crate::events::Hub;
+use crate::events::{Hub, Publish};
 use crate::store::{Store, StoreError, StoreTx};
 use hot::HotCards;
 use journal::{Committed, LiveEvent};
+use tail::Tail;
 
 pub use committer::{AfterCommit, CommitPolicy, Committer, Writer};
 pub use ingest::{BatchItem, Ingested};
@@ -109,6 +112,9 @@ pub struct Services {
     max_batch: usize,
     /// Live event streams of this process.
     hub: Arc<Hub>,
+    /// Over a shared store: follows the change log for every instance's
+    /// events (kept here so that it runs as long as the services).
+    _tail: Option<Arc<Tail>>,
     /// The cache and event bus, when Redis is configured.
     redis: Option<Arc<RedisLink>>,
     /// Decoded cards and owners in front of Redis.
@@ -127,7 +133,7 @@ pub struct Services {
 /// Sends what durable writes changed: through Redis when configured (which
 /// then hands it to local streams), else straight to local streams.
 struct Fanout {
-    hub: Arc<Hub>,
+    hub: Arc<dyn Publish>,
     redis: Option<Arc<RedisLink>>,
     hot: Option<Arc<HotCards>>,
     published: Arc<AtomicU64>,
@@ -170,12 +176,23 @@ fn store_identity(store: &dyn Store) -> anyhow::Result<String> {
     if let Some(id) = store.meta(NAME)? {
         return Ok(String::from_utf8_lossy(&id).into_owned());
     }
-    let id = ulid::Ulid::new().to_string().to_lowercase();
-    store.write(&mut |tx| {
-        tx.put_meta(NAME, id.clone().into_bytes());
-        true
+    // Made in the write, so that instances starting together over one
+    // shared store agree: the one that commits second sees the first's id.
+    let mut id = String::new();
+    store.write(&mut |tx| match tx.meta(NAME) {
+        Ok(Some(existing)) => {
+            id = String::from_utf8_lossy(&existing).into_owned();
+            false
+        }
+        Ok(None) => {
+            id = ulid::Ulid::new().to_string().to_lowercase();
+            tx.put_meta(NAME, id.clone().into_bytes());
+            true
+        }
+        Err(_) => false,
     })?;
     store.flush()?;
+    anyhow::ensure!(!id.is_empty(), "the store's id could not be read");
     Ok(id)
 }
 
@@ -191,23 +208,45 @@ impl Services {
         // Everything in the store was published by an earlier run: the feed
         // and stream replays serve it from the first request on.
         let published = Arc::new(AtomicU64::new(last_change));
+        let durable = Arc::new(AtomicU64::new(0));
+        let shared = settings.storage.backend == Backend::Postgres;
+        // Over a store other instances write, events come from its log.
+        let tail = shared.then(|| {
+            Tail::start(
+                tail::Targets {
+                    store: store.clone(),
+                    hub: hub.clone(),
+                    published: published.clone(),
+                    durable: durable.clone(),
+                },
+                last_change,
+                Duration::from_millis(settings.storage.postgres.poll_ms),
+            )
+        });
+        let events: Arc<dyn Publish> = match &tail {
+            Some(tail) => tail.clone(),
+            None => hub.clone(),
+        };
         let redis = match &settings.redis.url {
             Some(_) => Some(RedisLink::start(
                 &settings.redis,
                 &store_identity(&*store)?,
-                hub.clone(),
+                events.clone(),
                 published.clone(),
             )?),
             None => None,
         };
+        // The in-process layer forgets what this instance writes; over a
+        // shared store others write too, and it would serve their
+        // overwritten copies: Redis, which every instance marks, is the
+        // cache there.
         let hot = match settings.cache.local_bytes {
-            bytes if bytes > 0 => Some(Arc::new(HotCards::new(
+            bytes if bytes > 0 && !shared => Some(Arc::new(HotCards::new(
                 bytes,
                 Duration::from_secs(settings.redis.ttl_secs),
             ))),
             _ => None,
         };
-        let durable = Arc::new(AtomicU64::new(0));
         let indexed = journal::index_follow_ups_once(&*store)?;
         if indexed > 0 {
             tracing::info!(
@@ -225,7 +264,7 @@ impl Services {
             last_change,
             durable.clone(),
             Arc::new(Fanout {
-                hub: hub.clone(),
+                hub: events,
                 redis: redis.clone(),
                 hot: hot.clone(),
                 published: published.clone(),
@@ -242,6 +281,7 @@ impl Services {
             purposes: settings.consents.purposes.clone(),
             max_batch: settings.server.max_batch_signals,
             hub,
+            _tail: tail,
             redis,
             hot,
             durable,

@@ -6,9 +6,13 @@
 //! what makes resolution race-free without locks. Reads may come from any
 //! thread; they see a write once the committer applied its group.
 
+mod postgres;
+mod records;
 mod sled;
 
-pub use self::sled::{RecordStats, SledStore};
+pub use self::postgres::{migrate, PgOptions, PgStore, SCHEMA_VERSION};
+pub use self::records::RecordStats;
+pub use self::sled::SledStore;
 
 use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile, Suggestion};
 
@@ -174,6 +178,11 @@ pub trait StoreTx {
     fn signal_ids_of(&mut self, customer: CustomerId) -> Result<Vec<String>, StoreError>;
     fn forget_signal_index(&mut self, customer: CustomerId, signal_id: &str);
 
+    /// A change-log position for this write, when the engine numbers changes
+    /// itself: an engine that several processes write to hands out
+    /// positions inside the transaction, so they follow the commit order.
+    /// `None`: the engine has one writer, which numbers them (the committer).
+    fn allocate_change(&mut self) -> Result<Option<u64>, StoreError>;
     /// Appends a record to the change log at `seq`, indexed under `customer`
     /// too (for one profile's event stream).
     fn put_change(&mut self, seq: u64, customer: CustomerId, record: Vec<u8>);
@@ -274,4 +283,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// A cheap check that the engine answers (for `/readyz`).
     fn ping(&self) -> Result<(), StoreError>;
+
+    /// What the store holds, per kind of record: how many, and the bytes of
+    /// their keys and values (reads every record: seconds per million).
+    fn record_stats(&self) -> Result<Vec<RecordStats>, StoreError>;
+
+    /// Bytes the store takes on disk (for the database backend, its table
+    /// and index as the database counts them).
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
 }

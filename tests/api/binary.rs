@@ -86,6 +86,7 @@ impl Binary {
         if let Some(secret) = secret {
             command.env("ANAMNESIS__AUTH__HS256_SECRET", secret);
         }
+        command.envs(crate::helpers::backend_env(data));
         command.envs(env.iter().copied());
         let mut child = command.spawn().expect("the binary starts");
         let (tx, lines) = mpsc::channel();

@@ -35,6 +35,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     settings.server.listen = "127.0.0.1:0".into();
     settings.server.workers = 2;
     settings.storage.path = dir.path().to_path_buf();
+    use_test_backend(&mut settings);
     settings.auth.hs256_secret = Some(SECRET.into());
     settings.telemetry.level = "warn".into();
     adjust(&mut settings);
@@ -63,6 +64,53 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         auth,
         _dir: dir,
     }
+}
+
+/// The server `tests/run.sh` starts for the second pass of this suite (a
+/// URL); unset, the tests run on sled.
+pub const TEST_POSTGRES: &str = "ANAMNESIS_TEST_POSTGRES";
+
+/// The schema of the store kept under `data`: its own per data directory,
+/// and the same one again when a test restarts the service over it.
+pub fn schema_for(data: &std::path::Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    format!("t_{:016x}", h.finish())
+}
+
+/// With [`TEST_POSTGRES`] set, the store is a schema of that database
+/// (migrated here) instead of sled in `storage.path`.
+pub fn use_test_backend(settings: &mut Settings) {
+    let Ok(url) = std::env::var(TEST_POSTGRES) else {
+        return;
+    };
+    let pg = &mut settings.storage.postgres;
+    settings.storage.backend = anamnesis::config::Backend::Postgres;
+    pg.url = Some(url);
+    pg.schema = schema_for(&settings.storage.path);
+    pg.pool_size = 4;
+    anamnesis::store::migrate(pg.options().expect("a url")).expect("the test schema migrates");
+}
+
+/// The environment that points a process of the binary at the store of
+/// `data`: nothing on sled; on the test database, its backend, URL and
+/// schema (migrated here).
+pub fn backend_env(data: &std::path::Path) -> Vec<(&'static str, String)> {
+    let Ok(url) = std::env::var(TEST_POSTGRES) else {
+        return Vec::new();
+    };
+    let mut settings = Settings::defaults();
+    settings.storage.path = data.to_path_buf();
+    use_test_backend(&mut settings);
+    vec![
+        ("ANAMNESIS__STORAGE__BACKEND", "postgres".to_owned()),
+        ("ANAMNESIS__STORAGE__POSTGRES__URL", url),
+        (
+            "ANAMNESIS__STORAGE__POSTGRES__SCHEMA",
+            settings.storage.postgres.schema,
+        ),
+    ]
 }
 
 /// Parses a response body as JSON (panics with the text when it is not JSON).

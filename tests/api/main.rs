@@ -13,6 +13,7 @@ mod journeys;
 mod live;
 mod memory;
 mod merges;
+mod postgres;
 mod protection;
 mod redis_server;
 mod restart;
