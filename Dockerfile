@@ -12,14 +12,16 @@ RUN mkdir -p src benches config \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/hot_paths.rs \
+ && echo 'fn main() {}' > benches/merges.rs \
+ && echo 'fn main() {}' > benches/reference.rs \
  && cargo build --release --locked \
  && rm -rf src benches
 COPY config ./config
 COPY openapi ./openapi
 COPY benches ./benches
 COPY src ./src
-RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked \
+RUN touch src/main.rs src/lib.rs benches/reference.rs \
+ && cargo build --release --locked --bin anamnesis \
  && strip target/release/anamnesis
 
 FROM debian:bookworm-slim AS runtime

@@ -35,7 +35,7 @@ if [ "${OPEN_LOOP:-1}" = 1 ] && [ ! -x "$OHA" ]; then
 fi
 [ -x "$OHA" ] || OHA=-
 
-cargo build --release --locked -q --bin anamnesis --example reference
+cargo build --release --locked -q --bin anamnesis --bin reference
 if [ "${REDIS:-0}" = 1 ]; then
     command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server redis-tools) >/dev/null
     REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -50,4 +50,4 @@ if [ "${REDIS:-0}" = 1 ]; then
     export ANAMNESIS__REDIS__URL=redis://127.0.0.1:$REDIS_PORT/0
     echo "redis: private redis-server on port $REDIS_PORT" >&2
 fi
-python3 benches/load.py target/release/anamnesis target/release/examples/reference "$(command -v wrk)" "$OHA"
+python3 benches/load.py target/release/anamnesis target/release/reference "$(command -v wrk)" "$OHA"

@@ -3,7 +3,7 @@
 //! same bytes from memory (reading a request body first, if there is one). No
 //! auth, no store, no JSON work: what this machine can do for HTTP alone.
 //!
-//! `cargo run --release --example reference -- ADDR BODY_FILE [WORKERS]`
+//! `cargo run --release --bin reference -- ADDR BODY_FILE [WORKERS]`
 //! (WORKERS 0 or absent: one per core, as anamnesis's default). Prints the
 //! bound address on stdout once it listens (ADDR may use port 0).
 

@@ -108,6 +108,29 @@ enum Command {
     /// instances at once; does nothing when it is current). The sled store
     /// needs no migration.
     Migrate,
+    /// Copy an embedded store into a database (the schema is created or
+    /// migrated first), so a pilot grows into a fleet with its memory: every
+    /// record, in key order, in batches, with a progress bar. Ctrl-C stops
+    /// between batches, and the same command goes on from there. At the end
+    /// the records of both sides are counted per kind and compared (exit
+    /// non-zero when they differ). Stop the service on the embedded store
+    /// first; start the fleet on the database after.
+    ///
+    /// Example: --from sled:./data --to postgres://anamnesis@db:5432/anamnesis
+    MigrateStore {
+        /// `sled:PATH`, the data directory (`storage.path`) of the store to copy.
+        #[arg(long)]
+        from: String,
+        /// `postgres://...` (or `postgresql://...`), the database to copy into.
+        #[arg(long)]
+        to: String,
+        /// The schema to copy into (default: storage.postgres.schema).
+        #[arg(long)]
+        schema: Option<String>,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        batch: u64,
+    },
     /// Exit 0 when the service at the configured address answers /healthz
     /// (for container health checks: no curl needed).
     Healthcheck {
@@ -188,6 +211,12 @@ fn run() -> anyhow::Result<()> {
             )
         }
         Command::Migrate => migrate(&settings),
+        Command::MigrateStore {
+            from,
+            to,
+            schema,
+            batch,
+        } => migrate_store(&settings, &from, &to, schema, batch as usize),
         Command::Healthcheck { addr } => {
             healthcheck(addr.as_deref().unwrap_or(&settings.server.listen))
         }
@@ -257,6 +286,109 @@ fn migrate(settings: &Settings) -> anyhow::Result<()> {
             ""
         }
     );
+    Ok(())
+}
+
+fn migrate_store(
+    settings: &Settings,
+    from: &str,
+    to: &str,
+    schema: Option<String>,
+    batch: usize,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let path = from
+        .strip_prefix("sled:")
+        .context("--from must be sled:PATH (the data directory)")?;
+    anyhow::ensure!(
+        to.starts_with("postgres://") || to.starts_with("postgresql://"),
+        "--to must be a postgres://... URL"
+    );
+    let mut postgres = settings.storage.postgres.clone();
+    postgres.url = Some(to.to_owned());
+    if let Some(schema) = schema {
+        postgres.schema = schema;
+    }
+    let mut checked = settings.clone();
+    checked.storage.postgres = postgres.clone();
+    checked.validate()?;
+    let options = postgres.options().context("a URL")?;
+    let schema = options.schema.clone();
+
+    let db = std::path::Path::new(path).join("db");
+    anyhow::ensure!(db.exists(), "no store at {}", db.display());
+    let source = anamnesis::store::SledStore::open_with(&db, settings.storage.cache_bytes)
+        .with_context(|| format!("opening the store in {path} (is the service running?)"))?;
+    anamnesis::store::migrate(options.clone())
+        .with_context(|| format!("migrating schema `{schema}`"))?;
+    let target = anamnesis::store::PgStore::open(options)?;
+    let changes_through = anamnesis::service::journal::pruned_through(&source)?;
+
+    // Ctrl-C stops between batches.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let flag = stop.clone();
+    runtime.spawn(async move {
+        if let Ok(mut interrupt) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        {
+            if interrupt.recv().await.is_some() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+
+    let total = source.record_count();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} records {per_sec} {eta} left",
+        )
+        .context("progress bar style")?,
+    );
+    let started = std::time::Instant::now();
+    let outcome = anamnesis::store::copy::sled_to_postgres(
+        &source,
+        &target,
+        batch,
+        changes_through,
+        &mut |n| bar.set_position(n),
+        &|| stop.load(Ordering::SeqCst),
+    );
+    bar.finish_and_clear();
+    runtime.shutdown_background();
+    let Some(report) = outcome.context("copying")? else {
+        anyhow::bail!("interrupted: what was copied is kept; run the same command again to go on");
+    };
+    eprintln!(
+        "copied {} records into schema `{schema}` in {:.1} s{}",
+        report.copied,
+        started.elapsed().as_secs_f64(),
+        if report.resumed {
+            " (going on from an interrupted run)"
+        } else {
+            ""
+        }
+    );
+    println!("{:<26} {:>12} {:>12}", "records", "source", "target");
+    let target_counts: std::collections::BTreeMap<&str, u64> =
+        report.target.iter().map(|k| (k.kind, k.records)).collect();
+    for k in &report.source {
+        println!(
+            "{:<26} {:>12} {:>12}",
+            k.kind,
+            k.records,
+            target_counts.get(k.kind).copied().unwrap_or(0)
+        );
+    }
+    anyhow::ensure!(
+        report.matches(),
+        "the target does not hold the same records as the source (counts or bytes differ)"
+    );
+    println!("verified: both hold the same records, kind by kind (counts and bytes)");
     Ok(())
 }
 

@@ -13,7 +13,8 @@ a concrete instance. Settings the README leaves to the environment (the data
 directory, a free port instead of 8080) are given as ANAMNESIS__* variables,
 the configuration layer the README documents. The benchmark scripts run with
 small sizes through the settings they document, as a smoke test: their
-figures are not checked here (BENCHMARKS.md holds the measured runs).
+figures are not checked here (BENCHMARKS.md holds the measured runs). The
+criterion benchmarks run through `cargo test --bench` (see `benches()`).
 """
 
 import base64
@@ -94,11 +95,11 @@ def http(method, url, token=None, body=None):
 class Server:
     """A service process started by a shell command, its output in a file."""
 
-    def __init__(self, command, env, name):
+    def __init__(self, command, env, name, cwd=ROOT):
         self.log = os.path.join(WORK, f"{name}.log")
         self.out = open(self.log, "w")
         self.proc = subprocess.Popen(
-            ["bash", "-c", f"exec {command}"], env=env, cwd=ROOT,
+            ["bash", "-c", f"exec {command}"], env=env, cwd=cwd,
             stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.name = name
@@ -360,6 +361,10 @@ def main():
     step("the Dockerfile's runtime: anamnesis serve with its environment, anamnesis healthcheck")
     dockerfile(data)
 
+    # ---- A fleet over PostgreSQL -------------------------------------------
+    step("a fleet over PostgreSQL: migrate, migrate-store of the walk-through store, serve")
+    fleet()
+
     # ---- Benchmarks (smoke) ---------------------------------------------
     benches()
 
@@ -514,6 +519,56 @@ def dockerfile(data):
         sh(f"docker rm -f {name}", base_env(), ok=False)
 
 
+def fleet():
+    """The README's fleet block, run in the directory holding the
+    walk-through's store (its `./data`), against the test database
+    (ANAMNESIS_TEST_POSTGRES, as tests/run.sh sets it; else a private server
+    started here) under a schema of this run's own."""
+    url = os.environ.get("ANAMNESIS_TEST_POSTGRES")
+    pg_dir = None
+    if not url:
+        pg_dir = tempfile.mkdtemp(prefix="anamnesis-readme-pg-")
+        os.chmod(pg_dir, 0o755)
+        _, out, _ = sh(f"bash tests/tools/postgres.sh start {pg_dir}/data", base_env())
+        url = out.strip().splitlines()[-1]
+    try:
+        block = split_commands(block_after("## A fleet over PostgreSQL"))
+        if not (block[0].startswith("export DATABASE_URL=") and len(block) == 5
+                and block[-1] == "anamnesis serve"):
+            fail(f"the fleet block changed: {block}; update tests/readme.py")
+        port = free_port()
+        env = base_env(
+            ANAMNESIS__STORAGE__POSTGRES__SCHEMA=f"readme_{os.getpid()}",
+            ANAMNESIS__SERVER__LISTEN=f"127.0.0.1:{port}",
+        )
+        prelude = f"export DATABASE_URL={shlex.quote(url)}\n" + block[1] + "\n"
+        _, said, _ = sh(prelude + block[2], env, cwd=WORK)
+        if "is at version" not in said:
+            fail(f"anamnesis migrate said: {said}")
+        _, said, err = sh(prelude + block[3], env, cwd=WORK)
+        if "verified" not in said:
+            fail(f"anamnesis migrate-store said: {said}{err}")
+        ran(*block, "anamnesis migrate-store --from sled:PATH --to postgres://...")
+        # The instance reads the generated secret from its data directory.
+        env["DATABASE_URL"] = url
+        env["ANAMNESIS__STORAGE__BACKEND"] = "postgres"
+        env["ANAMNESIS__STORAGE__POSTGRES__URL"] = url
+        server = Server("anamnesis serve", env, "fleet", cwd=WORK)
+        base = f"http://127.0.0.1:{port}"
+        server.wait_for(base)
+        _, admin, _ = sh("anamnesis token --scope admin --ttl 1h", env, cwd=WORK)
+        status, body = http("GET", f"{base}/v1/context?type=phone&value=0612345678",
+                            admin.strip())
+        card = json.loads(body) if status == 200 else {}
+        if set(card.get("answers", {})) != {"reason_for_contact", "order_number"}:
+            fail(f"the moved store lost the walk-through customer: {status} {body[:300]}")
+        server.stop()
+    finally:
+        if pg_dir:
+            sh(f"bash tests/tools/postgres.sh stop {pg_dir}/data", base_env(), ok=False)
+            shutil.rmtree(pg_dir, ignore_errors=True)
+
+
 def benches():
     """The benchmark commands, each once with small sizes: they must run to
     the end and print their figures."""
@@ -528,12 +583,19 @@ def benches():
          "POPULATION=300 INTERACTIONS=2 DURATION=1s OPEN_LOOP=0 SCENARIOS=reads REDIS=1 "
          "bash benches/load.sh", "redis: private redis-server"),
         ("bash benches/crash.sh", "ROUNDS=2 bash benches/crash.sh", "acknowledged"),
+        ("bash benches/fleet.sh",
+         'POPULATION=500 DURATION=1s INSTANCES="1 2" bash benches/fleet.sh',
+         "postgres, 2 instances: durable single signal"),
         ("bash benches/flood.sh", "DURATION=1s ROUNDS=1 bash benches/flood.sh", "p99"),
         ("bash benches/export.sh", "INTERACTIONS=2000 bash benches/export.sh", "MiB"),
+        # The criterion benchmarks build with the dev-dependencies, a third
+        # full build of the crate in release (about 5 minutes on 2 cores):
+        # CI runs the same code through `cargo test --bench`, which reuses
+        # the test suite's build, each benchmark once, unoptimised.
         ("cargo bench --bench hot_paths",
-         "cargo bench --locked --bench hot_paths -- --test", "Success"),
+         "cargo test --locked --bench hot_paths", "Success"),
         ("cargo bench --bench hot_paths -- auth/verify",
-         "cargo bench --locked --bench hot_paths -- auth/verify --test", "Success"),
+         "cargo test --locked --bench hot_paths -- auth/verify", "Success"),
     ]
     for shown, command, expect in runs:
         step(f"benchmark smoke: {command}")

@@ -64,6 +64,7 @@ if [ -z "${ANAMNESIS_TEST_POSTGRES:-}" ]; then
     trap 'bash tests/tools/postgres.sh stop "$pg_dir/data"; rm -rf "$pg_dir"' EXIT
     ANAMNESIS_TEST_POSTGRES=$(bash tests/tools/postgres.sh start "$pg_dir/data")
 fi
+export ANAMNESIS_TEST_POSTGRES  # the README check below uses it too
 ANAMNESIS_TEST_POSTGRES=$ANAMNESIS_TEST_POSTGRES \
     cargo test --locked --all-features --test api -- --include-ignored \
     --skip cache::without_redis_the_in_process_layer_serves_hot_reads \

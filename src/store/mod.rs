@@ -6,6 +6,7 @@
 //! what makes resolution race-free without locks. Reads may come from any
 //! thread; they see a write once the committer applied its group.
 
+pub mod copy;
 mod postgres;
 mod records;
 mod sled;

@@ -56,7 +56,7 @@ pub const MAX_ATTEMPTS: u32 = 10;
 const PAGE: i64 = 256;
 
 /// Where the next change-log position is kept (a `META` record).
-const NEXT_CHANGE: &[u8] = b"store.next_change";
+pub(super) const NEXT_CHANGE: &[u8] = b"store.next_change";
 
 /// How to reach the database (from `storage.postgres`).
 #[derive(Debug, Clone)]
@@ -315,18 +315,51 @@ impl PgStore {
         Ok(client)
     }
 
-    /// Sets the next change-log position to at least `next` (for a store
-    /// copied from elsewhere, whose log positions must not be handed out again).
-    pub fn reserve_changes_through(&self, last: u64) -> Result<(), StoreError> {
+    /// Writes `puts` and removes `removes` in one transaction (a copy's
+    /// batch; no use case runs).
+    pub fn put_entries(&self, puts: &[Entry], removes: &[Vec<u8>]) -> Result<(), StoreError> {
         let conn = self.lend()?;
+        let keys: Vec<&[u8]> = puts.iter().map(|(k, _)| k.as_slice()).collect();
+        let values: Vec<&[u8]> = puts.iter().map(|(_, v)| v.as_slice()).collect();
+        let run = || -> Result<(), tokio_postgres::Error> {
+            wait(conn.client.batch_execute("BEGIN"))?;
+            if !removes.is_empty() {
+                wait(conn.client.execute(&conn.delete, &[&removes]))?;
+            }
+            if !keys.is_empty() {
+                wait(conn.client.execute(&conn.upsert, &[&keys, &values]))?;
+            }
+            wait(conn.client.batch_execute("COMMIT"))
+        };
+        run().map_err(|e| {
+            let _ = wait(conn.client.batch_execute("ROLLBACK"));
+            engine(e)
+        })
+    }
+
+    /// Makes sure the positions handed out from now on are above
+    /// `next_sequence` (interactions, ledger entries) and the change-log
+    /// positions above `changes_through`: for a store copied from elsewhere.
+    pub fn reserve_positions(
+        &self,
+        next_sequence: u64,
+        changes_through: u64,
+    ) -> Result<(), StoreError> {
+        let conn = self.lend()?;
+        let s = quoted(&self.options.schema);
+        wait(conn.client.execute(
+            &format!("SELECT setval('{s}.positions', GREATEST($1, (SELECT last_value FROM {s}.positions)))"),
+            &[&(next_sequence.min(i64::MAX as u64) as i64)],
+        ))
+        .map_err(engine)?;
         let k = key(META, NEXT_CHANGE);
         let current = wait(conn.client.query_opt(&conn.get, &[&k]))
             .map_err(engine)?
             .map(|r| decode_position(&r.get::<_, Vec<u8>>(0)))
             .transpose()?
             .unwrap_or(1);
-        if current <= last {
-            let v = (last + 1).to_be_bytes().to_vec();
+        if current <= changes_through {
+            let v = (changes_through + 1).to_be_bytes().to_vec();
             wait(conn.client.execute(&conn.upsert, &[&vec![k], &vec![v]])).map_err(engine)?;
         }
         Ok(())

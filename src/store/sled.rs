@@ -68,6 +68,19 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// How many records the store holds (counts them: about a second per
+    /// million).
+    pub fn record_count(&self) -> usize {
+        self.tree.len()
+    }
+
+    /// A number above every one [`Staging::next_sequence`] handed out.
+    pub fn next_position(&self) -> Result<u64, StoreError> {
+        self.db.generate_id().map_err(engine)
+    }
+}
+
 impl Engine for SledStore {
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.get(k).map_err(engine)?.map(|v| v.to_vec()))

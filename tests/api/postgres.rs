@@ -8,11 +8,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anamnesis::store::{migrate, PgOptions, PgStore, SCHEMA_VERSION};
+use anamnesis::auth::Scope;
+use anamnesis::store::{copy, migrate, PgOptions, PgStore, SledStore, SCHEMA_VERSION};
 use serde_json::{json, Value};
 
+use crate::binary::{token_for, Binary};
 use crate::helpers::{body, schema_for, spawn_app_with, TestApp, TEST_POSTGRES};
 use crate::live::EventClient;
+use crate::redis_server::RedisServer;
 
 const NEEDS_PG: &str = "needs ANAMNESIS_TEST_POSTGRES (tests/run.sh sets it)";
 
@@ -38,13 +41,26 @@ fn fresh_schema(name: &str) -> (tempfile::TempDir, String) {
 
 /// `n` instances over one database schema, as a fleet behind a load balancer.
 async fn fleet(n: usize) -> (tempfile::TempDir, Vec<Arc<TestApp>>) {
+    fleet_with(n, None).await
+}
+
+/// A fleet sharing one Redis too, when given.
+async fn fleet_with(
+    n: usize,
+    redis: Option<&RedisServer>,
+) -> (tempfile::TempDir, Vec<Arc<TestApp>>) {
     let (dir, schema) = fresh_schema("fleet");
     migrate(options(&schema)).unwrap();
     let mut apps = Vec::new();
     for _ in 0..n {
         let schema = schema.clone();
+        let redis = redis.map(|r| r.url());
         apps.push(Arc::new(
-            spawn_app_with(move |s| s.storage.postgres.schema = schema).await,
+            spawn_app_with(move |s| {
+                s.storage.postgres.schema = schema;
+                s.redis.url = redis;
+            })
+            .await,
         ));
     }
     (dir, apps)
@@ -180,6 +196,29 @@ async fn signals_about_one_new_person_through_three_instances_make_one_profile()
 #[ignore = "needs ANAMNESIS_TEST_POSTGRES (tests/run.sh sets it)"]
 async fn a_write_through_one_instance_is_never_followed_by_a_stale_read_through_another() {
     let (_dir, apps) = fleet(3).await;
+    writes_are_read_everywhere_at_once(&apps).await;
+}
+
+/// The same with the fleet's Redis caching cards and lookups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs ANAMNESIS_TEST_POSTGRES (tests/run.sh sets it)"]
+async fn with_a_shared_redis_no_read_is_stale_either() {
+    let redis = RedisServer::start();
+    let (_dir, apps) = fleet_with(3, Some(&redis)).await;
+    writes_are_read_everywhere_at_once(&apps).await;
+    let hits: f64 = {
+        let text = apps[0].get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with("anamnesis_cache_requests_total") && l.contains("result=\"hit\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(hits > 0.0, "reads came from Redis too");
+}
+
+async fn writes_are_read_everywhere_at_once(apps: &[Arc<TestApp>]) {
     let first = apps[0]
         .ingest(
             json!({"channel": "agent", "identifiers": [{"type": "account_id", "value": "C-9"}],
@@ -205,7 +244,7 @@ async fn a_write_through_one_instance_is_never_followed_by_a_stale_read_through_
         }
     }
     let mut feeds = Vec::new();
-    for app in &apps {
+    for app in apps {
         let page: Value = body(app.get("/v1/changes?limit=1000").await).await;
         let seqs: Vec<u64> = page["changes"]
             .as_array()
@@ -275,4 +314,149 @@ async fn a_stream_on_one_instance_shows_writes_through_the_others_in_order() {
         }
     }
     assert_eq!(keys, [json!("q1"), json!("q2")]);
+}
+
+/// A pilot on the embedded store moves to the database: `migrate-store`
+/// copies everything and verifies the counts, and the service on the
+/// database answers exactly as it did on sled, then goes on writing after
+/// the copied positions. A copy stopped part-way goes on where it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs ANAMNESIS_TEST_POSTGRES (tests/run.sh sets it)"]
+async fn migrate_store_moves_a_pilot_into_the_database_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = token_for("migrate-test", &[Scope::Admin]);
+    let on_sled = [("ANAMNESIS__STORAGE__BACKEND", "sled")];
+    let pilot = Binary::start(dir.path(), &on_sled);
+    let mut ids = BTreeSet::new();
+    for i in 0..12 {
+        let signal = json!({
+            "signal_id": format!("pilot-{i}"), "channel": if i % 2 == 0 { "ivr" } else { "chat" },
+            "identifiers": [{"type": "phone", "value": format!("06 2222 33{:02}", i / 2)},
+                            {"type": "web_cookie", "value": format!("ck-{i}")}],
+            "traits": {"n": i},
+            "answers": [{"key": "reason_for_contact", "value": format!("r{i}")}],
+            "event": {"type": "call_started", "episode": {"id": format!("ep-{}", i / 2), "status": "open"}}
+        });
+        ids.insert(pilot.ingest(&admin, &signal).await);
+    }
+    assert_eq!(ids.len(), 6, "two signals per person");
+    let read_all = |server: &Binary| {
+        let ids = ids.clone();
+        let admin = admin.clone();
+        let base = server.base.clone();
+        async move {
+            let client = reqwest::Client::new();
+            let mut out = Vec::new();
+            for id in &ids {
+                for path in [
+                    format!("/v1/profiles/{id}"),
+                    format!("/v1/profiles/{id}/timeline"),
+                    format!("/v1/profiles/{id}/episodes"),
+                    format!("/v1/profiles/{id}/history"),
+                ] {
+                    let resp = client
+                        .get(format!("{base}{path}"))
+                        .bearer_auth(&admin)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 200, "{path}");
+                    out.push(resp.json::<Value>().await.unwrap());
+                }
+            }
+            let feed = client
+                .get(format!("{base}/v1/changes?limit=1000"))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .unwrap();
+            out.push(feed.json::<Value>().await.unwrap());
+            out
+        }
+    };
+    let before = read_all(&pilot).await;
+    pilot.stop().await;
+
+    // The command, in batches of 7 records.
+    let (_schema_dir, schema) = fresh_schema("moved");
+    let out = Command::new(env!("CARGO_BIN_EXE_anamnesis"))
+        .args(["migrate-store", "--from"])
+        .arg(format!("sled:{}", dir.path().display()))
+        .args(["--to", &url(), "--schema", &schema, "--batch", "7"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("verified"), "{said}");
+
+    let moved = Binary::start(
+        dir.path(),
+        &[
+            ("ANAMNESIS__STORAGE__BACKEND", "postgres"),
+            ("ANAMNESIS__STORAGE__POSTGRES__SCHEMA", schema.as_str()),
+        ],
+    );
+    let after = read_all(&moved).await;
+    assert_eq!(
+        before, after,
+        "the database answers as the embedded store did"
+    );
+    let last_seq = before.last().unwrap()["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let one = ids.iter().next().unwrap();
+    let resp = moved
+        .request(
+            &admin,
+            reqwest::Method::POST,
+            &format!("/v1/profiles/{one}/answers"),
+        )
+        .json(&json!({"channel": "chat", "answers": [{"key": "order_number", "value": "A-1"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let feed: Value = body(
+        moved
+            .get(&admin, &format!("/v1/changes?after={last_seq}"))
+            .await,
+    )
+    .await;
+    assert!(
+        feed["changes"].as_array().is_some_and(|c| !c.is_empty()),
+        "new changes come after the copied ones: {feed}"
+    );
+    moved.stop().await;
+
+    // Stopped after two batches, then run again: the same records.
+    let source = SledStore::open(&dir.path().join("db")).unwrap();
+    let (_again_dir, again) = fresh_schema("resumed");
+    migrate(options(&again)).unwrap();
+    let target = PgStore::open(options(&again)).unwrap();
+    let batches = std::cell::Cell::new(0);
+    let stopped = copy::sled_to_postgres(&source, &target, 5, 0, &mut |_| {}, &|| {
+        batches.set(batches.get() + 1);
+        batches.get() > 2
+    })
+    .unwrap();
+    assert!(stopped.is_none(), "stopped between batches");
+    let report = copy::sled_to_postgres(&source, &target, 5, 0, &mut |_| {}, &|| false)
+        .unwrap()
+        .expect("finished");
+    assert!(report.resumed);
+    assert!(report.matches(), "{report:?}");
+    let total: u64 = report.source.iter().map(|k| k.records).sum();
+    assert_eq!(
+        report.copied,
+        total - 10,
+        "the first two batches were not copied again"
+    );
 }

@@ -8,7 +8,7 @@
 # 127.0.0.1, with its socket in DIR too; PostgreSQL is installed from apt when
 # missing. The server refuses to run as root, so as root it runs as the
 # `postgres` user the package creates. It trades crash safety for speed
-# (fsync off): it holds test data only.
+# (fsync off) unless PG_DURABLE=1: it holds test data only.
 set -euo pipefail
 
 cmd=${1:?start or stop}
@@ -43,11 +43,13 @@ start)
     if [ ! -f "$dir/PG_VERSION" ]; then
         as_owner "$bin/initdb" -D "$dir" -U anamnesis -A trust -E UTF8 --no-locale >/dev/null
     fi
+    # PG_DURABLE=1 (the benchmarks): a server that syncs its log as in production.
+    fast="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    if [ "${PG_DURABLE:-0}" = 1 ]; then fast=""; fi
     port=$(python3 -c "import sys; sys.path.insert(0, '$(dirname "$0")/../../benches'); from ports import free_port; print(free_port())")
     as_owner "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start -o \
         "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=400 \
-         -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-         -c shared_buffers=256MB" >/dev/null
+         $fast -c shared_buffers=256MB" >/dev/null
     echo "postgres://anamnesis@127.0.0.1:$port/postgres"
     ;;
 stop)

@@ -1,0 +1,111 @@
+//! Moving an embedded store into the shared one (`anamnesis migrate-store`):
+//! the records are the same bytes on both engines, so the copy is a copy of
+//! keys and values in key order, in batches, with a resume point kept in
+//! the target.
+
+use std::collections::BTreeMap;
+
+use super::postgres::{PgStore, NEXT_CHANGE};
+use super::records::{just_after, key, kind_name, Engine, Entry, RecordStats, META};
+use super::sled::SledStore;
+use super::{Store, StoreError};
+
+/// Where the target keeps the last key copied while a copy is under way.
+const CURSOR: &[u8] = b"migrate_store.cursor";
+
+/// What a finished copy found on both sides, per kind of record (the
+/// target's change-log counter, which the source keeps in memory, left out).
+#[derive(Debug)]
+pub struct CopyReport {
+    pub source: Vec<RecordStats>,
+    pub target: Vec<RecordStats>,
+    /// Records copied by this run (a resumed run counts only its own).
+    pub copied: u64,
+    /// The run went on from an earlier, interrupted one.
+    pub resumed: bool,
+}
+
+impl CopyReport {
+    /// Both sides hold the same records (counts and bytes per kind).
+    pub fn matches(&self) -> bool {
+        let totals = |s: &[RecordStats]| {
+            s.iter()
+                .map(|k| (k.kind, (k.records, k.key_bytes, k.value_bytes)))
+                .collect::<BTreeMap<_, _>>()
+        };
+        totals(&self.source) == totals(&self.target)
+    }
+}
+
+/// Copies every record of `source` into `target`, `batch` records per
+/// transaction, calling `progress` with the records copied so far and
+/// stopping between batches once `stop` says so (the cursor then names the
+/// resume point; `Ok(None)`). `changes_through` is the highest change-log
+/// position the source ever used (retention may have removed it from the
+/// log), which the target must not hand out again. The target must be empty, or hold an
+/// interrupted copy of this same source, which the copy continues.
+pub fn sled_to_postgres(
+    source: &SledStore,
+    target: &PgStore,
+    batch: usize,
+    changes_through: u64,
+    progress: &mut dyn FnMut(u64),
+    stop: &dyn Fn() -> bool,
+) -> Result<Option<CopyReport>, StoreError> {
+    let cursor_key = key(META, CURSOR);
+    let resume = Engine::get(target, &cursor_key)?;
+    let resumed = resume.is_some();
+    if !resumed
+        && Engine::range(target, &[], &[u8::MAX], false)
+            .next()
+            .is_some()
+    {
+        return Err(StoreError::Engine(
+            "the target schema already holds records: copy into an empty schema (or finish the copy that was interrupted)".into(),
+        ));
+    }
+    let mut start = resume.map(just_after).unwrap_or_default();
+    let mut copied = 0u64;
+    loop {
+        if stop() {
+            return Ok(None);
+        }
+        let page: Vec<Entry> = Engine::range(source, &start, &[u8::MAX], false)
+            .take(batch)
+            .collect::<Result<_, _>>()?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        start = just_after(last.clone());
+        // The records and the resume point in one transaction.
+        let mut entries = page;
+        let last = entries.last().map(|(k, _)| k.clone()).unwrap_or_default();
+        copied += entries.len() as u64;
+        entries.push((cursor_key.clone(), last));
+        target.put_entries(&entries, &[])?;
+        progress(copied);
+    }
+    // Positions handed out from now on come after every one the source used.
+    let through = changes_through.max(source.last_change()?);
+    target.reserve_positions(source.next_position()?, through)?;
+    target.put_entries(&[], &[cursor_key])?;
+    // The target's own change counter is the one record the source lacks.
+    let mut target_stats = target.record_stats()?;
+    let counter = key(META, NEXT_CHANGE);
+    if let (None, Some(v)) = (
+        Engine::get(source, &counter)?,
+        Engine::get(target, &counter)?,
+    ) {
+        if let Some(meta) = target_stats.iter_mut().find(|k| k.kind == kind_name(META)) {
+            meta.records -= 1;
+            meta.key_bytes -= counter.len() as u64;
+            meta.value_bytes -= v.len() as u64;
+        }
+    }
+    Ok(Some(CopyReport {
+        source: source.record_stats()?,
+        target: target_stats,
+        copied,
+        resumed,
+    }))
+}
