@@ -371,39 +371,16 @@ impl RedisLink {
             let events: Vec<&LiveEvent> =
                 group.iter().flat_map(|c| &c.events).map(|e| &**e).collect();
             if !keys.is_empty() || !events.is_empty() {
-                if self.healthy() {
-                    let message = if events.is_empty() {
-                        String::new()
-                    } else {
-                        serde_json::to_string(&BusMessageRef {
-                            origin: &self.instance,
-                            events: &events,
-                        })
-                        .unwrap_or_default()
-                    };
-                    let mut conn = self.conn.clone();
-                    let mut invocation = self.mark.key(self.generation_key());
-                    for key in &keys {
-                        invocation.key(*key);
-                    }
-                    invocation
-                        .arg(seq)
-                        .arg(self.ttl_ms)
-                        .arg(self.channel())
-                        .arg(message);
-                    let marked = tokio::time::timeout(
-                        self.timeout,
-                        invocation.invoke_async::<i64>(&mut conn),
-                    )
-                    .await;
-                    match marked {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => self.degrade(&format!("invalidation: {e}"), true),
-                        Err(_) => self.degrade("invalidation: no answer in time", true),
-                    }
-                } else if !keys.is_empty() {
-                    self.dirty.store(true, Ordering::SeqCst);
-                }
+                let message = if events.is_empty() || !self.healthy() {
+                    String::new()
+                } else {
+                    serde_json::to_string(&BusMessageRef {
+                        origin: &self.instance,
+                        events: &events,
+                    })
+                    .unwrap_or_default()
+                };
+                self.mark_stale(&keys, seq, message).await;
             }
             for commit in &mut group {
                 let invalidate = std::mem::replace(&mut commit.invalidate, Box::new(|| {}));
@@ -415,6 +392,51 @@ impl RedisLink {
                 (commit.release)();
             }
         }
+    }
+
+    /// Marks `keys` stale at position `seq` (and publishes `message` on the
+    /// bus unless empty); when Redis cannot be reached, makes sure the
+    /// generation is bumped before it is used again.
+    async fn mark_stale(&self, keys: &[&String], seq: u64, message: String) {
+        if !self.healthy() {
+            if !keys.is_empty() {
+                self.dirty.store(true, Ordering::SeqCst);
+            }
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let mut invocation = self.mark.key(self.generation_key());
+        for key in keys {
+            invocation.key(*key);
+        }
+        invocation
+            .arg(seq)
+            .arg(self.ttl_ms)
+            .arg(self.channel())
+            .arg(message);
+        let marked =
+            tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn)).await;
+        match marked {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.degrade(&format!("invalidation: {e}"), true),
+            Err(_) => self.degrade("invalidation: no answer in time", true),
+        }
+    }
+
+    /// Marks the cards of `customers` stale at `seq`, from a thread outside
+    /// any runtime (the change-log tail: another instance's write, which that
+    /// instance marks too; whichever comes first, both are harmless).
+    pub fn mark_cards_blocking(self: &Arc<Self>, customers: &[CustomerId], seq: u64) {
+        if customers.is_empty() {
+            return;
+        }
+        let link = self.clone();
+        let keys: Vec<String> = customers.iter().map(|id| self.card_key(*id)).collect();
+        let done = self.handle.spawn(async move {
+            let keys: Vec<&String> = keys.iter().collect();
+            link.mark_stale(&keys, seq, String::new()).await;
+        });
+        let _ = futures_executor::block_on(done);
     }
 
     /// While degraded, checks Redis every 200 ms; once it answers and the

@@ -236,6 +236,9 @@ impl Services {
             )?),
             None => None,
         };
+        if let (Some(tail), Some(redis)) = (&tail, &redis) {
+            tail.use_redis(redis);
+        }
         // The in-process layer forgets what this instance writes; over a
         // shared store others write too, and it would serve their
         // overwritten copies: Redis, which every instance marks, is the

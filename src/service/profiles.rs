@@ -532,11 +532,12 @@ impl Services {
                     check_caps(t, std::slice::from_ref(&s), 0, &rules.caps)?;
                     let cause = format!("token:{subject}");
                     absorb(tx, t, s, None, &cause, now, &rules.channels)?;
-                    metrics::counter!("anamnesis_merges_total", "kind" => "manual").increment(1);
                     Ok(())
                 })
             })
             .await?;
+        // Counted once committed: a shared store may run the write again.
+        metrics::counter!("anamnesis_merges_total", "kind" => "manual").increment(1);
         Ok(views::profile_view(&p, &self.masking(access)))
     }
 
@@ -547,7 +548,10 @@ impl Services {
         let now = Services::now();
         self.committer
             .run(move |store| atomically(store, |tx| erase_in(tx, id, &subject, now)))
-            .await
+            .await?;
+        // Counted once committed: a shared store may run the write again.
+        metrics::counter!("anamnesis_erasures_total").increment(1);
+        Ok(())
     }
 
     /// Undoes the merge of `merged` into `id`: `merged` comes back under its
@@ -845,7 +849,6 @@ fn erase_in(
         id,
         &event(IdentityEventKind::Erased, now, &format!("token:{subject}")),
     )?;
-    metrics::counter!("anamnesis_erasures_total").increment(1);
     Ok(())
 }
 

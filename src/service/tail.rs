@@ -11,11 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use super::journal::{Change, LiveEvent};
 use super::live::payload_from_store;
+use crate::cache::RedisLink;
 use crate::events::{Hub, Publish};
 use crate::store::Store;
 
@@ -23,12 +24,20 @@ use crate::store::Store;
 const PAGE: usize = 256;
 
 pub struct Tail {
-    /// This instance's committed events not yet reached by the tail, by position.
-    own: Mutex<BTreeMap<u64, LiveEvent>>,
-    /// The highest position handed to the streams.
-    cursor: AtomicU64,
+    /// This instance's committed events not yet reached by the tail, by
+    /// position, and the highest position handed to the streams; one lock,
+    /// so an event is either kept for the tail or already past it.
+    state: Mutex<State>,
     woken: Mutex<bool>,
     wake: Condvar,
+    /// Set once the Redis link exists (it is built after the tail, and
+    /// holds the tail: weak, so that neither keeps the other alive).
+    redis: OnceLock<Weak<RedisLink>>,
+}
+
+struct State {
+    own: BTreeMap<u64, LiveEvent>,
+    cursor: u64,
 }
 
 /// Where the tail hands its results.
@@ -46,10 +55,13 @@ impl Tail {
     /// least. The thread ends once the returned `Tail` is dropped.
     pub fn start(targets: Targets, from: u64, poll: Duration) -> Arc<Tail> {
         let tail = Arc::new(Tail {
-            own: Mutex::default(),
-            cursor: AtomicU64::new(from),
+            state: Mutex::new(State {
+                own: BTreeMap::new(),
+                cursor: from,
+            }),
             woken: Mutex::new(false),
             wake: Condvar::new(),
+            redis: OnceLock::new(),
         });
         let weak = Arc::downgrade(&tail);
         std::thread::Builder::new()
@@ -59,11 +71,17 @@ impl Tail {
         tail
     }
 
-    fn lock_own(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, LiveEvent>> {
-        self.own.lock().unwrap_or_else(|e| e.into_inner())
+    /// Marks in Redis, before the feed shows them, the cards that other
+    /// instances' changes made stale.
+    pub fn use_redis(&self, redis: &Arc<RedisLink>) {
+        let _ = self.redis.set(Arc::downgrade(redis));
     }
 
-    /// Waits for a wake-up or `poll`; `false` once nothing wakes it any more.
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for a wake-up or `poll`.
     fn sleep(&self, poll: Duration) {
         let woken = self.woken.lock().unwrap_or_else(|e| e.into_inner());
         let (mut woken, _) = self
@@ -74,36 +92,61 @@ impl Tail {
     }
 
     /// Reads what was committed after the cursor and hands it out; the
-    /// number of changes read.
+    /// number of changes read. A record this build cannot read (a newer
+    /// build's kind of change, during a rolling deploy) is logged and
+    /// passed over, so one record never stops the tail.
     fn step(&self, targets: &Targets) -> Result<usize, crate::store::StoreError> {
         let mut read = 0;
         loop {
-            let from = self.cursor.load(Ordering::SeqCst);
+            let from = self.state().cursor;
             let page = targets.store.changes(from, PAGE)?;
             let Some(&(last, _)) = page.last() else {
                 return Ok(read);
             };
             let full = page.len() == PAGE;
             let mut events = Vec::with_capacity(page.len());
+            let mut cards = Vec::new();
             for (seq, bytes) in page {
-                let change = Change::decode(seq, &bytes)?;
-                let own = self.lock_own().remove(&seq);
+                let change = match Change::decode(seq, &bytes) {
+                    Ok(change) => change,
+                    Err(e) => {
+                        tracing::warn!(seq, error = %e, "a change this build cannot read: passed over");
+                        continue;
+                    }
+                };
+                cards.push(change.customer_id);
+                cards.extend(change.survivor_id);
+                cards.extend(change.merged_id);
+                let own = self.state().own.get(&seq).cloned();
                 let event = match own {
                     Some(event) => event,
-                    None => LiveEvent {
-                        data: payload_from_store(&*targets.store, &change)?,
-                        change,
-                    },
+                    None => {
+                        let data = payload_from_store(&*targets.store, &change).unwrap_or_else(|e| {
+                            tracing::warn!(seq, error = %e, "reading a change's payload failed");
+                            None
+                        });
+                        LiveEvent { data, change }
+                    }
                 };
                 events.push(Arc::new(event));
             }
             read += events.len();
-            targets.hub.publish_now(&events);
-            self.cursor.store(last, Ordering::SeqCst);
-            // Events committed here that the log showed first are not kept.
-            self.lock_own().retain(|seq, _| *seq > last);
+            cards.sort_unstable();
+            cards.dedup();
+            if let Some(redis) = self.redis.get().and_then(Weak::upgrade) {
+                redis.mark_cards_blocking(&cards, last);
+            }
+            // Positions first, as the committer does: a stream that opens
+            // now replays up to here and takes the rest live.
             targets.published.fetch_max(last, Ordering::SeqCst);
             targets.durable.fetch_max(last, Ordering::SeqCst);
+            targets.hub.publish_now(&events);
+            {
+                let mut state = self.state();
+                state.cursor = last;
+                // Events committed here that the log showed first are not kept.
+                state.own.retain(|seq, _| *seq > last);
+            }
             if !full {
                 return Ok(read);
             }
@@ -124,12 +167,12 @@ impl Publish for Tail {
     /// This instance's own events: kept for the tail, which hands them out
     /// in log order with the others'.
     fn publish(&self, events: &[Arc<LiveEvent>]) {
-        let cursor = self.cursor.load(Ordering::SeqCst);
         {
-            let mut own = self.lock_own();
+            let mut state = self.state();
+            let cursor = state.cursor;
             for event in events {
                 if event.change.seq > cursor {
-                    own.insert(event.change.seq, (**event).clone());
+                    state.own.insert(event.change.seq, (**event).clone());
                 }
             }
         }

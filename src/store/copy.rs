@@ -11,7 +11,11 @@ use super::sled::SledStore;
 use super::{Store, StoreError};
 
 /// Where the target keeps the last key copied while a copy is under way.
-const CURSOR: &[u8] = b"migrate_store.cursor";
+pub(super) const CURSOR: &[u8] = b"migrate_store.cursor";
+
+/// What the source looked like when the copy began: a resumed copy checks
+/// that nothing wrote to it in between.
+const SOURCE: &[u8] = b"migrate_store.source";
 
 /// What a finished copy found on both sides, per kind of record (the
 /// target's change-log counter, which the source keeps in memory, left out).
@@ -53,16 +57,37 @@ pub fn sled_to_postgres(
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<CopyReport>, StoreError> {
     let cursor_key = key(META, CURSOR);
+    let source_key = key(META, SOURCE);
+    // The source's last change and its highest pruned position: any write
+    // moves the first.
+    let mut fingerprint = source.last_change()?.to_be_bytes().to_vec();
+    fingerprint.extend_from_slice(&changes_through.to_be_bytes());
     let resume = Engine::get(target, &cursor_key)?;
     let resumed = resume.is_some();
-    if !resumed
-        && Engine::range(target, &[], &[u8::MAX], false)
+    if resumed {
+        if Engine::get(target, &source_key)?.as_deref() != Some(fingerprint.as_slice()) {
+            return Err(StoreError::Engine(
+                "the source store changed since the interrupted copy began: copy into a new, empty schema".into(),
+            ));
+        }
+    } else {
+        if Engine::range(target, &[], &[u8::MAX], false)
             .next()
             .is_some()
-    {
-        return Err(StoreError::Engine(
-            "the target schema already holds records: copy into an empty schema (or finish the copy that was interrupted)".into(),
-        ));
+        {
+            return Err(StoreError::Engine(
+                "the target schema already holds records: copy into an empty schema".into(),
+            ));
+        }
+        // From here on the target says a copy is under way: no instance
+        // starts on it until the copy is finished.
+        target.put_entries(
+            &[
+                (cursor_key.clone(), Vec::new()),
+                (source_key.clone(), fingerprint),
+            ],
+            &[],
+        )?;
     }
     let mut start = resume.map(just_after).unwrap_or_default();
     let mut copied = 0u64;
@@ -88,7 +113,7 @@ pub fn sled_to_postgres(
     // Positions handed out from now on come after every one the source used.
     let through = changes_through.max(source.last_change()?);
     target.reserve_positions(source.next_position()?, through)?;
-    target.put_entries(&[], &[cursor_key])?;
+    target.put_entries(&[], &[cursor_key, source_key])?;
     // The target's own change counter is the one record the source lacks.
     let mut target_stats = target.record_stats()?;
     let counter = key(META, NEXT_CHANGE);

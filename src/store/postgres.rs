@@ -100,6 +100,9 @@ fn wait<F: std::future::Future>(f: F) -> F::Output {
 /// One connection with its prepared statements.
 struct Conn {
     client: Client,
+    /// A transaction was begun and not yet ended: such a connection never
+    /// goes back to the pool (a panic inside a use case, a failed ROLLBACK).
+    in_transaction: std::cell::Cell<bool>,
     get: Statement,
     ascending: Statement,
     descending: Statement,
@@ -153,7 +156,13 @@ impl Drop for Lent<'_> {
     fn drop(&mut self) {
         let mut pool = self.store.pool();
         match self.conn.take() {
-            Some(conn) if !conn.client.is_closed() => pool.idle.push(conn),
+            Some(conn)
+                if !conn.client.is_closed()
+                    && !conn.in_transaction.get()
+                    && !std::thread::panicking() =>
+            {
+                pool.idle.push(conn)
+            }
             _ => pool.open -= 1,
         }
         self.store.freed.notify_one();
@@ -172,6 +181,10 @@ impl PgStore {
         // Fails at start, not at the first request, when the database is
         // unreachable or the schema is not this build's.
         match store.schema_version()? {
+            Some(SCHEMA_VERSION) if store.copy_unfinished()? => Err(StoreError::Engine(format!(
+                "a copy into the schema `{}` is unfinished: run the same `anamnesis migrate-store` again to finish it",
+                store.options.schema
+            ))),
             Some(SCHEMA_VERSION) => Ok(store),
             Some(v) if v > SCHEMA_VERSION => Err(StoreError::Engine(format!(
                 "the database schema `{}` is at version {v}, newer than this build ({SCHEMA_VERSION}): run a newer build",
@@ -259,9 +272,12 @@ impl PgStore {
     fn new_conn(&self) -> Result<Conn, StoreError> {
         let client = self.lend_raw()?;
         let s = quoted(&self.options.schema);
+        // A transaction left idle (a stuck caller) is ended by the server too.
+        let timeout = self.options.statement_timeout.as_millis();
         wait(client.batch_execute(&format!(
-            "SET statement_timeout = {}",
-            self.options.statement_timeout.as_millis()
+            "SET statement_timeout = {timeout}; \
+             SET idle_in_transaction_session_timeout = {}",
+            timeout * 4
         )))
         .map_err(engine)?;
         let prepare = |sql: String| wait(client.prepare(&sql)).map_err(engine);
@@ -284,6 +300,7 @@ impl PgStore {
             delete: prepare(format!("DELETE FROM {t} WHERE k = ANY($1)"))?,
             next_position: prepare(format!("SELECT nextval('{s}.positions')"))?,
             client,
+            in_transaction: std::cell::Cell::new(false),
         })
     }
 
@@ -313,6 +330,12 @@ impl PgStore {
             }
         });
         Ok(client)
+    }
+
+    /// Whether `migrate-store` began a copy into this schema and did not
+    /// finish it (the service must not start on half a store).
+    fn copy_unfinished(&self) -> Result<bool, StoreError> {
+        Ok(Engine::get(self, &key(META, super::copy::CURSOR))?.is_some())
     }
 
     /// Writes `puts` and removes `removes` in one transaction (a copy's
@@ -368,6 +391,7 @@ impl PgStore {
     /// One attempt of a write: `Ok(true)` committed or discarded, `Err` a
     /// failure (the transaction is rolled back).
     fn attempt(&self, conn: &Conn, op: &mut WriteFn<'_>) -> Result<(), tokio_postgres::Error> {
+        conn.in_transaction.set(true);
         wait(
             conn.client
                 .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE"),
@@ -385,10 +409,12 @@ impl PgStore {
                 .send()
                 .and_then(|()| wait(conn.client.batch_execute("COMMIT"))),
         };
-        if result.is_err() {
+        let ended = match &result {
+            Ok(()) => true,
             // The transaction is aborted or gone; make the connection usable again.
-            let _ = wait(conn.client.batch_execute("ROLLBACK"));
-        }
+            Err(_) => wait(conn.client.batch_execute("ROLLBACK")).is_ok(),
+        };
+        conn.in_transaction.set(!ended);
         result
     }
 }
@@ -420,7 +446,8 @@ fn version_of(client: &Client, schema: &str) -> Result<Option<i32>, StoreError> 
         &[&schema],
     ))
     .map_err(engine)?
-    .get::<_, i64>(0);
+    .try_get::<_, i64>(0)
+    .map_err(engine)?;
     if exists == 0 {
         return Ok(None);
     }
@@ -429,7 +456,7 @@ fn version_of(client: &Client, schema: &str) -> Result<Option<i32>, StoreError> 
         &[],
     ))
     .map_err(engine)?;
-    Ok(row.get::<_, Option<i32>>(0))
+    row.try_get::<_, Option<i32>>(0).map_err(engine)
 }
 
 /// Brings the database to [`SCHEMA_VERSION`]: creates the schema and the
@@ -448,7 +475,7 @@ pub fn migrate(options: PgOptions) -> Result<Vec<(i32, &'static str)>, StoreErro
                 wait(client.batch_execute(&format!(
                     "CREATE SCHEMA IF NOT EXISTS {s};
                      CREATE TABLE IF NOT EXISTS {s}.schema_version (
-                         version INT PRIMARY KEY,
+                         version INT4 PRIMARY KEY,
                          description TEXT NOT NULL,
                          applied_at TIMESTAMPTZ NOT NULL DEFAULT now());"
                 )))?;

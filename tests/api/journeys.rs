@@ -7,11 +7,15 @@ use crate::helpers::{assert_error, body, signal, spawn_app};
 #[tokio::test]
 async fn ivr_then_chat_then_agent_lookup_by_a_differently_written_number() {
     let app = spawn_app().await;
+    // Minutes ago, whatever the day: the IVR's answer keeps for a day.
+    let at = |minutes_ago: i64| {
+        (chrono::Utc::now() - chrono::Duration::minutes(minutes_ago)).to_rfc3339()
+    };
     let ivr = app
         .ingest(json!({
             "signal_id": "ivr-7f3a-0001",
             "channel": "ivr",
-            "occurred_at": "2026-11-22T09:15:00Z",
+            "occurred_at": at(3),
             "identifiers": [{"type": "phone", "value": "06 1234 5678"}],
             "traits": {"preferred_language": "nl"},
             "answers": [{"key": "reason_for_contact", "value": "delivery", "question": "Why are you calling?"}],
@@ -27,7 +31,7 @@ async fn ivr_then_chat_then_agent_lookup_by_a_differently_written_number() {
         .ingest(json!({
             "signal_id": "chat-0001",
             "channel": "chat",
-            "occurred_at": "2026-11-22T09:16:00Z",
+            "occurred_at": at(2),
             "identifiers": [{"type": "phone", "value": "+31 6 12345678"}, {"type": "chat_session", "value": "cs-42"}],
             "answers": [{"key": "order_number", "value": "A-1001", "question": "What is your order number?"}],
             "event": {"type": "chat_message", "summary": "Asked where the parcel is", "episode": {"id": "order-A-1001"}}

@@ -448,6 +448,10 @@ async fn migrate_store_moves_a_pilot_into_the_database_and_resumes() {
     })
     .unwrap();
     assert!(stopped.is_none(), "stopped between batches");
+    let refused = PgStore::open(options(&again))
+        .err()
+        .expect("half a store is refused");
+    assert!(refused.to_string().contains("unfinished"), "{refused}");
     let report = copy::sled_to_postgres(&source, &target, 5, 0, &mut |_| {}, &|| false)
         .unwrap()
         .expect("finished");
