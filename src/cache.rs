@@ -25,6 +25,19 @@
 //!
 //! The in-process fan-out of events waits for the markers too, so a desk that
 //! refetches on an event never sees the version before it.
+//!
+//! # One Redis or a cluster
+//!
+//! `redis.url` names one server; `redis.cluster_nodes` a Redis Cluster. A
+//! cluster runs a script or a multi-key command only on keys of one hash
+//! slot, so keys are spread over buckets, each one slot by its hash tag
+//! (`<prefix>{<store>:<bucket>}:card:<id>`), each with a generation of its
+//! own. A write marks each bucket it touched with one script run, and
+//! publishes its events once every bucket is marked; after an outage every
+//! bucket's generation is bumped. One server has one bucket. Events go out
+//! with `PUBLISH`, which a cluster delivers to the subscribers of every node;
+//! an instance subscribes through one seed, and through the next when that
+//! one is lost.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,9 +45,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::future::join_all;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
-use redis::{RedisResult, Script};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
@@ -82,6 +98,47 @@ return #KEYS - 1
 /// A value as Redis returns it (absent: `None`).
 type Raw = Option<Vec<u8>>;
 
+/// The buckets of a cluster's keys: one hash slot each, so they spread over
+/// up to this many primaries (more than a cluster of this service needs),
+/// while bumping every generation after an outage stays one short burst.
+const CLUSTER_BUCKETS: u32 = 256;
+
+/// The connection commands go through: to one server, or to a cluster,
+/// where each command goes to the node that holds its keys' slot.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// What a cache read found.
 pub enum Cached {
     /// The entry's body.
@@ -110,13 +167,19 @@ struct Commit {
 }
 
 pub struct RedisLink {
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// Where the event subscription goes: the server, or each seed in turn.
+    subscribe_to: Vec<redis::Client>,
+    /// Replaced by a new one when a cluster's was lost (see `recover`).
+    conn: std::sync::Mutex<Conn>,
+    /// A cluster: how to connect to it afresh.
+    cluster: Option<(redis::cluster::ClusterClient, ClusterConfig)>,
     handle: Handle,
-    /// Starts the event channel's name (shared by every instance).
+    /// Starts every key and the event channel's name (shared by every instance).
     prefix: String,
-    /// Starts every key: the prefix and the store's id.
-    keys: String,
+    /// The store's id: part of every key.
+    store: String,
+    /// 1 on one server, `CLUSTER_BUCKETS` on a cluster.
+    buckets: u32,
     published: Arc<AtomicU64>,
     ttl_ms: u64,
     timeout: Duration,
@@ -124,6 +187,10 @@ pub struct RedisLink {
     healthy: AtomicBool,
     /// Some marker may be missing: bump the generation before using Redis again.
     dirty: AtomicBool,
+    /// Redis answers again and is being brought back: writes mark their
+    /// entries already, so that a steady stream of writes cannot keep it
+    /// from coming back (each unmarked one would call for another bump).
+    returning: AtomicBool,
     /// Set when markers can no longer be written at all: Redis stays off.
     closed: AtomicBool,
     /// Tells this instance's own events from the others' on the bus.
@@ -146,8 +213,6 @@ impl RedisLink {
         hub: Arc<dyn Publish>,
         published: Arc<AtomicU64>,
     ) -> anyhow::Result<Arc<RedisLink>> {
-        let url = settings.url.as_deref().context("redis.url is not set")?;
-        let client = redis::Client::open(url).context("redis.url")?;
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("anamnesis-redis".into())
@@ -162,23 +227,58 @@ impl RedisLink {
             .context("starting the Redis thread")?;
         let handle = handle_rx.recv().context("the Redis thread did not start")?;
         let timeout = Duration::from_millis(settings.timeout_ms);
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = {
-            let _inside = handle.enter();
-            ConnectionManager::new_lazy_with_config(client.clone(), config)
-                .context("setting up the Redis connection")?
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let (conn, subscribe_to, cluster) = match &settings.url {
+            Some(url) => {
+                let client = redis::Client::open(url.as_str()).context("redis.url")?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(200));
+                let _inside = handle.enter();
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .context("setting up the Redis connection")?;
+                (Conn::Single(conn), vec![client], None)
+            }
+            None => {
+                let seeds = &settings.cluster_nodes;
+                anyhow::ensure!(
+                    !seeds.is_empty(),
+                    "neither redis.url nor redis.cluster_nodes is set"
+                );
+                let subscribe_to = seeds
+                    .iter()
+                    .map(|seed| redis::Client::open(seed.as_str()))
+                    .collect::<RedisResult<Vec<_>>>()
+                    .context("redis.cluster_nodes")?;
+                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200)
+                    .build()
+                    .context("redis.cluster_nodes")?;
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(connect_timeout)
+                    .set_response_timeout(timeout);
+                let _inside = handle.enter();
+                let conn = client.get_pending_async_connection_with_config(config.clone());
+                (Conn::Cluster(conn), subscribe_to, Some((client, config)))
+            }
         };
         let (commits, commit_rx) = mpsc::unbounded_channel();
         let link = Arc::new(RedisLink {
-            client,
-            conn,
+            subscribe_to,
+            conn: std::sync::Mutex::new(conn),
+            buckets: if cluster.is_some() {
+                CLUSTER_BUCKETS
+            } else {
+                1
+            },
+            cluster,
             handle: handle.clone(),
             prefix: settings.key_prefix.clone(),
-            keys: format!("{}{store}:", settings.key_prefix),
+            store: store.to_owned(),
             published,
             ttl_ms: settings.ttl_secs * 1000,
             timeout,
@@ -186,6 +286,7 @@ impl RedisLink {
             // before this start may be stale: bump the generation first.
             healthy: AtomicBool::new(false),
             dirty: AtomicBool::new(true),
+            returning: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             instance: ulid::Ulid::new().to_string(),
             hub,
@@ -200,17 +301,32 @@ impl RedisLink {
         Ok(link)
     }
 
+    fn conn(&self) -> Conn {
+        self.conn.lock().expect("the connection lock").clone()
+    }
+
     /// Whether Redis is in use (not degraded).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
     }
 
+    /// `<prefix>{<store>:<bucket>}:<kind>:<id>`: the braces make the
+    /// bucket the key's hash slot on a cluster.
     fn key(&self, kind: &str, id: &str) -> String {
-        format!("{}{kind}:{id}", self.keys)
+        let bucket = bucket_of(id, self.buckets);
+        format!("{}{{{}:{bucket}}}:{kind}:{id}", self.prefix, self.store)
     }
 
-    fn generation_key(&self) -> String {
-        format!("{}generation", self.keys)
+    fn bucket_generation(&self, bucket: u32) -> String {
+        format!("{}{{{}:{bucket}}}:generation", self.prefix, self.store)
+    }
+
+    /// The generation of the bucket `key` is in (on its hash slot).
+    fn generation_key(&self, key: &str) -> String {
+        match key.find("}:") {
+            Some(end) => format!("{}generation", &key[..end + 2]),
+            None => self.bucket_generation(0),
+        }
     }
 
     fn channel(&self) -> String {
@@ -236,6 +352,7 @@ impl RedisLink {
         if stale_possible {
             self.dirty.store(true, Ordering::SeqCst);
         }
+        self.returning.store(false, Ordering::SeqCst);
         if self.healthy.swap(false, Ordering::SeqCst) {
             metrics::gauge!("anamnesis_redis_up").set(0.0);
             tracing::warn!(reason = why, "Redis degraded: serving from the store");
@@ -269,12 +386,12 @@ impl RedisLink {
 
     /// Reads an entry.
     pub async fn get(&self, key: &str, kind: &'static str) -> Cached {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let found: Option<(Raw, Raw)> = self
             .call(
                 "read",
                 redis::cmd("MGET")
-                    .arg(self.generation_key())
+                    .arg(self.generation_key(key))
                     .arg(key)
                     .query_async(&mut conn),
             )
@@ -310,8 +427,8 @@ impl RedisLink {
         self.handle.spawn(async move {
             let mut value = format!("{generation}:{seq}:").into_bytes();
             value.extend_from_slice(&body);
-            let mut conn = link.conn.clone();
-            let mut invocation = link.fill.key(link.generation_key());
+            let mut conn = link.conn();
+            let mut invocation = link.fill.key(link.generation_key(&key));
             invocation
                 .key(key)
                 .arg(generation)
@@ -398,29 +515,77 @@ impl RedisLink {
     /// bus unless empty); when Redis cannot be reached, makes sure the
     /// generation is bumped before it is used again.
     async fn mark_stale(&self, keys: &[&String], seq: u64, message: String) {
-        if !self.healthy() {
+        if !self.healthy() && !self.returning.load(Ordering::SeqCst) {
             if !keys.is_empty() {
                 self.dirty.store(true, Ordering::SeqCst);
             }
             return;
         }
-        let mut conn = self.conn.clone();
-        let mut invocation = self.mark.key(self.generation_key());
+        // Each bucket's keys, with the bucket's generation first.
+        let mut buckets: Vec<(String, Vec<&String>)> = Vec::new();
         for key in keys {
-            invocation.key(*key);
+            let generation = self.generation_key(key);
+            match buckets.iter_mut().find(|(g, _)| *g == generation) {
+                Some((_, in_bucket)) => in_bucket.push(*key),
+                None => buckets.push((generation, vec![*key])),
+            }
         }
-        invocation
-            .arg(seq)
-            .arg(self.ttl_ms)
-            .arg(self.channel())
-            .arg(message);
-        let marked =
-            tokio::time::timeout(self.timeout, invocation.invoke_async::<i64>(&mut conn)).await;
+        if buckets.is_empty() {
+            buckets.push((self.bucket_generation(0), Vec::new()));
+        }
+        // One bucket: marked and published in one script run. Several: the
+        // events go out once every bucket is marked.
+        let publish_apart = buckets.len() > 1;
+        let channel = self.channel();
+        let runs = buckets.iter().map(|(generation, in_bucket)| {
+            let mut conn = self.conn();
+            let mut invocation = self.mark.key(generation);
+            for key in in_bucket {
+                invocation.key(*key);
+            }
+            invocation
+                .arg(seq)
+                .arg(self.ttl_ms)
+                .arg(&channel)
+                .arg(if publish_apart { "" } else { message.as_str() });
+            async move { invocation.invoke_async::<i64>(&mut conn).await }
+        });
+        let marked = tokio::time::timeout(self.timeout, async {
+            for run in join_all(runs).await {
+                run?;
+            }
+            if publish_apart && !message.is_empty() {
+                let mut conn = self.conn();
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&message)
+                    .query_async::<i64>(&mut conn)
+                    .await?;
+            }
+            RedisResult::Ok(())
+        })
+        .await;
         match marked {
-            Ok(Ok(_)) => {}
+            Ok(Ok(())) => {}
             Ok(Err(e)) => self.degrade(&format!("invalidation: {e}"), true),
             Err(_) => self.degrade("invalidation: no answer in time", true),
         }
+    }
+
+    /// Bumps every bucket's generation: each entry written before is unusable.
+    async fn bump_generations(&self) -> bool {
+        let bumps = (0..self.buckets).map(|bucket| {
+            let mut conn = self.conn();
+            let key = self.bucket_generation(bucket);
+            async move {
+                redis::cmd("INCR")
+                    .arg(key)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            }
+        });
+        let bumped = tokio::time::timeout(self.timeout * 4, join_all(bumps)).await;
+        matches!(bumped, Ok(results) if results.iter().all(Result::is_ok))
     }
 
     /// Marks the cards of `customers` stale at `seq`, from a thread outside
@@ -443,36 +608,44 @@ impl RedisLink {
     /// generation is bumped, uses it again.
     async fn recover(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut failed_checks = 0u32;
         loop {
             tick.tick().await;
             if self.healthy() || self.closed.load(Ordering::SeqCst) {
+                failed_checks = 0;
                 continue;
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let ping = tokio::time::timeout(
                 self.timeout,
                 redis::cmd("PING").query_async::<String>(&mut conn),
             )
             .await;
             if !matches!(ping, Ok(Ok(_))) {
+                failed_checks += 1;
+                // A cluster connection that lost a node may keep waiting on
+                // it after it came back: start afresh every second or so.
+                if let Some((client, config)) = &self.cluster {
+                    if failed_checks % 5 == 0 {
+                        let fresh = client.get_pending_async_connection_with_config(config.clone());
+                        *self.conn.lock().expect("the connection lock") = Conn::Cluster(fresh);
+                    }
+                }
                 continue;
             }
             // Always a new generation after an outage: entries may predate
             // a marker this instance or another could not write (a slow
             // Redis, a failover to a replica that lags, an old snapshot).
+            // Every bucket answering is also the check that every node of
+            // a cluster does. A write left unmarked sets `dirty` after it
+            // committed: cleared before the bump, it was committed before
+            // the bump (harmless: every reader after the bump sees it);
+            // set after, it calls for another round.
+            self.returning.store(true, Ordering::SeqCst);
             self.dirty.store(false, Ordering::SeqCst);
-            {
-                let bumped = tokio::time::timeout(
-                    self.timeout,
-                    redis::cmd("INCR")
-                        .arg(self.generation_key())
-                        .query_async::<i64>(&mut conn),
-                )
-                .await;
-                if !matches!(bumped, Ok(Ok(_))) {
-                    self.dirty.store(true, Ordering::SeqCst);
-                    continue;
-                }
+            if !self.bump_generations().await {
+                self.dirty.store(true, Ordering::SeqCst);
+                continue;
             }
             if self.dirty.load(Ordering::SeqCst) {
                 continue;
@@ -491,9 +664,10 @@ impl RedisLink {
     /// Receives the other instances' events and hands them to local streams.
     /// A lost subscription means Redis went away: degrade, and resubscribe.
     async fn listen(self: Arc<Self>) {
-        loop {
+        for turn in 0.. {
+            let client = &self.subscribe_to[turn % self.subscribe_to.len()];
             let subscribed = tokio::time::timeout(self.timeout * 4, async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
+                let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(self.channel()).await?;
                 RedisResult::Ok(pubsub)
             })
@@ -526,6 +700,20 @@ struct BusMessageRef<'a> {
     events: &'a [&'a LiveEvent],
 }
 
+/// Which of `buckets` an id's keys go to (FNV-1a: stable across builds and
+/// instances, which must all agree).
+fn bucket_of(id: &str, buckets: u32) -> u32 {
+    if buckets <= 1 {
+        return 0;
+    }
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % buckets
+}
+
 /// `<generation>:<position>:<body>` -> its parts.
 fn split_entry(entry: &[u8]) -> Option<(u64, u64, &[u8])> {
     let mut parts = entry.splitn(3, |b| *b == b':');
@@ -536,7 +724,25 @@ fn split_entry(entry: &[u8]) -> Option<(u64, u64, &[u8])> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_entry;
+    use super::{bucket_of, split_entry, CLUSTER_BUCKETS};
+
+    #[test]
+    fn ids_spread_over_every_bucket_and_always_to_the_same_one() {
+        assert_eq!(bucket_of("01JABCDEF", 1), 0);
+        assert_eq!(
+            bucket_of("a", CLUSTER_BUCKETS),
+            bucket_of("a", CLUSTER_BUCKETS)
+        );
+        let mut seen = vec![0u32; CLUSTER_BUCKETS as usize];
+        for i in 0..25_600 {
+            seen[bucket_of(
+                &ulid::Ulid::from(i as u128 * 7919).to_string(),
+                CLUSTER_BUCKETS,
+            ) as usize] += 1;
+        }
+        let (least, most) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
+        assert!(*least > 50 && *most < 150, "uneven: {least}..{most}");
+    }
 
     #[test]
     fn entries_split_into_generation_position_and_body() {

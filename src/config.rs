@@ -141,10 +141,17 @@ pub struct PostgresSettings {
 }
 
 impl PostgresSettings {
-    /// The connection options, once validated.
-    pub fn options(&self) -> Option<crate::store::PgOptions> {
-        Some(crate::store::PgOptions {
-            url: self.url.clone()?,
+    /// The connection options, once validated; an error naming the key
+    /// when no URL is set.
+    pub fn options(&self) -> Result<crate::store::PgOptions, ConfigError> {
+        let url = self.url.clone().ok_or_else(|| {
+            invalid(
+                "storage.postgres.url",
+                "is required with the postgres backend",
+            )
+        })?;
+        Ok(crate::store::PgOptions {
+            url,
             schema: self.schema.clone(),
             pool_size: self.pool_size,
             statement_timeout: Duration::from_millis(self.statement_timeout_ms),
@@ -165,8 +172,13 @@ pub struct ProfileSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// Unset: the service runs without Redis.
+    /// One Redis server. Unset (and no `cluster_nodes`): the service runs
+    /// without Redis.
     pub url: Option<String>,
+    /// A Redis Cluster instead, found through these seed nodes
+    /// (`redis://host:port` each; a few are enough, the rest are learnt from
+    /// the cluster). In the environment: a comma-separated list.
+    pub cluster_nodes: Vec<String>,
     /// Every key this service writes starts with it (several services or
     /// environments can share one Redis).
     pub key_prefix: String,
@@ -178,10 +190,18 @@ pub struct RedisSettings {
     pub timeout_ms: u64,
 }
 
+impl RedisSettings {
+    /// Whether a Redis (one server or a cluster) is to be used.
+    pub fn configured(&self) -> bool {
+        self.url.is_some() || !self.cluster_nodes.is_empty()
+    }
+}
+
 impl Default for RedisSettings {
     fn default() -> RedisSettings {
         RedisSettings {
             url: None,
+            cluster_nodes: Vec::new(),
             key_prefix: "anamnesis:".into(),
             ttl_secs: 600,
             connect_timeout_ms: 50,
@@ -667,11 +687,45 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("redis.cluster_nodes")
                 .source(env),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        let redis = &self.redis;
+        if let Some(url) = &redis.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "redis.url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+            if !redis.cluster_nodes.is_empty() {
+                return Err(invalid(
+                    "redis.cluster_nodes",
+                    "cannot be set together with redis.url: one Redis or one cluster",
+                ));
+            }
+        }
+        if redis.cluster_nodes.len() > 64 {
+            return Err(invalid("redis.cluster_nodes", "must list at most 64 seeds"));
+        }
+        for node in &redis.cluster_nodes {
+            let info = redis::IntoConnectionInfo::into_connection_info(node.as_str());
+            let plain = node.starts_with("redis://") || node.starts_with("rediss://");
+            if !plain || info.is_err() {
+                return Err(invalid(
+                    "redis.cluster_nodes",
+                    format!("`{node}` is not a redis://host:port address"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Loads only the built-in defaults (for tests and tools).
@@ -703,26 +757,25 @@ impl Settings {
                 auth["keys"][i]["secret"] = HIDDEN.into();
             }
         }
-        // A Redis URL may carry a password: redis://user:password@host.
-        if let Some(url) = value["redis"]["url"].as_str() {
-            if let Some((scheme, rest)) = url.split_once("://") {
-                if let Some((_, host)) = rest.rsplit_once('@') {
-                    value["redis"]["url"] = format!("{scheme}://{HIDDEN}@{host}").into();
-                }
-            }
-        }
-        // So may a database URL: postgres://user:password@host/db.
-        if let Some(url) = value["storage"]["postgres"]["url"].as_str() {
-            let hidden = match url.split_once("://") {
-                Some((scheme, rest)) => match rest.rsplit_once('@') {
-                    Some((_, host)) => format!("{scheme}://{HIDDEN}@{host}"),
-                    None => url.to_owned(),
-                },
-                // key=value form: the password is one of the pairs.
-                None if url.contains("password") => HIDDEN.to_owned(),
+        // Server URLs may carry a password: redis://user:password@host,
+        // postgres://user:password@host/db.
+        let hide = |url: &str| match url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://{HIDDEN}@{host}"),
                 None => url.to_owned(),
-            };
-            value["storage"]["postgres"]["url"] = hidden.into();
+            },
+            // key=value form: the password is one of the pairs.
+            None if url.contains("password") => HIDDEN.to_owned(),
+            None => url.to_owned(),
+        };
+        if let Some(url) = &self.redis.url {
+            value["redis"]["url"] = hide(url).into();
+        }
+        for (i, node) in self.redis.cluster_nodes.iter().enumerate() {
+            value["redis"]["cluster_nodes"][i] = hide(node).into();
+        }
+        if let Some(url) = &self.storage.postgres.url {
+            value["storage"]["postgres"]["url"] = hide(url).into();
         }
         strip_nulls(&mut value);
         toml::to_string(&value).map_err(|e| invalid("(all)", e.to_string()))
@@ -839,11 +892,11 @@ impl Settings {
                 .redis
                 .key_prefix
                 .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
+                .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
         {
             return Err(invalid(
                 "redis.key_prefix",
-                "must be at most 64 characters, without spaces",
+                "must be at most 64 characters, without spaces or braces (braces would change how a cluster places the keys)",
             ));
         }
         if !(1..=65_536).contains(&self.events.buffer) {
@@ -864,14 +917,7 @@ impl Settings {
                 "must be 1 to 316224000 (ten years)",
             ));
         }
-        if let Some(url) = &self.redis.url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(invalid(
-                    "redis.url",
-                    "must start with redis:// or rediss://",
-                ));
-            }
-        }
+        self.validate_redis()?;
         if let Some(secret) = &self.auth.hs256_secret {
             if secret.len() < 32 {
                 return Err(invalid(
@@ -1116,6 +1162,36 @@ mod tests {
     }
 
     #[test]
+    fn cluster_seeds_come_as_a_list_and_exclude_a_single_url() {
+        let seeds = "redis://127.0.0.1:7000,redis://127.0.0.1:7001";
+        let s = Settings::load_layers(None, env(&[("ANAMNESIS__REDIS__CLUSTER_NODES", seeds)]))
+            .unwrap();
+        assert_eq!(
+            s.redis.cluster_nodes,
+            ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+        );
+        let both = Settings::load_layers(
+            None,
+            env(&[
+                ("ANAMNESIS__REDIS__CLUSTER_NODES", seeds),
+                ("ANAMNESIS__REDIS__URL", "redis://127.0.0.1:6379/0"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(both.to_string().contains("redis.cluster_nodes"), "{both}");
+        let with_password = "redis://:sesame@10.0.0.1:6379,redis://10.0.0.2:6379";
+        let s = Settings::load_layers(
+            None,
+            env(&[("ANAMNESIS__REDIS__CLUSTER_NODES", with_password)]),
+        )
+        .unwrap();
+        let shown = s.effective_toml().unwrap();
+        assert!(!shown.contains("sesame"), "{shown}");
+        assert!(shown.contains("redis://<hidden>@10.0.0.1:6379"), "{shown}");
+        assert!(shown.contains("redis://10.0.0.2:6379"), "{shown}");
+    }
+
+    #[test]
     fn errors_name_the_bad_key() {
         let cases = [
             ("ANAMNESIS__SERVER__WORKERZ", "2", "workerz"),
@@ -1140,6 +1216,12 @@ mod tests {
                 "storage.cache_bytes",
             ),
             ("ANAMNESIS__REDIS__KEY_PREFIX", "a b", "redis.key_prefix"),
+            ("ANAMNESIS__REDIS__KEY_PREFIX", "a{b}", "redis.key_prefix"),
+            (
+                "ANAMNESIS__REDIS__CLUSTER_NODES",
+                "redis://127.0.0.1:7000,http://x",
+                "redis.cluster_nodes",
+            ),
             ("ANAMNESIS__EVENTS__BUFFER", "0", "events.buffer"),
             (
                 "ANAMNESIS__EVENTS__MAX_STREAM_SECS",

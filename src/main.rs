@@ -266,11 +266,7 @@ fn migrate(settings: &Settings) -> anyhow::Result<()> {
         settings.storage.backend == Backend::Postgres,
         "storage.backend is \"sled\": the embedded store needs no migration"
     );
-    let options = settings
-        .storage
-        .postgres
-        .options()
-        .context("storage.postgres.url is required")?;
+    let options = settings.storage.postgres.options()?;
     let schema = options.schema.clone();
     let applied = anamnesis::store::migrate(options)
         .with_context(|| format!("migrating schema `{schema}`"))?;
@@ -312,7 +308,7 @@ fn migrate_store(
     let mut checked = settings.clone();
     checked.storage.postgres = postgres.clone();
     checked.validate()?;
-    let options = postgres.options().context("a URL")?;
+    let options = postgres.options()?;
     let schema = options.schema.clone();
 
     let db = std::path::Path::new(path).join("db");

@@ -80,11 +80,7 @@ pub fn open_store(settings: &Settings, create: bool) -> anyhow::Result<Arc<dyn S
             Ok(Arc::new(store))
         }
         Backend::Postgres => {
-            let options = settings
-                .storage
-                .postgres
-                .options()
-                .context("storage.postgres.url is required")?;
+            let options = settings.storage.postgres.options()?;
             let schema = options.schema.clone();
             let store = PgStore::open(options)
                 .with_context(|| format!("opening the database store (schema `{schema}`)"))?;

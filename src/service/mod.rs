@@ -227,14 +227,14 @@ impl Services {
             Some(tail) => tail.clone(),
             None => hub.clone(),
         };
-        let redis = match &settings.redis.url {
-            Some(_) => Some(RedisLink::start(
+        let redis = match settings.redis.configured() {
+            true => Some(RedisLink::start(
                 &settings.redis,
                 &store_identity(&*store)?,
                 events.clone(),
                 published.clone(),
             )?),
-            None => None,
+            false => None,
         };
         if let (Some(tail), Some(redis)) = (&tail, &redis) {
             tail.use_redis(redis);

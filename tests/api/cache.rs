@@ -10,18 +10,17 @@ use serde_json::{json, Value};
 
 use crate::helpers::{body, id_of, spawn_app_with, TestApp};
 use crate::live::EventClient;
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisCluster, RedisServer, TestRedis};
 
-async fn app_with(redis: &RedisServer) -> TestApp {
+async fn app_with(redis: &impl TestRedis) -> TestApp {
     app_with_layer(redis, true).await
 }
 
 /// With or without the in-process layer in front of Redis; no rate limit
 /// (the loads below are one subject's).
-async fn app_with_layer(redis: &RedisServer, local: bool) -> TestApp {
-    let url = redis.url();
-    let app = spawn_app_with(move |s| {
-        s.redis.url = Some(url);
+async fn app_with_layer(redis: &impl TestRedis, local: bool) -> TestApp {
+    let app = spawn_app_with(|s| {
+        redis.configure(s);
         s.limits.rate_per_second = 0;
         if !local {
             s.cache.local_bytes = 0;
@@ -49,8 +48,8 @@ async fn wait_for_redis(app: &TestApp, state: &str) {
 }
 
 /// The cache key of `id`'s card (the store's id is part of every key).
-fn card_key(redis: &RedisServer, id: &str) -> String {
-    let found = redis.cli(&["KEYS", &format!("anamnesis:*:card:{id}")]);
+fn card_key(redis: &impl TestRedis, id: &str) -> String {
+    let found = redis.keys(&format!("anamnesis:*:card:{id}"));
     let keys: Vec<&str> = found.lines().filter(|l| !l.is_empty()).collect();
     match keys.as_slice() {
         [one] => (*one).to_owned(),
@@ -64,7 +63,7 @@ fn card_key(redis: &RedisServer, id: &str) -> String {
 /// the in-process layer on, that layer answers first, and the read shows `from`).
 async fn cache_and_tag(
     app: &TestApp,
-    redis: &RedisServer,
+    redis: &impl TestRedis,
     id: &str,
     path: &str,
     from: &str,
@@ -74,13 +73,13 @@ async fn cache_and_tag(
     loop {
         assert_eq!(app.get(path).await.status(), 200);
         let key = card_key(redis, id);
-        let raw = redis.cli(&["GET", &key]);
+        let raw = redis.run(&["GET", &key]);
         let raw = raw.trim_end_matches('\n');
         let mut parts = raw.splitn(3, ':');
         let (g, s, rest) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
         if rest.contains(from) {
             let tagged = format!("{}:{}:{}", g.unwrap(), s.unwrap(), rest.replace(from, to));
-            assert_eq!(redis.cli(&["SET", &key, &tagged]).trim(), "OK");
+            assert_eq!(redis.run(&["SET", &key, &tagged]).trim(), "OK");
             let seen = body(app.get(path).await).await.to_string();
             if app.settings.cache.local_bytes == 0 {
                 assert!(seen.contains(to), "the tagged copy is served: {seen}");
@@ -128,15 +127,38 @@ async fn the_in_process_layer_never_serves_a_stale_read_either() {
     no_stale_reads(true).await;
 }
 
+/// The same over a Redis Cluster: a merge or an unmerge marks two
+/// customers' entries, most often in two slots on two nodes.
+#[tokio::test]
+async fn a_redis_cluster_caches_and_no_write_is_followed_by_a_stale_read() {
+    let cluster = RedisCluster::start();
+    no_stale_reads_on(&cluster, false).await;
+    // 256 buckets, each its own slot with its own generation, spread over
+    // every node.
+    let mut buckets = 0;
+    for node in &cluster.nodes {
+        let held = node
+            .cli(&["KEYS", "anamnesis:*:generation"])
+            .lines()
+            .count();
+        assert!(held > 30, "every node holds its share: {held}");
+        buckets += held;
+    }
+    assert_eq!(buckets, 256);
+}
+
 async fn no_stale_reads(local: bool) {
-    let redis = RedisServer::start();
-    let app = app_with_layer(&redis, local).await;
+    no_stale_reads_on(&RedisServer::start(), local).await;
+}
+
+async fn no_stale_reads_on(redis: &impl TestRedis, local: bool) {
+    let app = app_with_layer(redis, local).await;
     let id = new_customer(&app, "+31611110001", "Anna").await;
     let context = format!("/v1/profiles/{id}/context");
     let profile = format!("/v1/profiles/{id}");
 
     // A hit after the first read.
-    cache_and_tag(&app, &redis, &id, &context, "Anna", "Cached").await;
+    cache_and_tag(&app, redis, &id, &context, "Anna", "Cached").await;
     let b = body(app.get(&profile).await).await;
     let expected = if local { "Anna" } else { "Cached" };
     assert_eq!(
@@ -177,7 +199,7 @@ async fn no_stale_reads(local: bool) {
         ),
     ];
     for (what, method, path, payload, expect) in steps {
-        cache_and_tag(&app, &redis, &id, &context, "first_name", "first_nome").await;
+        cache_and_tag(&app, redis, &id, &context, "first_name", "first_nome").await;
         let status = write(&app, method, &path, payload).await;
         assert!((200..300).contains(&status), "{what}: {status}");
         for read in [&context, &profile] {
@@ -239,7 +261,7 @@ async fn no_stale_reads(local: bool) {
         "a removed identifier leads nowhere"
     );
 
-    cache_and_tag(&app, &redis, &id, &context, "first_name", "first_nome").await;
+    cache_and_tag(&app, redis, &id, &context, "first_name", "first_nome").await;
     assert_eq!(app.erase(&id).await.status(), 204);
     assert_eq!(
         app.get(&context).await.status(),
@@ -255,23 +277,32 @@ async fn no_stale_reads(local: bool) {
     );
 
     // No phone number appears in a key.
-    let keys = redis.cli(&["KEYS", "*"]);
+    let keys = redis.keys("*");
     assert!(!keys.contains("611110"), "{keys}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_mid_load_costs_nothing_and_comes_back_by_itself() {
     killed_mid_load(false).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_killed_mid_load_with_the_in_process_layer() {
     killed_mid_load(true).await;
 }
 
+/// A Redis Cluster that loses a node (a third of the slots) does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_a_cluster_node_mid_load_costs_nothing_and_it_comes_back() {
+    killed_mid_load_on(&mut RedisCluster::start(), false).await;
+}
+
 async fn killed_mid_load(local: bool) {
-    let mut redis = RedisServer::start();
-    let app = Arc::new(app_with_layer(&redis, local).await);
+    killed_mid_load_on(&mut RedisServer::start(), local).await;
+}
+
+async fn killed_mid_load_on(redis: &mut impl TestRedis, local: bool) {
+    let app = Arc::new(app_with_layer(redis, local).await);
     let mut ids = Vec::new();
     for n in 0..10 {
         ids.push(new_customer(&app, &format!("+3161111020{n}"), "Anna").await);
@@ -324,7 +355,9 @@ async fn killed_mid_load(local: bool) {
         .collect();
 
     tokio::time::sleep(Duration::from_millis(700)).await;
-    redis.kill();
+    // Off the runtime's threads: a cluster takes seconds to heal, and the
+    // readers' timings must not include the harness's waits.
+    tokio::task::block_in_place(|| redis.lose());
     wait_for_redis(&app, "degraded").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let metrics = app.get("/metrics").await.text().await.unwrap();
@@ -333,7 +366,7 @@ async fn killed_mid_load(local: bool) {
         "fallbacks are counted"
     );
     let during = acknowledged.lock().unwrap().len();
-    redis.restart();
+    tokio::task::block_in_place(|| redis.bring_back());
     wait_for_redis(&app, "ok").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, Ordering::SeqCst);
@@ -368,10 +401,20 @@ async fn killed_mid_load(local: bool) {
             );
         }
     }
-    // The hit ratio recovers: the cache serves again.
+    // The hit ratio recovers: the cache serves again. (A write first: with
+    // the in-process layer, a card it kept while Redis was away would
+    // otherwise answer every read until it expires.)
+    let status = write(
+        &app,
+        Method::PATCH,
+        &format!("/v1/profiles/{}/traits", ids[0]),
+        json!({"channel": "agent", "traits": {"city": "Delft"}}),
+    )
+    .await;
+    assert_eq!(status, 200);
     cache_and_tag(
         &app,
-        &redis,
+        redis,
         &ids[0],
         &format!("/v1/profiles/{}/context", ids[0]),
         "Anna",
@@ -455,20 +498,95 @@ async fn events_travel_between_instances_through_redis() {
     );
 
     // ...and what arrives on the bus reaches the streams of every instance.
-    let message = json!({
-        "origin": "another-instance",
-        "events": [{"change": {"seq": 999999, "at": "2026-11-22T10:00:00Z", "type": "answer.captured",
-                               "customer_id": on_b, "key": "reason"},
-                    "data": {"answer": {"value": "from A", "question": null, "channel": "chat",
-                                        "captured_at": "2026-11-22T10:00:00Z", "expires_at": null,
-                                        "signal_id": null}}}]
-    });
-    let published = redis.cli(&["PUBLISH", "anamnesis:events", &message.to_string()]);
+    let message = bus_answer(&on_b, 999999, "from A");
+    let published = redis.cli(&["PUBLISH", "anamnesis:events", &message]);
     assert_eq!(published.trim(), "2", "both instances listen");
     let got = desk.until("answer.captured", Duration::from_secs(5)).await;
     let event = got.last().unwrap();
     assert_eq!(event.id.as_deref(), Some("999999"));
     assert_eq!(event.data.as_ref().unwrap()["data"]["value"], "from A");
+}
+
+/// An answer event as another instance sends it over the bus.
+fn bus_answer(customer: &str, seq: u64, value: &str) -> String {
+    json!({
+        "origin": "another-instance",
+        "events": [{"change": {"seq": seq, "at": "2026-11-22T10:00:00Z", "type": "answer.captured",
+                               "customer_id": customer, "key": "reason"},
+                    "data": {"answer": {"value": value, "question": null, "channel": "chat",
+                                        "captured_at": "2026-11-22T10:00:00Z", "expires_at": null,
+                                        "signal_id": null}}}]
+    })
+    .to_string()
+}
+
+/// Over a cluster, an event published through any node reaches every
+/// instance, whichever node it subscribed through; an instance whose node
+/// is lost subscribes through its next seed.
+#[tokio::test]
+async fn events_travel_between_instances_through_a_redis_cluster() {
+    let mut cluster = RedisCluster::start();
+    let a = app_with(&cluster).await;
+    // B subscribes through the last node, then (when that is lost) the middle one.
+    let mut seeds = cluster.seeds();
+    seeds.reverse();
+    let b = spawn_app_with(|s| {
+        s.redis.cluster_nodes = seeds;
+        s.limits.rate_per_second = 0;
+    })
+    .await;
+    wait_for_redis(&b, "ok").await;
+    let on_b = new_customer(&b, "+31611110411", "Dora").await;
+    let mut desk = EventClient::open(&b, &on_b, None).await;
+
+    // A's own write goes out through the cluster: a subscriber on the
+    // middle node, which neither instance subscribed through, sees it.
+    let mut listener = std::process::Command::new("redis-cli")
+        .args(["-p", &cluster.nodes[1].port.to_string()])
+        .args(["SUBSCRIBE", "anamnesis:events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let on_a = new_customer(&a, "+31611110412", "Emil").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = listener.kill();
+    let out = listener.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&on_a) && text.contains("profile.created"),
+        "{text}"
+    );
+
+    // Published on the first node, received by B through the last.
+    cluster.nodes[0].cli(&[
+        "PUBLISH",
+        "anamnesis:events",
+        &bus_answer(&on_b, 999998, "one"),
+    ]);
+    let got = desk.until("answer.captured", Duration::from_secs(5)).await;
+    assert_eq!(got.last().unwrap().id.as_deref(), Some("999998"));
+
+    // B's node is lost; B subscribes through the next seed, and the bus
+    // reaches it again once the cluster is whole.
+    cluster.nodes[2].kill();
+    wait_for_redis(&b, "degraded").await;
+    cluster.nodes[2].restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        cluster.nodes[0].cli(&[
+            "PUBLISH",
+            "anamnesis:events",
+            &bus_answer(&on_b, 999999, "two"),
+        ]);
+        if let Some(event) = desk.event(Duration::from_millis(300)).await {
+            if event.id.as_deref() == Some("999999") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "B never heard the bus again");
+    }
+    wait_for_redis(&b, "ok").await;
 }
 
 #[tokio::test]

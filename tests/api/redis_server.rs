@@ -1,24 +1,47 @@
 //! A private redis-server for one test, on a free port, with its own data
-//! directory. Never the machine's shared Redis: the tests kill, restart and
-//! inspect this one.
+//! directory, or a private Redis Cluster of several such servers. Never the
+//! machine's shared Redis: the tests kill, restart and inspect these.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anamnesis::config::Settings;
+
 use crate::binary::free_port;
+
+/// What the cache tests need of a Redis, whether one server or a cluster.
+pub trait TestRedis {
+    /// Points a service's settings at it.
+    fn configure(&self, settings: &mut Settings);
+    /// Runs one command (on the node that holds its key); its raw output.
+    fn run(&self, args: &[&str]) -> String;
+    /// The keys matching `pattern`, one a line, from every node.
+    fn keys(&self, pattern: &str) -> String;
+    /// Takes (a node of) it away with SIGKILL.
+    fn lose(&mut self);
+    /// Brings back what `lose` took, and waits until it serves.
+    fn bring_back(&mut self);
+}
 
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// A cluster node: its cluster bus port.
+    cluster_port: Option<u16>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::launched(None)
+    }
+
+    fn launched(cluster_port: Option<u16>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
+            cluster_port,
         };
         server.launch();
         server
@@ -29,7 +52,15 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(bus) = self.cluster_port {
+            command
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "1000"])
+                .args(["--cluster-port", &bus.to_string()]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             // Nothing saved unless a test asks (SAVE), and then loaded on restart.
@@ -70,6 +101,125 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
+    }
+}
+
+impl TestRedis for RedisServer {
+    fn configure(&self, settings: &mut Settings) {
+        settings.redis.url = Some(self.url());
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        self.cli(args)
+    }
+
+    fn keys(&self, pattern: &str) -> String {
+        self.cli(&["KEYS", pattern])
+    }
+
+    fn lose(&mut self) {
+        self.kill();
+    }
+
+    fn bring_back(&mut self) {
+        self.restart();
+    }
+}
+
+/// A Redis Cluster of three primaries on loopback, each owning a third of
+/// the hash slots, as `redis-cli --cluster create` lays them out.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    /// The node `lose` took away.
+    lost: Option<usize>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::launched(Some(free_port())))
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "the cluster was not created: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes, lost: None };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// The seeds a service is given: every node.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    fn serving(&self) -> impl Iterator<Item = &RedisServer> {
+        let lost = self.lost;
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| Some(*i) != lost)
+            .map(|(_, n)| n)
+    }
+
+    /// Until every serving node reports the whole cluster ok.
+    fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self
+            .serving()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl TestRedis for RedisCluster {
+    fn configure(&self, settings: &mut Settings) {
+        settings.redis.cluster_nodes = self.seeds();
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let node = self.serving().next().expect("a node serves");
+        let out = Command::new("redis-cli")
+            .args(["-c", "-h", "127.0.0.1", "-p", &node.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, pattern: &str) -> String {
+        self.serving().map(|n| n.cli(&["KEYS", pattern])).collect()
+    }
+
+    /// Kills the second node: a third of the slots, and the cluster with
+    /// them once the others notice.
+    fn lose(&mut self) {
+        self.nodes[1].kill();
+        self.lost = Some(1);
+    }
+
+    fn bring_back(&mut self) {
+        if let Some(i) = self.lost.take() {
+            // Its nodes.conf survives in its directory: it rejoins with its slots.
+            self.nodes[i].restart();
+        }
+        self.wait_until_ok();
     }
 }
 
