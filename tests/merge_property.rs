@@ -23,6 +23,10 @@
 //! - Replaying the same operations against a fresh store ends in the same
 //!   profiles (compared by identifiers and by which operation created each
 //!   profile, never by generated ids).
+//! - A fleet of three instances over one PostgreSQL schema, each operation
+//!   sent to the next instance and every check read through another one, ends
+//!   in the same profiles as one instance over sled (in the PostgreSQL pass of
+//!   `tests/run.sh`; ignored without a database).
 //!
 //! Only identifier types that fuse profiles are drawn (no phones: they are to
 //! become "suggest"-only), and the pool is small enough that no per-type limit
@@ -43,6 +47,9 @@ use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
+
+#[path = "support/fleet.rs"]
+mod fleet;
 
 /// The identifiers signals draw from: at most one account id, two e-mails and
 /// two loyalty cards, so even the whole pool on one profile is within limits.
@@ -251,9 +258,10 @@ fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
 }
 
 /// A service over a fresh sled store in its own temp directory.
+/// One instance over sled, or several over one database.
 struct World {
-    services: Services,
-    // Dropped after `services`.
+    instances: Vec<Services>,
+    // Dropped after the instances.
     _dir: tempfile::TempDir,
 }
 
@@ -263,7 +271,15 @@ fn world() -> World {
     settings.storage.path = dir.path().to_path_buf();
     let store = SledStore::open(&settings.storage.path.join("db")).expect("sled opens");
     World {
-        services: Services::new(&settings, Arc::new(store)).expect("services start"),
+        instances: vec![Services::new(&settings, Arc::new(store)).expect("services start")],
+        _dir: dir,
+    }
+}
+
+fn fleet_world(n: usize) -> World {
+    let (instances, dir) = fleet::fleet(n, |_| {});
+    World {
+        instances,
         _dir: dir,
     }
 }
@@ -311,22 +327,31 @@ struct Run<'a> {
     removed_at: BTreeMap<usize, usize>,
     /// Check invariants and memory after every operation.
     check: bool,
+    /// Which instance of the world's answers now: each operation goes to
+    /// the next one, and what follows it is read through the one after.
+    turn: std::cell::Cell<usize>,
 }
 
 impl<'a> Run<'a> {
     fn new(rt: &'a Runtime, check: bool) -> Run<'a> {
+        Run::on(rt, world(), check)
+    }
+
+    fn on(rt: &'a Runtime, world: World, check: bool) -> Run<'a> {
         Run {
             rt,
-            world: world(),
+            world,
             labels: BTreeMap::new(),
             signals: Vec::new(),
             removed_at: BTreeMap::new(),
             check,
+            turn: std::cell::Cell::new(0),
         }
     }
 
     fn services(&self) -> &Services {
-        &self.world.services
+        let instances = &self.world.instances;
+        &instances[self.turn.get() % instances.len()]
     }
 
     fn label(&self, id: CustomerId) -> Result<usize, TestCaseError> {
@@ -889,8 +914,10 @@ impl<'a> Run<'a> {
         let mut state = self.observe()?;
         for (n, op) in ops.iter().enumerate() {
             let k = first + n;
+            self.turn.set(k);
             self.apply(k, op, &state)
                 .map_err(|e| fail(format!("op {k} {op:?}: {e}")))?;
+            self.turn.set(k + 1);
             state = if self.check {
                 self.observe_and_check()
                     .map_err(|e| fail(format!("after op {k} {op:?}: {e}")))?
@@ -1054,6 +1081,26 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// Three instances over one database, taking the operations in turn and
+    /// read through one another, end where one instance over sled ends; and
+    /// the invariants hold after every operation, read through another
+    /// instance than the one that took it.
+    #[test]
+    #[ignore = "needs ANAMNESIS_TEST_POSTGRES (tests/run.sh sets it)"]
+    fn a_fleet_ends_where_one_instance_ends(ops in ops(20)) {
+        let rt = runtime();
+        let mut one = Run::new(&rt, false);
+        let alone = one.run(0, &ops)?;
+        let mut three = Run::on(&rt, fleet_world(3), true);
+        let together = three.run(0, &ops)?;
+        prop_assert_eq!(partition(&alone), partition(&together), "a different partition or traits");
+        prop_assert_eq!(outcome(&one, &alone)?, outcome(&three, &together)?, "a different outcome");
+    }
+}
+
 /// Index of a pool identifier.
 fn pool(kind: &str, value: &str) -> usize {
     POOL.iter()
@@ -1072,7 +1119,7 @@ fn pool(kind: &str, value: &str) -> usize {
 fn unmerge_after_a_linking_signal_leaves_each_identifier_on_one_profile() {
     let rt = runtime();
     let w = world();
-    let s = &w.services;
+    let s = &w.instances[0];
     let send = |k: usize, ids: &[usize]| {
         rt.block_on(s.ingest(plain(ids).input(k)))
             .expect("ingested")
@@ -1118,7 +1165,7 @@ fn unmerge_after_a_linking_signal_leaves_each_identifier_on_one_profile() {
 fn merge_then_unmerge_restores_the_survivors_updated_at() {
     let rt = runtime();
     let w = world();
-    let s = &w.services;
+    let s = &w.instances[0];
     let send = |k: usize, ids: &[usize]| {
         rt.block_on(s.ingest(plain(ids).input(k)))
             .expect("ingested")

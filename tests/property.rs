@@ -10,6 +10,11 @@
 //!   replay returns the first result, and versions, profiles and timelines stay
 //!   as they were.
 //!
+//! - Signals posted at once through three instances over one PostgreSQL
+//!   schema, one thread each, end in what one instance over sled makes of them
+//!   in order, and in what the model says (in the PostgreSQL pass of
+//!   `tests/run.sh`; ignored without a database).
+//!
 //! The generator only draws from a pool small enough that no per-type limit can
 //! be reached, so every signal resolves without conflicts; the test
 //! `pool_respects_the_preconditions` proves it against the shipped configuration.
@@ -33,6 +38,9 @@ use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
+
+#[path = "support/fleet.rs"]
+mod fleet;
 
 /// One identifier of the pool: its type, its canonical (normalised) value, and
 /// spellings channels might send that must all normalise to it.
@@ -278,20 +286,24 @@ struct World {
     _dir: tempfile::TempDir,
 }
 
-fn world() -> World {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings::defaults();
-    settings.storage.path = dir.path().to_path_buf();
-    // Order independence is a property of merging types. A `suggest` type (the
-    // default for phones) deliberately refuses to fuse profiles that already
-    // exist, so who-is-who then depends on which signal came first: that rule
-    // is tested in tests/api, and here phones merge like every other type.
+/// Order independence is a property of merging types. A `suggest` type (the
+/// default for phones) deliberately refuses to fuse profiles that already
+/// exist, so who-is-who then depends on which signal came first: that rule
+/// is tested in tests/api, and here phones merge like every other type.
+fn phones_merge(settings: &mut Settings) {
     settings
         .identifiers
         .types
         .get_mut("phone")
         .expect("phone is configured")
         .merge = anamnesis::config::MergePolicy::Merge;
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::defaults();
+    settings.storage.path = dir.path().to_path_buf();
+    phones_merge(&mut settings);
     let store = SledStore::open(&settings.storage.path.join("db")).expect("sled opens");
     World {
         services: Services::new(&settings, Arc::new(store)).expect("services start"),
@@ -589,6 +601,39 @@ proptest! {
             prop_assert_eq!(&r, by_id[&s.signal_id], "a shuffled replay answered differently");
         }
         prop_assert_eq!(&snapshot(&w.services)?, &before, "a shuffled replay changed the store");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..config() })]
+
+    /// Three instances over one database, each taking a third of the
+    /// signals on a thread of its own, all at once, end in the profiles one
+    /// instance makes of them in order, and every instance reads the same.
+    #[test]
+    #[ignore = "needs ANAMNESIS_TEST_POSTGRES (tests/run.sh sets it)"]
+    fn signals_at_once_through_a_fleet_end_as_one_instance_ends((signals, _) in stream_and_shuffle(60)) {
+        let rt = runtime();
+        let expected = model(&signals);
+        let alone = full_state_in_order(&rt, &signals)?;
+        let (instances, _dir) = fleet::fleet(3, phones_merge);
+        std::thread::scope(|scope| {
+            let posters: Vec<_> = instances
+                .iter()
+                .enumerate()
+                .map(|(i, services)| {
+                    let share: Vec<Spec> = signals.iter().skip(i).step_by(3).cloned().collect();
+                    scope.spawn(move || ingest_all(&runtime(), services, &share))
+                })
+                .collect();
+            posters
+                .into_iter()
+                .try_for_each(|p| p.join().expect("a poster panicked").map(drop))
+        })?;
+        for services in &instances {
+            prop_assert_eq!(&resolution(services)?, &expected, "the fleet differs from the model");
+            prop_assert_eq!(&full_state(services)?, &alone, "the fleet says something else");
+        }
     }
 }
 

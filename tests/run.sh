@@ -52,11 +52,12 @@ cargo test --locked --all-features -- --test-threads="${TEST_THREADS:-4}"
 # The black-box HTTP suite again, on the PostgreSQL backend: against the
 # server ANAMNESIS_TEST_POSTGRES names (a URL; every test makes a schema of
 # its own), else a private one started here and removed at the end. The
-# tests of the database backend itself are ignored in the first pass. Four
+# tests of the database backend itself are ignored in the first pass. Five
 # tests are of sled's setup only: the in-process card layer, which a shared
 # store turns off (other instances' writes would make it stale), and stream
-# events arriving over the Redis bus, which a shared store takes from its
-# change log instead (tests/api/postgres.rs tests that).
+# events arriving over the Redis bus (one server or a cluster), which a
+# shared store takes from its change log instead (tests/api/postgres.rs
+# tests that).
 step "cargo test: the HTTP suite on PostgreSQL"
 if [ -z "${ANAMNESIS_TEST_POSTGRES:-}" ]; then
     pg_dir=$(mktemp -d /tmp/anamnesis-pg.XXXXXX)
@@ -71,7 +72,14 @@ ANAMNESIS_TEST_POSTGRES=$ANAMNESIS_TEST_POSTGRES \
     --skip cache::the_in_process_layer_never_serves_a_stale_read_either \
     --skip cache::redis_killed_mid_load_with_the_in_process_layer \
     --skip cache::events_travel_between_instances_through_redis \
+    --skip cache::events_travel_between_instances_through_a_redis_cluster \
     --test-threads="${TEST_THREADS:-4}"
+
+# The property tests against a fleet: three instances over one schema, the
+# operations spread over them (ignored in the first pass).
+step "cargo test: the property tests against a fleet on PostgreSQL"
+ANAMNESIS_TEST_POSTGRES=$ANAMNESIS_TEST_POSTGRES \
+    cargo test --locked --all-features --test merge_property --test property -- --ignored
 
 # Every command the README shows, run as it shows it (tests/readme.py).
 step "README commands"

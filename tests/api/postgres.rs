@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::binary::{token_for, Binary};
 use crate::helpers::{body, schema_for, spawn_app_with, TestApp, TEST_POSTGRES};
 use crate::live::EventClient;
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisCluster, RedisServer, TestRedis};
 
 const NEEDS_PG: &str = "needs ANAMNESIS_TEST_POSTGRES (tests/run.sh sets it)";
 
@@ -47,18 +47,19 @@ async fn fleet(n: usize) -> (tempfile::TempDir, Vec<Arc<TestApp>>) {
 /// A fleet sharing one Redis too, when given.
 async fn fleet_with(
     n: usize,
-    redis: Option<&RedisServer>,
+    redis: Option<&dyn TestRedis>,
 ) -> (tempfile::TempDir, Vec<Arc<TestApp>>) {
     let (dir, schema) = fresh_schema("fleet");
     migrate(options(&schema)).unwrap();
     let mut apps = Vec::new();
     for _ in 0..n {
         let schema = schema.clone();
-        let redis = redis.map(|r| r.url());
         apps.push(Arc::new(
             spawn_app_with(move |s| {
                 s.storage.postgres.schema = schema;
-                s.redis.url = redis;
+                if let Some(redis) = redis {
+                    redis.configure(s);
+                }
             })
             .await,
         ));
@@ -189,6 +190,164 @@ async fn signals_about_one_new_person_through_three_instances_make_one_profile()
     }
 }
 
+/// Three instances at once take signals that link overlapping people,
+/// manual merges and then unmerges of them; every instance then agrees on
+/// who is who, each identifier is on exactly one live profile, every
+/// acknowledged signal's own trait is on exactly one, and every merged id
+/// redirects to the profile that lists it. Nothing answered 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs ANAMNESIS_TEST_POSTGRES (tests/run.sh sets it)"]
+async fn signals_merges_and_unmerges_at_once_through_three_instances_stay_consistent() {
+    const PEOPLE: usize = 8;
+    const COOKIES: usize = 13;
+    let (_dir, apps) = fleet(3).await;
+    let device = |p: usize| format!("dev-{p}");
+    for p in 0..PEOPLE {
+        let resp = apps[p % 3]
+            .post_signal(&json!({"channel": "web",
+                "identifiers": [{"type": "device_id", "value": device(p)}]}))
+            .await;
+        assert_eq!(resp.status(), 201);
+    }
+    let owner = |app: Arc<TestApp>, kind: &'static str, value: String| async move {
+        let resp = app.lookup(kind, &value).await;
+        assert!(resp.status().as_u16() < 500, "lookup: {}", resp.status());
+        body(resp).await["customer_id"].as_str().map(str::to_owned)
+    };
+
+    // Signals linking people through shared cookies, and manual merges.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let app = apps[i % 3].clone();
+        tasks.spawn(async move {
+            let resp = app
+                .post_signal(&json!({"channel": "web", "signal_id": format!("sig-{i}"),
+                    "identifiers": [{"type": "device_id", "value": format!("dev-{}", i % PEOPLE)},
+                                    {"type": "web_cookie", "value": format!("ck-{}", i % COOKIES)}],
+                    "traits": {format!("s{i}"): i}}))
+                .await;
+            let status = resp.status().as_u16();
+            assert!(status < 500, "signal {i}: {status} {}", body(resp).await);
+            (status < 300).then_some(i)
+        });
+    }
+    for m in 0..12 {
+        let app = apps[m % 3].clone();
+        let (a, b) = (device(m % PEOPLE), device((m * 3 + 1) % PEOPLE));
+        tasks.spawn(async move {
+            let (Some(target), Some(source)) = (
+                owner(app.clone(), "device_id", a).await,
+                owner(app.clone(), "device_id", b).await,
+            ) else {
+                return None;
+            };
+            let status = app.merge(&target, &source).await.status().as_u16();
+            assert!(status < 500, "merge {m}: {status}");
+            None
+        });
+    }
+    let mut acknowledged = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        acknowledged.extend(joined.unwrap());
+    }
+    assert!(
+        acknowledged.len() >= 30,
+        "most signals went in: {acknowledged:?}"
+    );
+
+    // Every merged id of every live profile, unmerged at once.
+    let mut live = BTreeSet::new();
+    for p in 0..PEOPLE {
+        live.extend(owner(apps[0].clone(), "device_id", device(p)).await);
+    }
+    let mut unmerges = tokio::task::JoinSet::new();
+    let mut n = 0;
+    for id in &live {
+        let profile = apps[0].profile(id).await;
+        for merged in profile["merged_ids"].as_array().unwrap() {
+            let (app, id, merged) = (
+                apps[n % 3].clone(),
+                id.clone(),
+                merged.as_str().unwrap().to_owned(),
+            );
+            n += 1;
+            unmerges.spawn(async move {
+                let status = app.unmerge(&id, &merged).await.status().as_u16();
+                assert!(status < 500, "unmerge: {status}");
+            });
+        }
+    }
+    assert!(n >= PEOPLE / 2, "people were merged: {n} merged ids");
+    while let Some(joined) = unmerges.join_next().await {
+        joined.unwrap();
+    }
+
+    // Every instance agrees on every identifier's owner...
+    let identifiers: Vec<(&str, String)> = (0..PEOPLE)
+        .map(|p| ("device_id", device(p)))
+        .chain((0..COOKIES).map(|c| ("web_cookie", format!("ck-{c}"))))
+        .collect();
+    let mut owners = BTreeSet::new();
+    for (kind, value) in &identifiers {
+        let mut seen = BTreeSet::new();
+        for app in &apps {
+            seen.insert(owner(app.clone(), kind, value.clone()).await);
+        }
+        assert_eq!(seen.len(), 1, "{kind}:{value} owned by {seen:?}");
+        if let Some(Some(id)) = seen.into_iter().next() {
+            owners.insert(id);
+        }
+    }
+    // ...each identifier is on exactly one live profile, each acknowledged
+    // signal's trait too, and merged ids redirect to who lists them.
+    let mut held = Vec::new();
+    let mut traits = Vec::new();
+    for id in &owners {
+        let profile = apps[1].profile(id).await;
+        assert_eq!(
+            apps[2].profile(id).await,
+            profile,
+            "instances differ on {id}"
+        );
+        for i in profile["identifiers"].as_array().unwrap() {
+            held.push(format!(
+                "{}:{}",
+                i["type"].as_str().unwrap(),
+                i["value"].as_str().unwrap()
+            ));
+        }
+        traits.extend(profile["traits"].as_object().unwrap().keys().cloned());
+        for merged in profile["merged_ids"].as_array().unwrap() {
+            let resp = apps[0].get_profile(merged.as_str().unwrap()).await;
+            assert_eq!(resp.status(), 308, "{merged} redirects");
+            let to = resp.headers()["location"].to_str().unwrap().to_owned();
+            assert!(
+                to.contains(id.as_str()),
+                "{merged} redirects to {to}, not {id}"
+            );
+        }
+    }
+    let distinct: BTreeSet<&String> = held.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        held.len(),
+        "an identifier on two profiles: {held:?}"
+    );
+    for (kind, value) in &identifiers {
+        let wanted = format!("{kind}:{value}");
+        let seen_in_a_signal = kind == &"device_id"
+            || acknowledged
+                .iter()
+                .any(|i| format!("ck-{}", i % COOKIES) == *value);
+        assert_eq!(distinct.contains(&wanted), seen_in_a_signal, "{wanted}");
+    }
+    for i in &acknowledged {
+        let name = format!("s{i}");
+        let on = traits.iter().filter(|t| **t == name).count();
+        assert_eq!(on, 1, "signal {i}'s trait is on {on} profiles");
+    }
+}
+
 /// A write acknowledged by one instance is what the next read through any
 /// other instance shows, in-process layers included; and the change feed
 /// of every instance lists it, in one order.
@@ -206,16 +365,30 @@ async fn with_a_shared_redis_no_read_is_stale_either() {
     let redis = RedisServer::start();
     let (_dir, apps) = fleet_with(3, Some(&redis)).await;
     writes_are_read_everywhere_at_once(&apps).await;
-    let hits: f64 = {
-        let text = apps[0].get("/metrics").await.text().await.unwrap();
-        text.lines()
-            .filter(|l| {
-                l.starts_with("anamnesis_cache_requests_total") && l.contains("result=\"hit\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    assert!(hits > 0.0, "reads came from Redis too");
+    assert!(
+        cache_hits(&apps[0]).await > 0.0,
+        "reads came from Redis too"
+    );
+}
+
+/// And with a Redis Cluster of three nodes as the fleet's cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs ANAMNESIS_TEST_POSTGRES (tests/run.sh sets it)"]
+async fn with_a_redis_cluster_no_read_is_stale_either() {
+    let cluster = RedisCluster::start();
+    let (_dir, apps) = fleet_with(3, Some(&cluster)).await;
+    writes_are_read_everywhere_at_once(&apps).await;
+    let cards = cluster.keys("anamnesis:*:card:*");
+    assert!(!cards.trim().is_empty(), "the cluster held the cards");
+}
+
+/// Cache hits of every kind so far (the counter is process-wide).
+async fn cache_hits(app: &TestApp) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("anamnesis_cache_requests_total") && l.contains("result=\"hit\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 async fn writes_are_read_everywhere_at_once(apps: &[Arc<TestApp>]) {
