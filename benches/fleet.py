@@ -29,7 +29,8 @@ DURATION = os.environ.get("DURATION", "10s")
 CONNECTIONS = int(os.environ.get("CONNECTIONS", "64"))
 POPULATION = int(os.environ.get("POPULATION", "20000"))
 INSTANCES = [int(n) for n in os.environ.get("INSTANCES", "1 2 3").split()]
-REDIS = os.environ.get("REDIS", "0") == "1"
+# "1": one redis-server; "cluster": a Redis Cluster of three primaries.
+REDIS = os.environ.get("REDIS", "0")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -71,6 +72,19 @@ def together(instances, path, script):
     }
 
 
+def counters(instances):
+    """Responses by status, and store write re-runs, summed over the instances."""
+    by_status, retries = {}, 0.0
+    for svc in instances:
+        for line in svc.request("GET", "/metrics").decode().splitlines():
+            if line.startswith("anamnesis_http_requests_total{"):
+                status = line.split('status="')[1].split('"')[0]
+                by_status[status] = by_status.get(status, 0) + float(line.rsplit(" ", 1)[1])
+            elif line.startswith("anamnesis_store_retries_total"):
+                retries += float(line.rsplit(" ", 1)[1])
+    return by_status, retries
+
+
 def measure(label, instances, scratch):
     hot = populate(instances[0])
     get, signal_, _ = load.scripts(scratch, instances[0].token)
@@ -79,7 +93,43 @@ def measure(label, instances, scratch):
         ("context card by phone", "/v1/context?type=phone&value=%2B31610000000", get),
         ("durable single signal", "/v1/signals", signal_),
     ):
+        before, retried = counters(instances)
         load.row(f"{label}: {name}", together(instances, path, script))
+        after, retried_after = counters(instances)
+        failed = {s: after[s] - before.get(s, 0) for s in after
+                  if not s.startswith("2") and after[s] > before.get(s, 0)}
+        if failed or retried_after > retried:
+            # What the errors were, as the instances counted them.
+            print(f"|   answers other than 2xx: {failed or 'none'}; "
+                  f"store re-runs (serialization conflicts): {retried_after - retried:,.0f} |")
+
+
+def start_redis(scratch):
+    """REDIS=1: one server; REDIS=cluster: three primaries. The processes,
+    and the settings that point the service at them."""
+    def node(port, *more):
+        data = tempfile.mkdtemp(dir=scratch)
+        return subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
+                                 "--appendonly", "no", "--dir", data, *more],
+                                stdout=subprocess.DEVNULL)
+    if REDIS == "1":
+        port = free_port()
+        procs = [node(port)]
+        time.sleep(0.3)
+        return procs, {"ANAMNESIS__REDIS__URL": f"redis://127.0.0.1:{port}/0"}
+    ports = [free_port() for _ in range(3)]
+    procs = [node(p, "--cluster-enabled", "yes", "--cluster-port", str(free_port()))
+             for p in ports]
+    time.sleep(0.5)
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                    "--cluster-replicas", "0", "--cluster-yes"],
+                   check=True, capture_output=True)
+    while not all(b"cluster_state:ok" in subprocess.run(
+            ["redis-cli", "-p", str(p), "CLUSTER", "INFO"], capture_output=True).stdout
+            for p in ports):
+        time.sleep(0.1)
+    seeds = ",".join(f"redis://127.0.0.1:{p}" for p in ports)
+    return procs, {"ANAMNESIS__REDIS__CLUSTER_NODES": seeds}
 
 
 def main():
@@ -93,17 +143,15 @@ def main():
          os.path.join(pg_dir, "data")],
         env={**os.environ, "PG_DURABLE": "1"}, capture_output=True, text=True, check=True,
     ).stdout.strip().splitlines()[-1]
-    redis = None
+    redis = []
     extra = {"ANAMNESIS__CACHE__LOCAL_BYTES": os.environ.get("ANAMNESIS__CACHE__LOCAL_BYTES",
                                                              str(64 << 20))}
-    if REDIS:
-        port = free_port()
-        redis = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
-                                  "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        extra["ANAMNESIS__REDIS__URL"] = f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.3)
+    if REDIS != "0":
+        redis, settings = start_redis(scratch)
+        extra.update(settings)
+    which = {"0": "no", "1": "one server", "cluster": "a cluster of three primaries"}[REDIS]
     print(f"PostgreSQL (fsync on) at {url}; {POPULATION:,} profiles; wrk {DURATION}, "
-          f"{CONNECTIONS} connections in all; Redis: {'yes' if REDIS else 'no'}\n")
+          f"{CONNECTIONS} connections in all; Redis: {which}\n")
     print(load.TABLE_HEAD)
     try:
         os.environ.update(extra)
@@ -136,8 +184,8 @@ def main():
                         "ANAMNESIS__STORAGE__POSTGRES__SCHEMA"):
                 os.environ.pop(key)
     finally:
-        if redis:
-            redis.kill()
+        for proc in redis:
+            proc.kill()
         subprocess.run(["bash", os.path.join(HERE, "..", "tests", "tools", "postgres.sh"),
                         "stop", os.path.join(pg_dir, "data")])
         shutil.rmtree(scratch, ignore_errors=True)

@@ -4,6 +4,7 @@
 #
 #   bash benches/fleet.sh
 #   REDIS=1 bash benches/fleet.sh            # the fleet shares a Redis too
+#   REDIS=cluster bash benches/fleet.sh      # ... a Redis Cluster of three primaries
 #   POPULATION=2000 DURATION=3s INSTANCES="1 3" bash benches/fleet.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

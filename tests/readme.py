@@ -584,7 +584,7 @@ def benches():
          "bash benches/load.sh", "redis: private redis-server"),
         ("bash benches/crash.sh", "ROUNDS=2 bash benches/crash.sh", "acknowledged"),
         ("bash benches/fleet.sh",
-         'POPULATION=500 DURATION=1s INSTANCES="1 2" bash benches/fleet.sh',
+         'REDIS=cluster POPULATION=500 DURATION=1s INSTANCES="1 2" bash benches/fleet.sh',
          "postgres, 2 instances: durable single signal"),
         ("bash benches/flood.sh", "DURATION=1s ROUNDS=1 bash benches/flood.sh", "p99"),
         ("bash benches/export.sh", "INTERACTIONS=2000 bash benches/export.sh", "MiB"),

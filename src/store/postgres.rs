@@ -523,8 +523,8 @@ pub fn migrate(options: PgOptions) -> Result<Vec<(i32, &'static str)>, StoreErro
     Ok(applied)
 }
 
-/// Jittered exponential back-off before attempt `attempt + 1`: 2 ms doubling
-/// up to 256 ms, times a random factor of 0.5 to 1.5 so that writers which
+/// Jittered exponential back-off before attempt `attempt + 1`: 4 ms doubling
+/// up to 256 ms (about 1 s over nine re-runs), times a random factor of 0.5 to 1.5 so that writers which
 /// collided do not collide again in step.
 fn backoff(attempt: u32) -> Duration {
     let base = 2u64 << attempt.min(7);
