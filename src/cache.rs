@@ -30,14 +30,21 @@
 //!
 //! `redis.url` names one server; `redis.cluster_nodes` a Redis Cluster. A
 //! cluster runs a script or a multi-key command only on keys of one hash
-//! slot, so keys are spread over buckets, each one slot by its hash tag
-//! (`<prefix>{<store>:<bucket>}:card:<id>`), each with a generation of its
-//! own. A write marks each bucket it touched with one script run, and
+//! slot, so there keys are spread over buckets, each one slot by its hash
+//! tag (`<prefix>{<store>:<bucket>}:card:<id>`), each with a generation of
+//! its own. A write marks each bucket it touched with one script run, and
 //! publishes its events once every bucket is marked; after an outage every
-//! bucket's generation is bumped. One server has one bucket. Events go out
-//! with `PUBLISH`, which a cluster delivers to the subscribers of every node;
-//! an instance subscribes through one seed, and through the next when that
-//! one is lost.
+//! bucket's generation is bumped. One server has one bucket, and the keys
+//! of earlier releases (`<prefix><store>:card:<id>`), so that instances of
+//! both can share it during a rolling upgrade. Events go out with
+//! `PUBLISH`, which a cluster delivers to the subscribers of every node; an
+//! instance subscribes through one seed, and through the next when that one
+//! is lost.
+//!
+//! The cluster client retries nothing itself: a node that restarted (maybe
+//! from an old snapshot) or a replica that took over shows as a failed call
+//! on the connection to it, which degrades Redis and leads to a new
+//! generation, exactly as a dropped connection to one server does.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -213,6 +220,12 @@ impl RedisLink {
         hub: Arc<dyn Publish>,
         published: Arc<AtomicU64>,
     ) -> anyhow::Result<Arc<RedisLink>> {
+        // Part of every key, and of a cluster's hash tags: braces or a
+        // colon would move keys to other slots or buckets.
+        anyhow::ensure!(
+            !store.is_empty() && store.chars().all(|c| c.is_ascii_alphanumeric()),
+            "the store id `{store}` is not alphanumeric"
+        );
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("anamnesis-redis".into())
@@ -252,10 +265,10 @@ impl RedisLink {
                     .map(|seed| redis::Client::open(seed.as_str()))
                     .collect::<RedisResult<Vec<_>>>()
                     .context("redis.cluster_nodes")?;
+                // No retries: a reconnect or a redirect after a node
+                // restarted or failed over must be seen (see above).
                 let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-                    .retries(2)
-                    .min_retry_wait(10)
-                    .max_retry_wait(200)
+                    .retries(0)
                     .build()
                     .context("redis.cluster_nodes")?;
                 let config = ClusterConfig::new()
@@ -310,22 +323,33 @@ impl RedisLink {
         self.healthy.load(Ordering::SeqCst)
     }
 
-    /// `<prefix>{<store>:<bucket>}:<kind>:<id>`: the braces make the
-    /// bucket the key's hash slot on a cluster.
+    /// What starts every key of `bucket`: on a cluster
+    /// `<prefix>{<store>:<bucket>}:`, the braces making the bucket the key's
+    /// hash slot; on one server `<prefix><store>:`.
+    fn bucket_prefix(&self, bucket: u32) -> String {
+        if self.buckets == 1 {
+            format!("{}{}:", self.prefix, self.store)
+        } else {
+            format!("{}{{{}:{bucket}}}:", self.prefix, self.store)
+        }
+    }
+
     fn key(&self, kind: &str, id: &str) -> String {
         let bucket = bucket_of(id, self.buckets);
-        format!("{}{{{}:{bucket}}}:{kind}:{id}", self.prefix, self.store)
+        format!("{}{kind}:{id}", self.bucket_prefix(bucket))
     }
 
     fn bucket_generation(&self, bucket: u32) -> String {
-        format!("{}{{{}:{bucket}}}:generation", self.prefix, self.store)
+        format!("{}generation", self.bucket_prefix(bucket))
     }
 
-    /// The generation of the bucket `key` is in (on its hash slot).
+    /// The generation of the bucket `key` is in (on its hash slot): the
+    /// key's own bucket prefix, which the store id (alphanumeric) and the
+    /// prefix (no braces) cannot confuse.
     fn generation_key(&self, key: &str) -> String {
         match key.find("}:") {
-            Some(end) => format!("{}generation", &key[..end + 2]),
-            None => self.bucket_generation(0),
+            Some(end) if self.buckets > 1 => format!("{}generation", &key[..end + 2]),
+            _ => self.bucket_generation(0),
         }
     }
 
@@ -623,14 +647,7 @@ impl RedisLink {
             .await;
             if !matches!(ping, Ok(Ok(_))) {
                 failed_checks += 1;
-                // A cluster connection that lost a node may keep waiting on
-                // it after it came back: start afresh every second or so.
-                if let Some((client, config)) = &self.cluster {
-                    if failed_checks % 5 == 0 {
-                        let fresh = client.get_pending_async_connection_with_config(config.clone());
-                        *self.conn.lock().expect("the connection lock") = Conn::Cluster(fresh);
-                    }
-                }
+                self.reconnect_now_and_then(failed_checks);
                 continue;
             }
             // Always a new generation after an outage: entries may predate
@@ -644,7 +661,10 @@ impl RedisLink {
             self.returning.store(true, Ordering::SeqCst);
             self.dirty.store(false, Ordering::SeqCst);
             if !self.bump_generations().await {
+                self.returning.store(false, Ordering::SeqCst);
                 self.dirty.store(true, Ordering::SeqCst);
+                failed_checks += 1;
+                self.reconnect_now_and_then(failed_checks);
                 continue;
             }
             if self.dirty.load(Ordering::SeqCst) {
@@ -658,6 +678,17 @@ impl RedisLink {
             }
             metrics::gauge!("anamnesis_redis_up").set(1.0);
             tracing::info!("Redis is back: cache and event bus in use");
+        }
+    }
+
+    /// A cluster connection that lost a node may keep waiting on it after
+    /// it came back: while checks fail, start afresh every fifth (a second).
+    fn reconnect_now_and_then(&self, failed_checks: u32) {
+        if let Some((client, config)) = &self.cluster {
+            if failed_checks % 5 == 0 {
+                let fresh = client.get_pending_async_connection_with_config(config.clone());
+                *self.conn.lock().expect("the connection lock") = Conn::Cluster(fresh);
+            }
         }
     }
 

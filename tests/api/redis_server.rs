@@ -21,6 +21,11 @@ pub trait TestRedis {
     fn lose(&mut self);
     /// Brings back what `lose` took, and waits until it serves.
     fn bring_back(&mut self);
+    /// Saves a snapshot of every node (loaded when one restarts).
+    fn snapshot(&self);
+    /// Restarts the node that holds `key` at once (SIGKILL, then from its
+    /// snapshot), and waits until it serves.
+    fn restart_holding(&mut self, key: &str);
 }
 
 pub struct RedisServer {
@@ -124,6 +129,14 @@ impl TestRedis for RedisServer {
     fn bring_back(&mut self) {
         self.restart();
     }
+
+    fn snapshot(&self) {
+        assert_eq!(self.cli(&["SAVE"]).trim(), "OK");
+    }
+
+    fn restart_holding(&mut self, _key: &str) {
+        self.restart();
+    }
 }
 
 /// A Redis Cluster of three primaries on loopback, each owning a third of
@@ -219,6 +232,23 @@ impl TestRedis for RedisCluster {
             // Its nodes.conf survives in its directory: it rejoins with its slots.
             self.nodes[i].restart();
         }
+        self.wait_until_ok();
+    }
+
+    fn snapshot(&self) {
+        for node in &self.nodes {
+            assert_eq!(node.cli(&["SAVE"]).trim(), "OK");
+        }
+    }
+
+    fn restart_holding(&mut self, key: &str) {
+        // Asked directly (no redirects), only the holder answers without MOVED.
+        let holder = self
+            .nodes
+            .iter()
+            .position(|n| !n.cli(&["GET", key]).contains("MOVED"))
+            .expect("a node holds the key");
+        self.nodes[holder].restart();
         self.wait_until_ok();
     }
 }
