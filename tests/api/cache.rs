@@ -550,7 +550,8 @@ async fn events_travel_between_instances_through_redis() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both instances, and the listener.
+    wait_for_subscribers(redis.port, 3).await;
     let on_a = new_customer(&a, "+31611110402", "Emil").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = listener.kill();
@@ -573,6 +574,37 @@ async fn events_travel_between_instances_through_redis() {
     let event = got.last().unwrap();
     assert_eq!(event.id.as_deref(), Some("999999"));
     assert_eq!(event.data.as_ref().unwrap()["data"]["value"], "from A");
+}
+
+/// Until `at_least` subscribers (instances and a redis-cli just started)
+/// listen on the node at `port`.
+async fn wait_for_subscribers(port: u16, at_least: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &port.to_string(),
+                "PUBSUB",
+                "NUMSUB",
+                "anamnesis:events",
+            ])
+            .output()
+            .unwrap();
+        let counts = String::from_utf8_lossy(&out.stdout).into_owned();
+        let listening = counts
+            .lines()
+            .nth(1)
+            .and_then(|n| n.trim().parse::<u32>().ok());
+        if listening >= Some(at_least) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listener never subscribed: {counts}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An answer event as another instance sends it over the bus.
@@ -615,7 +647,8 @@ async fn events_travel_between_instances_through_a_redis_cluster() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Neither instance subscribed through this node: the listener alone.
+    wait_for_subscribers(cluster.nodes[1].port, 1).await;
     let on_a = new_customer(&a, "+31611110412", "Emil").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = listener.kill();
