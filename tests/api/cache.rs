@@ -459,14 +459,7 @@ async fn a_redis_restored_from_an_old_snapshot_serves_nothing_stale() {
     assert_eq!(redis.cli(&["SAVE"]).trim(), "OK");
     redis.kill();
     // Written while Redis is away: its marker cannot be written.
-    let status = write(
-        &app,
-        Method::PATCH,
-        &format!("/v1/profiles/{id}/traits"),
-        json!({"channel": "agent", "traits": {"first_name": "Bea"}}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    rename(&app, &id, "Bea").await;
     // Back, with the old card in it.
     redis.restart();
     assert!(
@@ -474,10 +467,7 @@ async fn a_redis_restored_from_an_old_snapshot_serves_nothing_stale() {
         "the old copy is back in Redis"
     );
     wait_for_redis(&app, "ok").await;
-    for _ in 0..3 {
-        let b = body(app.get(&context).await).await;
-        assert_eq!(b["traits"]["first_name"], "Bea", "{b}");
-    }
+    reads_show(&app, &context, "Bea").await;
 }
 
 /// A Redis that restarts between two requests from a snapshot taken before
@@ -503,14 +493,7 @@ async fn restarted_from_a_snapshot(redis: &mut impl TestRedis) {
     cache_and_tag(&app, redis, &id, &context, "Anna", "Anna").await;
     let key = card_key(redis, &id);
     tokio::task::block_in_place(|| redis.snapshot());
-    let status = write(
-        &app,
-        Method::PATCH,
-        &format!("/v1/profiles/{id}/traits"),
-        json!({"channel": "agent", "traits": {"first_name": "Bea"}}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    rename(&app, &id, "Bea").await;
     assert!(
         !redis.run(&["GET", &key]).contains("Anna"),
         "the write marked the card"
@@ -520,15 +503,9 @@ async fn restarted_from_a_snapshot(redis: &mut impl TestRedis) {
         redis.run(&["GET", &key]).contains("Anna"),
         "the old card is back in Redis"
     );
-    for _ in 0..3 {
-        let b = body(app.get(&context).await).await;
-        assert_eq!(b["traits"]["first_name"], "Bea", "{b}");
-    }
+    reads_show(&app, &context, "Bea").await;
     wait_for_redis(&app, "ok").await;
-    for _ in 0..3 {
-        let b = body(app.get(&context).await).await;
-        assert_eq!(b["traits"]["first_name"], "Bea", "{b}");
-    }
+    reads_show(&app, &context, "Bea").await;
 }
 
 #[tokio::test]
@@ -604,6 +581,26 @@ async fn wait_for_subscribers(port: u16, at_least: u32) {
             "the listener never subscribed: {counts}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sets the first name of `id` (200 expected).
+async fn rename(app: &TestApp, id: &str, name: &str) {
+    let status = write(
+        app,
+        Method::PATCH,
+        &format!("/v1/profiles/{id}/traits"),
+        json!({"channel": "agent", "traits": {"first_name": name}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+/// Three reads of the card at `path` in a row, each showing `name`.
+async fn reads_show(app: &TestApp, path: &str, name: &str) {
+    for _ in 0..3 {
+        let b = body(app.get(path).await).await;
+        assert_eq!(b["traits"]["first_name"], name, "{b}");
     }
 }
 
