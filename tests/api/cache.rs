@@ -508,6 +508,33 @@ async fn restarted_from_a_snapshot(redis: &mut impl TestRedis) {
     reads_show(&app, &context, "Bea").await;
 }
 
+/// A cluster whose primary fails over to its replica: the instance stops
+/// using the cluster on the first failed call (the old primary's
+/// connection, or a redirect to the new one), serves the store meanwhile,
+/// and uses the cluster again, under new generations, once every slot
+/// answers. The write made while the primary was gone is never hidden by
+/// the replica's copy of the card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_that_fails_over_to_a_replica_serves_nothing_stale() {
+    let mut cluster = RedisCluster::with_replicas(1);
+    let app = app_with_layer(&cluster, false).await;
+    let id = new_customer(&app, "+31611110321", "Anna").await;
+    let context = format!("/v1/profiles/{id}/context");
+    cache_and_tag(&app, &cluster, &id, &context, "Anna", "Anna").await;
+    let key = card_key(&cluster, &id);
+    tokio::task::block_in_place(|| cluster.fail_over(&key));
+    assert!(
+        cluster.run(&["GET", &key]).contains("Anna"),
+        "the replica holds the card as it was"
+    );
+    rename(&app, &id, "Bea").await;
+    reads_show(&app, &context, "Bea").await;
+    wait_for_redis(&app, "ok").await;
+    reads_show(&app, &context, "Bea").await;
+    // And the cluster caches again.
+    cache_and_tag(&app, &cluster, &id, &context, "Bea", "Bea").await;
+}
+
 #[tokio::test]
 async fn events_travel_between_instances_through_redis() {
     let redis = RedisServer::start();

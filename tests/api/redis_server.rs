@@ -63,6 +63,8 @@ impl RedisServer {
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", "nodes.conf"])
                 .args(["--cluster-node-timeout", "1000"])
+                // Replicas sync at once (the default waits 5 s for more).
+                .args(["--repl-diskless-sync-delay", "0"])
                 .args(["--cluster-port", &bus.to_string()]);
         }
         let child = command
@@ -149,7 +151,12 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        RedisCluster::with_replicas(0)
+    }
+
+    /// Three primaries, each with `replicas` replicas.
+    pub fn with_replicas(replicas: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| RedisServer::launched(Some(free_port())))
             .collect();
         let mut create = Command::new("redis-cli");
@@ -158,7 +165,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
         let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(
@@ -188,13 +195,47 @@ impl RedisCluster {
             .map(|(_, n)| n)
     }
 
-    /// Until every serving node reports the whole cluster ok.
+    /// The primary that holds `key`: asked directly (no redirects), only
+    /// it answers without MOVED (a replica redirects too).
+    pub fn holder_of(&self, key: &str) -> usize {
+        self.nodes
+            .iter()
+            .enumerate()
+            .position(|(i, n)| Some(i) != self.lost && !n.cli(&["GET", key]).contains("MOVED"))
+            .expect("a node holds the key")
+    }
+
+    /// Kills the primary holding `key` for good: its replica takes over
+    /// once the others agree it failed. Waits until the cluster is whole.
+    pub fn fail_over(&mut self, key: &str) {
+        let holder = self.holder_of(key);
+        self.nodes[holder].kill();
+        self.lost = Some(holder);
+        // Until a live node serves the key's slot: the others notice the
+        // loss after the node timeout, then the replica is elected.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.serving().any(|n| {
+            let answer = n.cli(&["GET", key]);
+            !answer.contains("MOVED") && !answer.contains("CLUSTERDOWN")
+        }) {
+            assert!(Instant::now() < deadline, "no replica took the slot over");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_until_ok();
+    }
+
+    /// Until every serving node reports the whole cluster ok, and every
+    /// replica has its primary's data (a replica that never synced cannot
+    /// take over).
     fn wait_until_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !self
-            .serving()
-            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-        {
+        let ready = |n: &RedisServer| {
+            let replication = n.cli(&["INFO", "replication"]);
+            n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                && (replication.contains("role:master")
+                    || replication.contains("master_link_status:up"))
+        };
+        while !self.serving().all(ready) {
             assert!(Instant::now() < deadline, "the cluster never became ok");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -216,8 +257,12 @@ impl TestRedis for RedisCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// From the primaries only: a replica holds copies.
     fn keys(&self, pattern: &str) -> String {
-        self.serving().map(|n| n.cli(&["KEYS", pattern])).collect()
+        self.serving()
+            .filter(|n| n.cli(&["ROLE"]).starts_with("master"))
+            .map(|n| n.cli(&["KEYS", pattern]))
+            .collect()
     }
 
     /// Kills the second node: a third of the slots, and the cluster with
@@ -242,12 +287,7 @@ impl TestRedis for RedisCluster {
     }
 
     fn restart_holding(&mut self, key: &str) {
-        // Asked directly (no redirects), only the holder answers without MOVED.
-        let holder = self
-            .nodes
-            .iter()
-            .position(|n| !n.cli(&["GET", key]).contains("MOVED"))
-            .expect("a node holds the key");
+        let holder = self.holder_of(key);
         self.nodes[holder].restart();
         self.wait_until_ok();
     }
