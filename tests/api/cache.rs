@@ -656,6 +656,7 @@ async fn events_travel_between_instances_through_a_redis_cluster() {
     seeds.reverse();
     let b = spawn_app_with(|s| {
         s.redis.cluster_nodes = seeds;
+        s.redis.timeout_ms = 250;
         s.limits.rate_per_second = 0;
     })
     .await;

@@ -111,9 +111,16 @@ impl RedisServer {
     }
 }
 
+/// The tests share two cores with the servers they start: an answer in
+/// the default 25 ms is not guaranteed there, and a late one degrades
+/// Redis, which is not what most of them test. Killed or restarted
+/// servers still fail at once (the connection is refused or dropped).
+const TEST_TIMEOUT_MS: u64 = 250;
+
 impl TestRedis for RedisServer {
     fn configure(&self, settings: &mut Settings) {
         settings.redis.url = Some(self.url());
+        settings.redis.timeout_ms = TEST_TIMEOUT_MS;
     }
 
     fn run(&self, args: &[&str]) -> String {
@@ -245,6 +252,7 @@ impl RedisCluster {
 impl TestRedis for RedisCluster {
     fn configure(&self, settings: &mut Settings) {
         settings.redis.cluster_nodes = self.seeds();
+        settings.redis.timeout_ms = TEST_TIMEOUT_MS;
     }
 
     fn run(&self, args: &[&str]) -> String {
