@@ -544,27 +544,8 @@ async fn events_travel_between_instances_through_redis() {
     let mut desk = EventClient::open(&b, &on_b, None).await;
 
     // What instance A publishes for its own writes reaches the bus...
-    let mut listener = std::process::Command::new("redis-cli")
-        .args([
-            "-p",
-            &redis.port.to_string(),
-            "SUBSCRIBE",
-            "anamnesis:events",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Both instances, and the listener.
-    wait_for_subscribers(redis.port, 3).await;
-    let on_a = new_customer(&a, "+31611110402", "Emil").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = listener.kill();
-    let out = listener.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&on_a) && text.contains("profile.created"),
-        "{text}"
-    );
+    // Both instances listen on this server, and the listener.
+    let text = created_on_the_bus(&a, "+31611110402", redis.port, 3).await;
     assert!(
         !text.contains("Emil") && !text.contains("611110402"),
         "no PII in created events: {text}"
@@ -578,6 +559,29 @@ async fn events_travel_between_instances_through_redis() {
     let event = got.last().unwrap();
     assert_eq!(event.id.as_deref(), Some("999999"));
     assert_eq!(event.data.as_ref().unwrap()["data"]["value"], "from A");
+}
+
+/// Creates a customer named Emil with `phone` through `app` while a
+/// redis-cli listens on the bus at `port` (where `subscribers` listen in
+/// all, the listener included), checks that the listener saw the
+/// `profile.created` event, and returns what it printed.
+async fn created_on_the_bus(app: &TestApp, phone: &str, port: u16, subscribers: u32) -> String {
+    let mut listener = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "SUBSCRIBE", "anamnesis:events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_subscribers(port, subscribers).await;
+    let created = new_customer(app, phone, "Emil").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = listener.kill();
+    let out = listener.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&created) && text.contains("profile.created"),
+        "{text}"
+    );
+    text
 }
 
 /// Until `at_least` subscribers (instances and a redis-cli just started)
@@ -666,23 +670,8 @@ async fn events_travel_between_instances_through_a_redis_cluster() {
 
     // A's own write goes out through the cluster: a subscriber on the
     // middle node, which neither instance subscribed through, sees it.
-    let mut listener = std::process::Command::new("redis-cli")
-        .args(["-p", &cluster.nodes[1].port.to_string()])
-        .args(["SUBSCRIBE", "anamnesis:events"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Neither instance subscribed through this node: the listener alone.
-    wait_for_subscribers(cluster.nodes[1].port, 1).await;
-    let on_a = new_customer(&a, "+31611110412", "Emil").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = listener.kill();
-    let out = listener.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&on_a) && text.contains("profile.created"),
-        "{text}"
-    );
+    created_on_the_bus(&a, "+31611110412", cluster.nodes[1].port, 1).await;
 
     // Published on the first node, received by B through the last.
     cluster.nodes[0].cli(&[
