@@ -18,7 +18,7 @@ use anamnesis::domain::{
     SignalInput, SignalRules, TraitValue,
 };
 use anamnesis::service::views;
-use anamnesis::service::{Access, BatchItem, Masking, Services};
+use anamnesis::service::{Access, BatchItem, Caller, Masking, Services};
 use anamnesis::store::{SledStore, TimelinePosition};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode};
@@ -170,7 +170,7 @@ fn rich_profile(rules: &SignalRules, traits: usize, offset: i64, tag: &str) -> P
     let mut p = Profile::new(CustomerId::generate(), at(0));
     for i in 0..10 {
         let id = identifier(&rules.identifiers, "web_cookie", &format!("{tag}-ck-{i}"));
-        p.see_identifier(&id, "web", at(i), channels);
+        p.see_identifier(&id, "web", at(i), false, channels);
     }
     for i in 0..traits {
         // Alternate which side holds the later value, so absorb both keeps and replaces.
@@ -271,6 +271,7 @@ fn card_profile(rules: &SignalRules) -> (Profile, Vec<Interaction>) {
             &identifier(ids, kind, &value),
             "web",
             at(i as i64),
+            false,
             channels,
         );
     }
@@ -355,6 +356,7 @@ fn card_profile(rules: &SignalRules) -> (Profile, Vec<Interaction>) {
                 journey_stage: Some("service".into()),
                 properties,
                 signal_id: Some(format!("sig-{i}")),
+                received_at: None,
             }
         })
         .collect();
@@ -476,7 +478,9 @@ fn ingest_end_to_end(c: &mut Criterion) {
             .iter()
             .map(|input| BatchItem::Signal(Box::new(input.clone())))
             .collect();
-        let results = rt.block_on(services.ingest_batch(items)).expect("seeded");
+        let results = rt
+            .block_on(services.ingest_batch(items, Caller::unbound("bench")))
+            .expect("seeded");
         assert!(results.iter().all(|r| r.as_ref().is_ok_and(|r| r.created)));
     }
 
@@ -489,7 +493,9 @@ fn ingest_end_to_end(c: &mut Criterion) {
             let i = n.fetch_add(1, Ordering::Relaxed);
             let local = format!("06{:08}", 10_000_000 + i % POPULATION);
             let input = full_signal(None, &local, &format!("bench-ck-{i}"));
-            let r = rt.block_on(services.ingest(input)).expect("ingested");
+            let r = rt
+                .block_on(services.ingest(input, Caller::unbound("bench")))
+                .expect("ingested");
             assert!(!r.created);
         })
     });
@@ -500,7 +506,9 @@ fn ingest_end_to_end(c: &mut Criterion) {
             let mut input = full_signal(None, "", &format!("new-ck-{i}"));
             // No phone: only new identifiers.
             input.identifiers.remove(0);
-            let r = rt.block_on(services.ingest(input)).expect("ingested");
+            let r = rt
+                .block_on(services.ingest(input, Caller::unbound("bench")))
+                .expect("ingested");
             assert!(r.created);
         })
     });
@@ -512,7 +520,9 @@ fn ingest_end_to_end(c: &mut Criterion) {
                 seeds[i as usize].clone()
             },
             |input| {
-                let r = rt.block_on(services.ingest(input)).expect("replayed");
+                let r = rt
+                    .block_on(services.ingest(input, Caller::unbound("bench")))
+                    .expect("replayed");
                 assert!(r.created, "the first result comes back");
             },
             BatchSize::SmallInput,

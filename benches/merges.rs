@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anamnesis::config::Settings;
 use anamnesis::domain::{CustomerId, SignalInput};
-use anamnesis::service::{Access, BatchItem, Services};
+use anamnesis::service::{Access, BatchItem, Caller, Services};
 use anamnesis::store::SledStore;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
@@ -76,7 +76,10 @@ fn pair(n: usize) -> Pair {
                 .iter()
                 .map(|i| BatchItem::Signal(Box::new(event(email, *i))))
                 .collect();
-            for r in rt.block_on(services.ingest_batch(items)).expect("seeded") {
+            for r in rt
+                .block_on(services.ingest_batch(items, Caller::unbound("bench")))
+                .expect("seeded")
+            {
                 let r = r.map_err(|_| ()).expect("ingested");
                 assert!(id.is_none_or(|id| id == r.customer_id), "one profile");
                 id = Some(r.customer_id);
@@ -116,7 +119,7 @@ impl Pair {
             .rt
             .block_on(
                 self.services
-                    .merge(self.a, self.b, SUBJECT.to_owned(), ACCESS),
+                    .merge(self.a, self.b, Caller::unbound(SUBJECT), ACCESS),
             )
             .expect("merged");
         assert_eq!(view.merged_ids, [self.b]);
@@ -128,7 +131,7 @@ impl Pair {
             .rt
             .block_on(
                 self.services
-                    .unmerge(self.a, self.b, SUBJECT.to_owned(), ACCESS),
+                    .unmerge(self.a, self.b, Caller::unbound(SUBJECT), ACCESS),
             )
             .expect("unmerged");
         assert!(survivor.merged_ids.is_empty() && restored.merged_ids.is_empty());

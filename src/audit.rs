@@ -22,6 +22,8 @@ pub enum Action {
     Unmerge,
     RemoveIdentifier,
     Export,
+    /// Profiles a signal merged (one line per absorbed profile).
+    SignalMerge,
 }
 
 impl Action {
@@ -32,6 +34,7 @@ impl Action {
             Action::Unmerge => "unmerge",
             Action::RemoveIdentifier => "remove_identifier",
             Action::Export => "export",
+            Action::SignalMerge => "merge_by_signal",
         }
     }
 }
@@ -82,6 +85,7 @@ fn write<T>(
     tracing::info!(
         target: TARGET,
         who = %who.subject,
+        channel = who.channel.as_deref(),
         action = action.as_str(),
         customer_id = customer_id.map(|id| id.to_string()),
         other_id = detail.other_id.map(|id| id.to_string()),

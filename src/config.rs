@@ -79,6 +79,7 @@ pub struct Settings {
     pub traits: TraitSettings,
     pub identifiers: IdentifierSettings,
     pub phone: PhoneSettings,
+    pub trust: TrustSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -167,6 +168,9 @@ pub struct ProfileSettings {
     pub max_merged: usize,
     /// Most identifiers one profile may hold.
     pub max_identifiers: usize,
+    /// Most identifiers one profile may hold on a claim alone (see
+    /// [`TrustSettings`]): a claimant cannot fill a profile to its cap.
+    pub max_claimed_identifiers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -569,6 +573,46 @@ pub struct IdentifierTypeSettings {
     /// Extra placeholder values for this type only.
     #[serde(default)]
     pub placeholders: Vec<String>,
+    /// A session identifier (a cookie, a chat session, a device): it names a
+    /// browser or a conversation, not a person, so it may join a customer
+    /// through a shared identifier where a person-identifying one may not.
+    #[serde(default)]
+    pub session: bool,
+}
+
+/// How far the service believes an identifier, by who asserts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustLevel {
+    /// A value the customer typed or told (a web form, a chatbot): it never
+    /// fuses customers nor reaches one who holds personal data.
+    Claim,
+    /// The channel checked it (a caller id, a login, a checkout).
+    Verify,
+}
+
+impl TrustLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrustLevel::Claim => "claim",
+            TrustLevel::Verify => "verify",
+        }
+    }
+}
+
+/// The trust table: per caller, per identifier type, `verify` or `claim`.
+/// A token bound to a channel (its `channel` claim) is judged by that
+/// channel's row; a token without one by `unbound`. In a row, `"*"` sets the
+/// level of every type it does not name; a type named nowhere is a claim.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSettings {
+    /// Tokens without a channel claim: back-office systems, admin tokens,
+    /// `anamnesis import`.
+    pub unbound: BTreeMap<String, TrustLevel>,
+    /// Channel -> identifier type (or `"*"`) -> level.
+    #[serde(default)]
+    pub channels: BTreeMap<String, BTreeMap<String, TrustLevel>>,
 }
 
 /// What a match on an identifier type may do to two profiles that already exist.
@@ -868,6 +912,14 @@ impl Settings {
                 ),
             ));
         }
+        if self.profiles.max_claimed_identifiers == 0
+            || self.profiles.max_claimed_identifiers > self.profiles.max_identifiers
+        {
+            return Err(invalid(
+                "profiles.max_claimed_identifiers",
+                "must be 1 to profiles.max_identifiers",
+            ));
+        }
         if self.storage.path.as_os_str().is_empty() {
             return Err(invalid("storage.path", "must not be empty"));
         }
@@ -1003,6 +1055,7 @@ impl Settings {
                 ));
             }
         }
+        self.validate_trust()?;
         if self
             .phone
             .default_region
@@ -1022,6 +1075,34 @@ impl Settings {
 }
 
 impl Settings {
+    /// Every row of the trust table names known identifier types (or `*`),
+    /// and every channel row a channel this service accepts.
+    fn validate_trust(&self) -> Result<(), ConfigError> {
+        let check_row = |key: &str, row: &BTreeMap<String, TrustLevel>| {
+            for kind in row.keys() {
+                if kind != "*" && !self.identifiers.types.contains_key(kind) {
+                    return Err(invalid(
+                        format!("{key}.{kind}"),
+                        "names no configured identifier type (use a type from identifiers.types, or \"*\" for all)",
+                    ));
+                }
+            }
+            Ok(())
+        };
+        check_row("trust.unbound", &self.trust.unbound)?;
+        for (channel, row) in &self.trust.channels {
+            let key = format!("trust.channels.{channel}");
+            if !crate::domain::is_valid_name(channel, 32) {
+                return Err(invalid(key, "is not a channel name ([a-z][a-z0-9_]{0,31})"));
+            }
+            if !self.channels.allow_unknown && !self.channels.priority.contains(channel) {
+                return Err(invalid(key, "names a channel not in channels.priority"));
+            }
+            check_row(&key, row)?;
+        }
+        Ok(())
+    }
+
     fn validate_keys(&self) -> Result<(), ConfigError> {
         let auth = &self.auth;
         if auth.leeway_secs > 300 {

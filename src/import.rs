@@ -400,7 +400,10 @@ pub async fn import(
                 Err(e) => BatchItem::Rejected(e),
             });
         }
-        let outcomes = services.ingest_batch(items).await.map_err(|e| {
+        // The operator running an import is the back office: the table's
+        // `unbound` row judges what the file asserts.
+        let caller = crate::service::Caller::unbound("cli:import");
+        let outcomes = services.ingest_batch(items, caller).await.map_err(|e| {
             anyhow::anyhow!("the store refused a batch ({e}); {}", resume(&summary))
         })?;
         // The store failing is no fault of the line: stop, and resume from

@@ -256,6 +256,28 @@ fn check_config(settings: &Settings) -> anyhow::Result<()> {
         .then_some(stand_in.as_slice());
     Authenticator::new(&settings.auth, secret).context("checking the auth keys")?;
     print!("{}", settings.effective_toml()?);
+    // The trust table as the service applies it, one caller a line (as
+    // comments, so the output stays a configuration file).
+    let rules = anamnesis::domain::TrustRules::new(&settings.trust);
+    let types: Vec<&str> = settings
+        .identifiers
+        .types
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut channels = settings.channels.priority.clone();
+    channels.extend(
+        settings
+            .trust
+            .channels
+            .keys()
+            .filter(|c| !settings.channels.priority.contains(c))
+            .cloned(),
+    );
+    println!("\n# Trust table (verify: may merge and attach; claim: never does):");
+    for line in rules.describe(&channels, &types).lines() {
+        println!("#   {line}");
+    }
     eprintln!("configuration is valid");
     Ok(())
 }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use anamnesis::config::Settings;
 use anamnesis::domain::{CustomerId, SignalInput};
 use anamnesis::service::views::{IngestResult, InteractionView, ProfileView, TraitView};
-use anamnesis::service::{Access, ServiceError, Services, TimelineQuery};
+use anamnesis::service::{Access, Caller, ServiceError, Services, TimelineQuery};
 use anamnesis::store::SledStore;
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
@@ -651,7 +651,10 @@ impl<'a> Run<'a> {
         };
         let result = self
             .rt
-            .block_on(self.services().ingest(spec.input(k)))
+            .block_on(
+                self.services()
+                    .ingest(spec.input(k), Caller::unbound("test")),
+            )
             .map_err(|e| fail(format!("signal {k} {spec:?} failed: {e}")))?;
         prop_assert!(
             result.conflicts.is_empty(),
@@ -683,7 +686,7 @@ impl<'a> Run<'a> {
     fn merge(&self, target: CustomerId, source: CustomerId) -> Result<ProfileView, ServiceError> {
         self.rt.block_on(
             self.services()
-                .merge(target, source, SUBJECT.to_owned(), ACCESS),
+                .merge(target, source, Caller::unbound(SUBJECT), ACCESS),
         )
     }
 
@@ -694,7 +697,7 @@ impl<'a> Run<'a> {
     ) -> Result<(ProfileView, ProfileView), ServiceError> {
         self.rt.block_on(
             self.services()
-                .unmerge(id, merged, SUBJECT.to_owned(), ACCESS),
+                .unmerge(id, merged, Caller::unbound(SUBJECT), ACCESS),
         )
     }
 
@@ -857,7 +860,7 @@ impl<'a> Run<'a> {
                                 p,
                                 kind.to_owned(),
                                 value.to_owned(),
-                                SUBJECT.to_owned(),
+                                Caller::unbound(SUBJECT),
                                 ACCESS,
                             ))
                             .map_err(|e| fail(format!("removal of {} (op {k}): {e}", key(*i))))?;
@@ -884,7 +887,7 @@ impl<'a> Run<'a> {
                             p,
                             kind.to_owned(),
                             value.to_owned(),
-                            SUBJECT.to_owned(),
+                            Caller::unbound(SUBJECT),
                             ACCESS,
                         ));
                         prop_assert!(
@@ -1121,7 +1124,7 @@ fn unmerge_after_a_linking_signal_leaves_each_identifier_on_one_profile() {
     let w = world();
     let s = &w.instances[0];
     let send = |k: usize, ids: &[usize]| {
-        rt.block_on(s.ingest(plain(ids).input(k)))
+        rt.block_on(s.ingest(plain(ids).input(k), Caller::unbound("test")))
             .expect("ingested")
     };
     let (email, device) = (
@@ -1137,7 +1140,7 @@ fn unmerge_after_a_linking_signal_leaves_each_identifier_on_one_profile() {
         (anna, vec![dev_b])
     );
 
-    rt.block_on(s.unmerge(anna, dev_b, SUBJECT.to_owned(), ACCESS))
+    rt.block_on(s.unmerge(anna, dev_b, Caller::unbound(SUBJECT), ACCESS))
         .expect("unmerged");
     let owner = ready(s.lookup("device_id", "dev-b", ACCESS)).expect("owned");
     assert_eq!(owner.customer_id, dev_b, "dev-b went back with its profile");
@@ -1167,19 +1170,19 @@ fn merge_then_unmerge_restores_the_survivors_updated_at() {
     let w = world();
     let s = &w.instances[0];
     let send = |k: usize, ids: &[usize]| {
-        rt.block_on(s.ingest(plain(ids).input(k)))
+        rt.block_on(s.ingest(plain(ids).input(k), Caller::unbound("test")))
             .expect("ingested")
     };
     let p = send(0, &[pool("loyalty_card", "LC-0001")]).customer_id;
     let q = send(1, &[pool("loyalty_card", "LC-0002")]).customer_id;
-    rt.block_on(s.merge(p, q, SUBJECT.to_owned(), ACCESS))
+    rt.block_on(s.merge(p, q, Caller::unbound(SUBJECT), ACCESS))
         .expect("merged");
     let r = send(2, &[pool("web_cookie", "ck-1")]).customer_id;
     let before = ready(s.profile(p, ACCESS)).expect("live");
 
-    rt.block_on(s.merge(p, r, SUBJECT.to_owned(), ACCESS))
+    rt.block_on(s.merge(p, r, Caller::unbound(SUBJECT), ACCESS))
         .expect("merged");
-    rt.block_on(s.unmerge(p, r, SUBJECT.to_owned(), ACCESS))
+    rt.block_on(s.unmerge(p, r, Caller::unbound(SUBJECT), ACCESS))
         .expect("unmerged");
     let after = ready(s.profile(p, ACCESS)).expect("live");
     assert!(after.version > before.version);

@@ -30,7 +30,7 @@ use anamnesis::domain::{
     NormaliseOutcome, SignalInput,
 };
 use anamnesis::service::views::{IngestResult, InteractionView, ProfileView, TraitView};
-use anamnesis::service::{Access, ServiceError, Services, TimelineQuery};
+use anamnesis::service::{Access, Caller, ServiceError, Services, TimelineQuery};
 use anamnesis::store::SledStore;
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
@@ -326,7 +326,7 @@ fn ingest_all(
     signals
         .iter()
         .map(|s| {
-            let result = rt.block_on(services.ingest(s.input()));
+            let result = rt.block_on(services.ingest(s.input(), Caller::unbound("test")));
             let result =
                 result.map_err(|e| TestCaseError::fail(format!("ingest of {s:?} failed: {e}")))?;
             prop_assert!(

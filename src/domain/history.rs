@@ -66,6 +66,14 @@ pub struct IdentityEvent {
     /// For consent entries: the purpose.
     #[serde(default)]
     pub purpose: Option<String>,
+    /// The subject of the token that made the change (absent on entries
+    /// written before it was recorded, and on changes no token made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The channel it came through: the signal's, or the channel claim of
+    /// the token that asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
 }
 
 /// A proposed merge of two profiles that a `suggest` identifier linked: the

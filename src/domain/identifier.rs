@@ -91,6 +91,8 @@ pub struct TypeRule {
     pub priority: u32,
     pub pii: bool,
     pub merge: MergePolicy,
+    /// Names a browser, device or conversation rather than a person.
+    pub session: bool,
     placeholders: HashSet<String>,
 }
 
@@ -161,6 +163,7 @@ impl IdentifierRules {
                     priority: t.priority,
                     pii: t.pii,
                     merge: t.merge,
+                    session: t.session,
                     placeholders: fold(&t.placeholders),
                 };
                 (name.clone(), rule)
@@ -172,6 +175,7 @@ impl IdentifierRules {
             priority: u32::MAX,
             pii: true,
             merge: MergePolicy::Merge,
+            session: false,
             placeholders: HashSet::new(),
         });
         IdentifierRules {

@@ -10,6 +10,7 @@ mod profile;
 mod resolve;
 pub mod segment;
 mod signal;
+mod trust;
 
 pub use customer_id::{CustomerId, CustomerIdError};
 pub use history::{Contribution, IdentityEvent, IdentityEventKind, Suggestion};
@@ -21,7 +22,9 @@ pub use profile::{
     IdentifierRecord, Interaction, Journey, Membership, MergeLink, Profile, SplitError, StageVisit,
     TraitValue, CONSENT_HISTORY, MERGE_CHANNEL,
 };
-pub use resolve::{plan_resolution, Conflict, ConflictReason, Owner, ResolutionPlan};
+pub use resolve::{
+    plan_resolution, Assertion, Conflict, ConflictReason, Link, Owner, ResolutionPlan,
+};
 pub use segment::{JourneyRules, Offer, Personalization, RuleError};
 pub use signal::{
     check_answers, check_signal_id, check_traits, non_null_value_schema, trait_map_schema,
@@ -29,6 +32,7 @@ pub use signal::{
     Signal, SignalError, SignalInput, SignalRules, ValidAnswer, ValidEvent, ValidFeedback,
     MAX_IDENTIFIERS,
 };
+pub use trust::{Trust, TrustRules};
 
 /// FNV-1a of `bytes` as 16 hex digits: stable across builds and versions
 /// (unlike `std`'s hasher), for fingerprints that are stored.

@@ -176,6 +176,8 @@ pub enum Change {
         identifier: Identifier,
         channel: String,
         at: DateTime<Utc>,
+        /// Seen on a claim only; a verified sighting clears the mark for good.
+        claimed: bool,
     },
     RemoveIdentifier(Identifier),
     Trait {
@@ -229,6 +231,10 @@ pub struct IdentifierRecord {
     pub channel: String,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// Only ever claimed (typed or told, see `[trust]`), never verified: it
+    /// neither merges nor lends this profile to a verified signal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claimed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -393,6 +399,11 @@ pub struct Interaction {
     pub journey_stage: Option<String>,
     pub properties: serde_json::Map<String, Value>,
     pub signal_id: Option<String>,
+    /// When the service received the signal, where that differs from
+    /// `occurred_at` (the signal named an earlier or a later time). A later
+    /// `occurred_at` is never stored: it is ordered as the receipt time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<DateTime<Utc>>,
 }
 
 /// Orders two observations: `Greater` means `a` wins.
@@ -502,6 +513,7 @@ impl Profile {
                 identifier,
                 channel,
                 at,
+                claimed,
             } => {
                 let find = |p: &Profile| {
                     p.identifiers
@@ -509,7 +521,7 @@ impl Profile {
                         .position(|r| &r.identifier == identifier)
                 };
                 let before = find(self).map(|i| self.identifiers[i].clone());
-                self.see_identifier(identifier, channel, *at, channels);
+                self.see_identifier(identifier, channel, *at, *claimed, channels);
                 differs(before, find(self).map(|i| &self.identifiers[i]))
             }
             Change::RemoveIdentifier(identifier) => {
@@ -809,6 +821,7 @@ impl Profile {
         identifier: &Identifier,
         channel: &str,
         at: DateTime<Utc>,
+        claimed: bool,
         channels: &ChannelRules,
     ) {
         match self
@@ -816,12 +829,13 @@ impl Profile {
             .iter_mut()
             .find(|r| &r.identifier == identifier)
         {
-            Some(record) => merge_identifier_record(record, channel, at, at, channels),
+            Some(record) => merge_identifier_record(record, channel, at, at, claimed, channels),
             None => self.identifiers.push(IdentifierRecord {
                 identifier: identifier.clone(),
                 channel: channel.to_owned(),
                 first_seen: at,
                 last_seen: at,
+                claimed,
             }),
         }
     }
@@ -934,6 +948,7 @@ impl Profile {
                     &record.channel,
                     record.first_seen,
                     record.last_seen,
+                    record.claimed,
                     channels,
                 ),
                 None => self.identifiers.push(record.clone()),
@@ -1000,8 +1015,11 @@ fn merge_identifier_record(
     channel: &str,
     first_seen: DateTime<Utc>,
     last_seen: DateTime<Utc>,
+    claimed: bool,
     channels: &ChannelRules,
 ) {
+    // Verified once is verified: in any order, the mark is the AND of all.
+    record.claimed &= claimed;
     let earlier = first_seen < record.first_seen
         || (first_seen == record.first_seen
             && channels.rank(channel) < channels.rank(&record.channel));

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::customer_id::CustomerId;
 use super::identifier::{Identifier, IdentifierRules};
+use super::signal::Caps;
 use crate::config::MergePolicy;
 
 /// What resolution needs to know about a profile that owns an identifier.
@@ -18,6 +19,14 @@ pub struct Owner {
     pub created_at: DateTime<Utc>,
     /// Identifier values held per type.
     pub counts: BTreeMap<String, usize>,
+    /// Of those, how many are held on a claim alone.
+    pub claimed: usize,
+    /// Profiles it absorbed (directly or through chains).
+    pub merged: usize,
+    /// It holds personal data: anything beyond session identifiers (a
+    /// person-identifying identifier, a trait, an answer, an episode). A
+    /// claim never reaches such a profile.
+    pub personal: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -29,20 +38,31 @@ pub enum ConflictReason {
     MergeNotAllowed,
     /// The only link is of a `suggest` type: a merge suggestion was recorded.
     MergeSuggested,
+    /// The profile is full: `profiles.max_identifiers`,
+    /// `profiles.max_claimed_identifiers` or `profiles.max_merged` would be
+    /// exceeded. The rest of the signal was stored.
+    ProfileCap,
+    /// The link is a claim, which never merges nor reaches a customer who
+    /// holds personal data: a suggestion was recorded. Never reported to the
+    /// claimant (it would tell them whom the identifier belongs to).
+    #[serde(skip)]
+    Claimed,
 }
 
 /// Something the signal asserted that was not applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
-    /// The profile that stayed apart, or the one that could not take the identifier.
-    pub customer_id: CustomerId,
+    /// The profile that stayed apart; `None`: the profile the signal lands on
+    /// (which could not take the identifier).
+    pub customer_id: Option<CustomerId>,
     pub identifier: Identifier,
     pub reason: ConflictReason,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolutionPlan {
-    /// `None`: nobody owns any identifier; create a profile.
+    /// `None`: a new profile takes the signal (nobody owns an identifier, or
+    /// nobody the signal may reach does).
     pub target: Option<CustomerId>,
     /// Profiles to fold into the target, in order.
     pub absorb: Vec<CustomerId>,
@@ -51,147 +71,375 @@ pub struct ResolutionPlan {
     pub conflicts: Vec<Conflict>,
 }
 
-/// How strongly a signal links a profile, from its strongest identifier.
+/// How one identifier of a signal links the profile that owns it, weakest
+/// first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Strength {
+pub enum Link {
+    /// A claim, or a verified identifier its owner holds on a claim only:
+    /// never fuses; reaches only a profile without personal data.
+    Claim,
+    /// Verified, of a type that never merges.
     Never,
-    Suggest,
-    Merge,
+    /// Verified, of a `suggest` type (a shared phone).
+    Shared,
+    /// Verified and of a merging type, or vouched for.
+    Fuse,
+}
+
+impl Link {
+    /// The link a verified identifier of a type with `policy` makes.
+    pub fn verified(policy: Option<MergePolicy>) -> Link {
+        match policy {
+            Some(MergePolicy::Merge) => Link::Fuse,
+            Some(MergePolicy::Suggest) => Link::Shared,
+            Some(MergePolicy::Never) | None => Link::Never,
+        }
+    }
+}
+
+/// What a signal asserts about one of its identifiers, as far as it is believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assertion {
+    /// How it links the profile that owns it (meaningless without an owner).
+    pub link: Link,
+    /// The signal only claims it: attached, it is held as a claim.
+    pub claimed: bool,
+    /// The signal verifies it and its owner holds it on a claim alone. A
+    /// verification beats a claim: it moves to the target (its owner stays
+    /// apart, with a suggestion).
+    pub reclaim: bool,
 }
 
 /// Plans the resolution of a signal.
 ///
-/// `owners[i]` is the live profile owning `identifiers[i]`, if any, and
-/// `verified[i]` says the caller vouched for it (it then merges whatever its
-/// type says). Profiles linked through at least one identifier that may merge
-/// fuse into one survivor: the profile matched by the highest-priority
-/// identifier, then the oldest, then the smallest id. A profile joins only if
-/// the combined profile stays within every per-type limit; otherwise it stays
-/// apart and is reported as a conflict, as are profiles linked only through
-/// types that never merge. Profiles linked only through `suggest` types stay
-/// apart too, reported as `merge_suggested`.
+/// `owners[i]` is the live profile owning `identifiers[i]`, and
+/// `assertions[i]` how far the signal is believed about it. The target is the profile matched by
+/// the highest-priority identifier (then the oldest, then the smallest id)
+/// among those linked for a merge; else among those linked through a shared
+/// or non-merging type; else among those a claim reaches (no personal data);
+/// else a new profile. A shared link never takes a new person-identifying
+/// identifier: such a signal gets a new profile too. Other profiles linked
+/// for a merge fuse into the target while every per-type limit and cap
+/// holds; the rest stay apart as conflicts (suggestions for shared and
+/// claimed links). New identifiers attach while limits and caps hold.
 pub fn plan_resolution(
     identifiers: &[Identifier],
     owners: &[Option<CustomerId>],
-    verified: &[bool],
+    assertions: &[Assertion],
     profiles: &BTreeMap<CustomerId, Owner>,
     rules: &IdentifierRules,
+    caps: &Caps,
 ) -> ResolutionPlan {
     debug_assert_eq!(identifiers.len(), owners.len());
+    debug_assert_eq!(identifiers.len(), assertions.len());
     // Best (lowest) priority through which each owner is linked, the strongest
     // link, and the identifier of the best link.
-    let mut links: BTreeMap<CustomerId, (u32, Strength, usize)> = BTreeMap::new();
+    let mut linked: BTreeMap<CustomerId, (u32, Link, usize)> = BTreeMap::new();
     for (i, (id, owner)) in identifiers.iter().zip(owners).enumerate() {
         let Some(owner) = owner else { continue };
         let priority = rules.priority(id.kind());
-        let strength = if verified.get(i).copied().unwrap_or(false) {
-            Strength::Merge
-        } else {
-            match rules.rule(id.kind()).map(|r| r.merge) {
-                Some(MergePolicy::Merge) => Strength::Merge,
-                Some(MergePolicy::Suggest) => Strength::Suggest,
-                Some(MergePolicy::Never) | None => Strength::Never,
-            }
-        };
-        let entry = links.entry(*owner).or_insert((priority, strength, i));
+        let link = assertions[i].link;
+        let entry = linked.entry(*owner).or_insert((priority, link, i));
         if priority < entry.0 {
             entry.0 = priority;
             entry.2 = i;
         }
-        entry.1 = entry.1.max(strength);
-    }
-    if links.is_empty() {
-        return ResolutionPlan {
-            target: None,
-            absorb: Vec::new(),
-            attach: (0..identifiers.len()).collect(),
-            conflicts: Vec::new(),
-        };
+        entry.1 = entry.1.max(link);
     }
     let rank = |id: &CustomerId| {
-        let (priority, _, _) = links[id];
+        let (priority, _, _) = linked[id];
         let created = profiles.get(id).map(|p| p.created_at);
         (priority, created, *id)
     };
-    let mut candidates: Vec<CustomerId> = links.keys().copied().collect();
+    let mut candidates: Vec<CustomerId> = linked.keys().copied().collect();
     candidates.sort_by_key(rank);
-    let target = if links.len() == 1 {
-        candidates[0]
-    } else {
-        candidates
-            .iter()
-            .copied()
-            .find(|id| links[id].1 == Strength::Merge)
-            .unwrap_or(candidates[0])
-    };
+    let link_of = |id: &CustomerId| linked[id].1;
+    let personal = |id: &CustomerId| profiles.get(id).is_none_or(|p| p.personal);
+    let first = |ok: &dyn Fn(&CustomerId) -> bool| candidates.iter().copied().find(|c| ok(c));
+    let mut target = first(&|c| link_of(c) == Link::Fuse)
+        .or_else(|| first(&|c| matches!(link_of(c), Link::Shared | Link::Never)))
+        .or_else(|| first(&|c| link_of(c) == Link::Claim && !personal(c)));
+    // A shared identifier (a household's landline) with someone new on it:
+    // the newcomer gets a profile of their own, never the customer's.
+    if target.is_some_and(|t| link_of(&t) == Link::Shared) {
+        let newcomer = identifiers.iter().zip(owners).any(|(id, owner)| {
+            owner.is_none() && !rules.rule(id.kind()).is_some_and(|r| r.session)
+        });
+        if newcomer {
+            target = None;
+        }
+    }
 
-    let mut counts = profiles
-        .get(&target)
+    let summary = |id: Option<CustomerId>| id.and_then(|id| profiles.get(&id));
+    let mut counts = summary(target)
         .map(|p| p.counts.clone())
         .unwrap_or_default();
+    let mut total: usize = counts.values().sum();
+    let mut held_claimed = summary(target).map_or(0, |p| p.claimed);
+    let mut merged = summary(target).map_or(0, |p| p.merged);
     let mut absorb = Vec::new();
     let mut conflicts = Vec::new();
-    for candidate in candidates.iter().copied().filter(|c| *c != target) {
-        let (_, strength, via) = links[&candidate];
-        let reason = match strength {
-            Strength::Never => Some(ConflictReason::MergeNotAllowed),
-            Strength::Suggest => Some(ConflictReason::MergeSuggested),
-            Strength::Merge => None,
+    for candidate in candidates.iter().copied().filter(|c| Some(*c) != target) {
+        let (_, link, via) = linked[&candidate];
+        let reason = match link {
+            Link::Claim => Some(ConflictReason::Claimed),
+            Link::Never => Some(ConflictReason::MergeNotAllowed),
+            Link::Shared => Some(ConflictReason::MergeSuggested),
+            Link::Fuse => None,
         };
-        if let Some(reason) = reason {
+        let mut conflict = |reason| {
             conflicts.push(Conflict {
-                customer_id: candidate,
+                customer_id: Some(candidate),
                 identifier: identifiers[via].clone(),
                 reason,
             });
+        };
+        if let Some(reason) = reason {
+            conflict(reason);
             continue;
         }
-        let theirs = profiles
-            .get(&candidate)
-            .map(|p| p.counts.clone())
-            .unwrap_or_default();
-        let over = theirs.iter().find(|(kind, n)| {
+        let Some(theirs) = profiles.get(&candidate) else {
+            continue;
+        };
+        let over = theirs.counts.iter().any(|(kind, n)| {
             let limit = rules.rule(kind).and_then(|r| r.limit);
-            limit.is_some_and(|l| counts.get(*kind).copied().unwrap_or(0) + **n > l)
+            limit.is_some_and(|l| counts.get(kind).copied().unwrap_or(0) + n > l)
         });
-        if over.is_some() {
-            conflicts.push(Conflict {
-                customer_id: candidate,
-                identifier: identifiers[via].clone(),
-                reason: ConflictReason::IdentifierLimit,
-            });
+        if over {
+            conflict(ConflictReason::IdentifierLimit);
             continue;
         }
-        for (kind, n) in theirs {
-            *counts.entry(kind).or_default() += n;
+        let their_total: usize = theirs.counts.values().sum();
+        if merged + theirs.merged + 1 > caps.max_merged
+            || total + their_total > caps.max_identifiers
+            || held_claimed + theirs.claimed > caps.max_claimed_identifiers
+        {
+            conflict(ConflictReason::ProfileCap);
+            continue;
         }
+        for (kind, n) in &theirs.counts {
+            *counts.entry(kind.clone()).or_default() += n;
+        }
+        total += their_total;
+        held_claimed += theirs.claimed;
+        merged += theirs.merged + 1;
         absorb.push(candidate);
     }
     let mut attach = Vec::new();
     for (i, (id, owner)) in identifiers.iter().zip(owners).enumerate() {
         match owner {
-            Some(o) if *o == target || absorb.contains(o) => attach.push(i),
-            Some(_) => {}
-            None => {
+            Some(o) if Some(*o) == target || absorb.contains(o) => attach.push(i),
+            Some(_) if !assertions[i].reclaim => {}
+            Some(_) | None => {
                 let limit = rules.rule(id.kind()).and_then(|r| r.limit);
                 let have = counts.get(id.kind()).copied().unwrap_or(0);
-                if limit.is_some_and(|l| have >= l) {
-                    conflicts.push(Conflict {
-                        customer_id: target,
-                        identifier: id.clone(),
-                        reason: ConflictReason::IdentifierLimit,
-                    });
+                let claim = assertions[i].claimed;
+                let reason = if limit.is_some_and(|l| have >= l) {
+                    Some(ConflictReason::IdentifierLimit)
+                } else if total >= caps.max_identifiers
+                    || (claim && held_claimed >= caps.max_claimed_identifiers)
+                {
+                    Some(ConflictReason::ProfileCap)
                 } else {
-                    *counts.entry(id.kind().to_owned()).or_default() += 1;
-                    attach.push(i);
+                    None
+                };
+                match reason {
+                    Some(reason) => conflicts.push(Conflict {
+                        customer_id: None,
+                        identifier: id.clone(),
+                        reason,
+                    }),
+                    None => {
+                        *counts.entry(id.kind().to_owned()).or_default() += 1;
+                        total += 1;
+                        held_claimed += usize::from(claim);
+                        attach.push(i);
+                    }
                 }
             }
         }
     }
     ResolutionPlan {
-        target: Some(target),
+        target,
         absorb,
         attach,
         conflicts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::domain::NormaliseOutcome;
+
+    fn rules() -> IdentifierRules {
+        IdentifierRules::new(&Settings::defaults().identifiers, "NL")
+    }
+
+    fn ident(rules: &IdentifierRules, kind: &str, value: &str) -> Identifier {
+        match rules.normalise(kind, value) {
+            Ok(NormaliseOutcome::Usable(id)) => id,
+            _ => panic!("{kind}:{value} is usable"),
+        }
+    }
+
+    const CAPS: Caps = Caps {
+        max_merged: 100,
+        max_identifiers: 1000,
+        max_claimed_identifiers: 10,
+    };
+
+    fn owner(id: CustomerId, kinds: &[&str], personal: bool) -> Owner {
+        let mut counts = BTreeMap::new();
+        for k in kinds {
+            *counts.entry((*k).to_owned()).or_default() += 1;
+        }
+        Owner {
+            customer_id: id,
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+            counts,
+            claimed: 0,
+            merged: 0,
+            personal,
+        }
+    }
+
+    fn assert(link: Link, claimed: bool) -> Assertion {
+        Assertion {
+            link,
+            claimed,
+            reclaim: false,
+        }
+    }
+
+    #[test]
+    fn a_claim_never_fuses_nor_reaches_a_customer_with_personal_data() {
+        let r = rules();
+        let (victim, attacker) = (CustomerId::generate(), CustomerId::generate());
+        let ids = [
+            ident(&r, "email", "vera@example.com"),
+            ident(&r, "web_cookie", "atk"),
+        ];
+        let profiles = BTreeMap::from([
+            (victim, owner(victim, &["email"], true)),
+            (attacker, owner(attacker, &["web_cookie"], false)),
+        ]);
+        let plan = plan_resolution(
+            &ids,
+            &[Some(victim), Some(attacker)],
+            &[assert(Link::Claim, true), assert(Link::Fuse, false)],
+            &profiles,
+            &r,
+            &CAPS,
+        );
+        assert_eq!(plan.target, Some(attacker));
+        assert!(plan.absorb.is_empty());
+        assert_eq!(plan.attach, vec![1]);
+        assert_eq!(plan.conflicts.len(), 1);
+        assert_eq!(plan.conflicts[0].reason, ConflictReason::Claimed);
+
+        // Alone, the claim gets a profile of its own.
+        let plan = plan_resolution(
+            &ids[..1],
+            &[Some(victim)],
+            &[assert(Link::Claim, true)],
+            &profiles,
+            &r,
+            &CAPS,
+        );
+        assert_eq!(plan.target, None);
+        assert!(plan.attach.is_empty());
+    }
+
+    #[test]
+    fn a_claim_may_reach_an_anonymous_profile() {
+        let r = rules();
+        let anon = CustomerId::generate();
+        let ids = [
+            ident(&r, "web_cookie", "ck"),
+            ident(&r, "email", "new@example.com"),
+        ];
+        let profiles = BTreeMap::from([(anon, owner(anon, &["web_cookie"], false))]);
+        let plan = plan_resolution(
+            &ids,
+            &[Some(anon), None],
+            &[assert(Link::Claim, true), assert(Link::Claim, true)],
+            &profiles,
+            &r,
+            &CAPS,
+        );
+        assert_eq!(plan.target, Some(anon));
+        assert_eq!(plan.attach, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_shared_number_takes_sessions_but_no_newcomer() {
+        let r = rules();
+        let anna = CustomerId::generate();
+        let profiles = BTreeMap::from([(anna, owner(anna, &["phone"], true))]);
+        let phone = ident(&r, "phone", "020 123 4567");
+        let with = |other: Identifier| {
+            plan_resolution(
+                &[phone.clone(), other],
+                &[Some(anna), None],
+                &[assert(Link::Shared, false), assert(Link::Fuse, false)],
+                &profiles,
+                &r,
+                &CAPS,
+            )
+        };
+        let session = with(ident(&r, "chat_session", "cs-1"));
+        assert_eq!(session.target, Some(anna));
+        assert_eq!(session.attach, vec![0, 1]);
+        let newcomer = with(ident(&r, "email", "ben@example.com"));
+        assert_eq!(newcomer.target, None);
+        assert_eq!(newcomer.attach, vec![1]);
+        assert_eq!(newcomer.conflicts[0].reason, ConflictReason::MergeSuggested);
+        assert_eq!(newcomer.conflicts[0].customer_id, Some(anna));
+    }
+
+    #[test]
+    fn caps_keep_what_fits_and_report_the_rest() {
+        let r = rules();
+        let (a, b) = (CustomerId::generate(), CustomerId::generate());
+        let mut full = owner(a, &[], true);
+        full.counts.insert("web_cookie".into(), 59);
+        full.claimed = 10;
+        // B is the younger: A survives.
+        let mut young = owner(b, &["web_cookie", "web_cookie"], false);
+        young.created_at = Utc::now();
+        let profiles = BTreeMap::from([(a, full), (b, young)]);
+        let caps = Caps {
+            max_identifiers: 60,
+            ..CAPS
+        };
+        let ids = [
+            ident(&r, "web_cookie", "a"),
+            ident(&r, "web_cookie", "b"),
+            ident(&r, "email", "claimed@example.com"),
+            ident(&r, "device_id", "d1"),
+            ident(&r, "device_id", "d2"),
+        ];
+        let plan = plan_resolution(
+            &ids,
+            &[Some(a), Some(b), None, None, None],
+            &[
+                assert(Link::Fuse, false),
+                assert(Link::Fuse, false),
+                assert(Link::Claim, true),
+                assert(Link::Fuse, false),
+                assert(Link::Fuse, false),
+            ],
+            &profiles,
+            &r,
+            &caps,
+        );
+        assert_eq!(plan.target, Some(a));
+        assert!(plan.absorb.is_empty(), "59 + 2 is over the cap: no merge");
+        // The claim is over its own cap; the first device fits, the second not.
+        assert_eq!(plan.attach, vec![0, 3]);
+        let reasons: Vec<_> = plan.conflicts.iter().map(|c| c.reason).collect();
+        assert_eq!(reasons, vec![ConflictReason::ProfileCap; 3]);
     }
 }

@@ -52,7 +52,8 @@ pub struct SignalInput {
     #[schema(value_type = ChannelName)]
     pub channel: String,
     /// Defaults to the time the signal was received; not before 1970 and at
-    /// most 5 minutes in the future.
+    /// most 5 minutes in the future. A time later than the receipt is
+    /// ordered as the receipt time: nobody wins by claiming the future.
     pub occurred_at: Option<DateTime<Utc>>,
     /// All identifiers in one signal belong to the same person.
     #[schema(min_items = 1, max_items = 50)]
@@ -228,6 +229,8 @@ pub struct SignalRules {
     pub journey_rules: JourneyRules,
     pub answer_ttl: BTreeMap<String, Duration>,
     pub caps: Caps,
+    /// Who is believed about which identifier type.
+    pub trust: super::trust::TrustRules,
     pub personalization: Personalization,
     /// How long after an episode is resolved its follow-up falls due.
     pub follow_up_delay: chrono::Duration,
@@ -238,6 +241,8 @@ pub struct SignalRules {
 pub struct Caps {
     pub max_merged: usize,
     pub max_identifiers: usize,
+    /// Of the identifiers, the most held on a claim alone.
+    pub max_claimed_identifiers: usize,
 }
 
 impl SignalRules {
@@ -263,7 +268,9 @@ impl SignalRules {
             caps: Caps {
                 max_merged: settings.profiles.max_merged,
                 max_identifiers: settings.profiles.max_identifiers,
+                max_claimed_identifiers: settings.profiles.max_claimed_identifiers,
             },
+            trust: super::trust::TrustRules::new(&settings.trust),
             personalization: Personalization::compile(
                 &settings.segments,
                 &settings.offers,
@@ -360,6 +367,8 @@ pub struct Signal {
     pub occurred_at: DateTime<Utc>,
     /// Whether the channel gave `occurred_at` (otherwise it is the receiving time).
     pub occurred_at_given: bool,
+    /// When this service received it (the clock of the instance that did).
+    pub received_at: DateTime<Utc>,
     pub identifiers: Vec<Identifier>,
     /// `verified[i]` is the caller's claim about `identifiers[i]`.
     pub verified: Vec<bool>,
@@ -582,6 +591,14 @@ impl SignalInput {
 }
 
 impl Signal {
+    /// The time the signal's observations are ordered by: when it occurred,
+    /// but never later than when it was received. A channel may send a time
+    /// a little ahead (clock skew), yet nobody wins over a later write by
+    /// claiming the future.
+    pub fn ordered_at(&self) -> DateTime<Utc> {
+        self.occurred_at.min(self.received_at)
+    }
+
     /// Checks every limit and normalises every identifier. `now` is the time
     /// the signal was received. The rules the schema states come first
     /// ([`SignalInput::check_shape`]), then the ones only the service can judge.
@@ -646,6 +663,7 @@ impl Signal {
             channel: input.channel,
             occurred_at,
             occurred_at_given: input.occurred_at.is_some(),
+            received_at: now,
             identifiers,
             verified,
             ignored,

@@ -25,3 +25,11 @@ pub fn resource(path: &str, allow: &'static str) -> Resource {
 pub async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound)
 }
+
+/// The caller a token speaks for, as the use cases name it.
+pub fn caller(principal: &crate::auth::Principal) -> crate::service::Caller {
+    crate::service::Caller {
+        subject: principal.subject.clone(),
+        channel: principal.channel.clone(),
+    }
+}

@@ -342,9 +342,13 @@ pub async fn merge(
     let target = customer_id(&path)?;
     let source = CustomerId::parse(&input.source_id)
         .map_err(|e| ApiError::InvalidField(format!("source_id: {e}")))?;
-    let subject = auth.principal.subject.clone();
     let result = services
-        .merge(target, source, subject, auth.principal.access())
+        .merge(
+            target,
+            source,
+            super::caller(&auth.principal),
+            auth.principal.access(),
+        )
         .await
         .map_err(ApiError::from);
     let detail = Detail {
@@ -372,7 +376,7 @@ pub async fn erase(
 ) -> Result<HttpResponse, ApiError> {
     let id = customer_id(&path)?;
     let result = services
-        .erase(id, auth.principal.subject.clone())
+        .erase(id, super::caller(&auth.principal))
         .await
         .map_err(ApiError::from);
     audit::record(
@@ -407,9 +411,13 @@ pub async fn unmerge(
     let id = customer_id(&path)?;
     let merged = CustomerId::parse(&input.merged_id)
         .map_err(|e| ApiError::InvalidField(format!("merged_id: {e}")))?;
-    let subject = auth.principal.subject.clone();
     let result = services
-        .unmerge(id, merged, subject, auth.principal.access())
+        .unmerge(
+            id,
+            merged,
+            super::caller(&auth.principal),
+            auth.principal.access(),
+        )
         .await
         .map_err(ApiError::from);
     let detail = Detail {
@@ -469,9 +477,14 @@ pub async fn remove_identifier(
 ) -> Result<web::Json<ProfileView>, ApiError> {
     let (raw_id, kind, value) = path.into_inner();
     let id = customer_id(&raw_id)?;
-    let subject = auth.principal.subject.clone();
     let result = services
-        .remove_identifier(id, kind.clone(), value, subject, auth.principal.access())
+        .remove_identifier(
+            id,
+            kind.clone(),
+            value,
+            super::caller(&auth.principal),
+            auth.principal.access(),
+        )
         .await
         .map_err(ApiError::from);
     // A path segment in the type's place may be anything, even a value:
@@ -536,7 +549,7 @@ pub async fn dismiss_suggestion(
     let id = customer_id(&raw_id)?;
     let other = CustomerId::parse(&raw_other)?;
     services
-        .dismiss_suggestion(id, other, auth.principal.subject.clone())
+        .dismiss_suggestion(id, other, super::caller(&auth.principal))
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -7,11 +7,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::views::{ignored_view, ConflictView, IngestResult};
-use super::{atomically, ServiceError, Services, Writer};
+use super::{atomically, Caller, ServiceError, Services, Writer};
 use crate::domain::{
-    fnv1a, plan_resolution, Answer, Caps, Change, ChannelRules, ConflictReason, Contribution,
-    CustomerId, Feedback, Hit, Identifier, IdentityEvent, IdentityEventKind, Interaction, Journey,
-    Owner, Profile, Signal, SignalInput, SignalRules, Suggestion, TraitValue,
+    fnv1a, plan_resolution, Answer, Assertion, Caps, Change, ChannelRules, ConflictReason,
+    Contribution, CustomerId, Feedback, Hit, Identifier, IdentityEvent, IdentityEventKind,
+    Interaction, Journey, Link, Owner, Profile, Signal, SignalInput, SignalRules, Suggestion,
+    TraitValue, Trust,
 };
 use crate::store::{StoreError, StoreTx, TimelinePosition};
 
@@ -98,14 +99,16 @@ fn fingerprint(signal: &Signal) -> String {
 }
 
 impl Services {
-    /// Resolves one signal. The result is unmasked; the caller masks it.
-    pub async fn ingest(&self, input: SignalInput) -> Ingested {
+    /// Resolves one signal, believing its identifiers as far as `caller`
+    /// may vouch for them (see [`crate::domain::TrustRules`]). The result is
+    /// unmasked; the caller masks it.
+    pub async fn ingest(&self, input: SignalInput, caller: Caller) -> Ingested {
         let now = Services::now();
         let signal = Signal::parse(input, &self.rules, now)?;
         let rules = self.rules.clone();
         let result = self
             .committer
-            .run(move |store| apply_signal(store, &signal, &rules, now))
+            .run(move |store| apply_signal(store, &signal, &rules, now, &caller))
             .await;
         record_outcome(result.as_ref().ok());
         result
@@ -116,6 +119,7 @@ impl Services {
     pub async fn ingest_batch<E: Send + 'static>(
         &self,
         items: Vec<BatchItem<E>>,
+        caller: Caller,
     ) -> Result<Vec<Result<IngestResult, Result<E, ServiceError>>>, ServiceError> {
         let now = Services::now();
         let prepared: Vec<Result<Signal, Result<E, ServiceError>>> = items
@@ -133,7 +137,9 @@ impl Services {
                 Ok(prepared
                     .into_iter()
                     .map(|p| match p {
-                        Ok(signal) => apply_signal(store, &signal, &rules, now).map_err(Err),
+                        Ok(signal) => {
+                            apply_signal(store, &signal, &rules, now, &caller).map_err(Err)
+                        }
                         Err(e) => Err(e),
                     })
                     .collect::<Vec<_>>())
@@ -170,8 +176,24 @@ fn apply_signal(
     signal: &Signal,
     rules: &SignalRules,
     now: DateTime<Utc>,
+    caller: &Caller,
 ) -> Ingested {
-    atomically(store, |tx| resolve(tx, signal, rules, now))
+    atomically(store, |tx| resolve(tx, signal, rules, now, caller))
+}
+
+/// Whether a profile holds personal data: anything beyond session
+/// identifiers. A claim never reaches one that does.
+fn holds_personal_data(p: &Profile, rules: &SignalRules) -> bool {
+    let person = |r: &crate::domain::IdentifierRecord| {
+        !rules
+            .identifiers
+            .rule(r.identifier.kind())
+            .is_some_and(|rule| rule.session)
+    };
+    p.identifiers.iter().any(person)
+        || p.traits.values().any(|t| t.value.is_some())
+        || !p.answers.is_empty()
+        || !p.episodes.is_empty()
 }
 
 fn resolve(
@@ -179,6 +201,7 @@ fn resolve(
     signal: &Signal,
     rules: &SignalRules,
     now: DateTime<Utc>,
+    caller: &Caller,
 ) -> Ingested {
     // Only a signal with an id is ever compared with an earlier one.
     let fingerprint = signal.signal_id.as_ref().map(|_| fingerprint(signal));
@@ -222,16 +245,58 @@ fn resolve(
                     customer_id: *id,
                     created_at: p.created_at,
                     counts,
+                    claimed: p.identifiers.iter().filter(|r| r.claimed).count(),
+                    merged: p.merged_ids.len(),
+                    personal: holds_personal_data(p, rules),
                 },
             )
+        })
+        .collect();
+    let trust: Vec<Trust> = signal
+        .identifiers
+        .iter()
+        .zip(&signal.verified)
+        .map(|(ident, vouched)| {
+            rules
+                .trust
+                .trust(caller.channel.as_deref(), ident.kind(), *vouched)
+        })
+        .collect();
+    // A verified identifier that its owner holds on a claim alone links no
+    // better than a claim (whoever typed it first gains nothing by it), and
+    // moves to wherever the verified signal lands.
+    let assertions: Vec<Assertion> = signal
+        .identifiers
+        .iter()
+        .zip(&owners)
+        .zip(&trust)
+        .map(|((ident, owner), trust)| {
+            let held_on_claim = owner
+                .and_then(|o| profiles.get(&o))
+                .and_then(|p| p.identifiers.iter().find(|r| &r.identifier == ident))
+                .is_some_and(|r| r.claimed);
+            let link = match trust {
+                Trust::Vouched => Link::Fuse,
+                Trust::Claimed => Link::Claim,
+                Trust::Verified if held_on_claim => Link::Claim,
+                Trust::Verified => {
+                    Link::verified(rules.identifiers.rule(ident.kind()).map(|r| r.merge))
+                }
+            };
+            Assertion {
+                link,
+                claimed: *trust == Trust::Claimed,
+                reclaim: *trust != Trust::Claimed && held_on_claim,
+            }
         })
         .collect();
     let plan = plan_resolution(
         &signal.identifiers,
         &owners,
-        &signal.verified,
+        &assertions,
         &summaries,
         &rules.identifiers,
+        &rules.caps,
     );
 
     let (mut target, created) = match plan.target.and_then(|t| profiles.remove(&t)) {
@@ -240,10 +305,14 @@ fn resolve(
     };
     let id = target.customer_id;
     let channels = &rules.channels;
-    let cause = signal
-        .signal_id
-        .clone()
-        .map_or_else(|| "signal".to_owned(), |sid| format!("signal:{sid}"));
+    let cause = Cause {
+        text: signal
+            .signal_id
+            .clone()
+            .map_or_else(|| "signal".to_owned(), |sid| format!("signal:{sid}")),
+        by: Some(caller.subject.clone()),
+        channel: Some(signal.channel.clone()),
+    };
     if created {
         tx.add_history(id, &event(IdentityEventKind::Created, now, &cause))?;
     }
@@ -254,33 +323,43 @@ fn resolve(
             .ok_or_else(|| StoreError::Engine(format!("profile {absorbed_id} vanished")))?;
         absorbed_profiles.push(absorbed);
     }
-    let new_identifiers = plan.attach.iter().filter(|&&i| owners[i].is_none()).count();
-    check_caps(&target, &absorbed_profiles, new_identifiers, &rules.caps)?;
-    for absorbed in absorbed_profiles {
-        // The identifier through which the signal reached the absorbed profile.
-        let linking = signal
+    // The identifier through which the signal reached a profile.
+    let reached_through = |who: CustomerId| {
+        signal
             .identifiers
             .iter()
             .zip(&owners)
-            .filter(|(_, o)| **o == Some(absorbed.customer_id))
+            .filter(|(_, o)| **o == Some(who))
             .map(|(ident, _)| ident)
             .min_by_key(|ident| rules.identifiers.priority(ident.kind()))
-            .cloned();
+            .cloned()
+    };
+    for absorbed in absorbed_profiles {
+        let linking = Linking {
+            // Named only when it is the survivor's own (not a member's, which
+            // an unmerge could take away and an erasure then forget).
+            survivor: reached_through(id).filter(|ident| target.member_of(ident) == id),
+            absorbed: reached_through(absorbed.customer_id),
+        };
         absorb(tx, &mut target, absorbed, linking, &cause, now, channels)?;
     }
 
     for conflict in &plan.conflicts {
-        if conflict.reason == ConflictReason::MergeSuggested {
+        let suggested = matches!(
+            conflict.reason,
+            ConflictReason::MergeSuggested | ConflictReason::Claimed
+        );
+        if let (true, Some(other)) = (suggested, conflict.customer_id) {
             let ours: Vec<CustomerId> = target.members().collect();
             let theirs: Vec<CustomerId> = profiles
-                .get(&conflict.customer_id)
-                .map_or_else(|| vec![conflict.customer_id], |p| p.members().collect());
+                .get(&other)
+                .map_or_else(|| vec![other], |p| p.members().collect());
             suggest(
                 tx,
                 (id, &ours),
-                (conflict.customer_id, &theirs),
+                (other, &theirs),
                 &conflict.identifier,
-                &cause,
+                &cause.text,
                 now,
             )?;
         }
@@ -297,7 +376,39 @@ fn resolve(
         .min_by_key(|ident| rules.identifiers.priority(ident.kind()))
         .map_or(id, |ident| target.member_of(ident));
 
-    let at = signal.occurred_at;
+    // Identifiers a verified signal takes back from a profile that only
+    // claimed them: they leave that profile (and its ledger says so).
+    let mut losers: BTreeMap<CustomerId, Profile> = BTreeMap::new();
+    for &i in &plan.attach {
+        let Some(o) = owners[i].filter(|o| *o != id && !plan.absorb.contains(o)) else {
+            continue;
+        };
+        let identifier = &signal.identifiers[i];
+        let loser = match losers.entry(o) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => match profiles.remove(&o) {
+                Some(p) => e.insert(p),
+                None => continue,
+            },
+        };
+        let held_by = loser.member_of(identifier);
+        loser.apply(
+            held_by,
+            &Change::RemoveIdentifier(identifier.clone()),
+            channels,
+        );
+        loser.note_write(held_by, now);
+        let mut removed = event(IdentityEventKind::IdentifierRemoved, now, &cause);
+        removed.identifier = Some(identifier.clone());
+        tx.add_history(held_by, &removed)?;
+        owners[i] = None;
+    }
+    for mut loser in losers.into_values() {
+        rules.refresh(&mut loser, now);
+        tx.put_profile(&loser)?;
+    }
+
+    let at = signal.ordered_at();
     let mut changes: Vec<Change> = Vec::new();
     for &i in &plan.attach {
         let identifier = &signal.identifiers[i];
@@ -320,6 +431,7 @@ fn resolve(
             identifier: identifier.clone(),
             channel: signal.channel.clone(),
             at,
+            claimed: assertions[i].claimed,
         };
         target.apply(holder, &seen, channels);
     }
@@ -367,6 +479,7 @@ fn resolve(
             journey_stage: event.journey_stage.clone(),
             properties: event.properties.clone(),
             signal_id: signal.signal_id.clone(),
+            received_at: (signal.received_at != at).then_some(signal.received_at),
         };
         // Stored under the member, so an unmerge takes it along.
         tx.add_interaction(member, &interaction)?;
@@ -439,11 +552,13 @@ fn resolve(
         customer_id: id,
         created,
         merged_ids: plan.absorb.clone(),
+        // Never another customer's id, and nothing about a claim: the answer
+        // must not tell the sender whom an identifier belongs to.
         conflicts: plan
             .conflicts
             .iter()
+            .filter(|c| c.reason != ConflictReason::Claimed)
             .map(|c| ConflictView {
-                customer_id: c.customer_id,
                 kind: c.identifier.kind().to_owned(),
                 value: c.identifier.value().to_owned(),
                 reason: c.reason,
@@ -464,6 +579,34 @@ fn resolve(
     Ok(result)
 }
 
+/// The identifiers through which a signal reached the two sides of a merge
+/// (none for a manual merge).
+#[derive(Debug, Default)]
+pub(super) struct Linking {
+    pub survivor: Option<Identifier>,
+    pub absorbed: Option<Identifier>,
+}
+
+/// Who made an identity change, and through what: named in every ledger entry.
+#[derive(Debug, Clone)]
+pub(super) struct Cause {
+    /// `signal:<signal_id>`, `signal`, or `token:<subject>`.
+    pub text: String,
+    pub by: Option<String>,
+    pub channel: Option<String>,
+}
+
+impl Cause {
+    /// A change a caller asked for directly (not through a signal).
+    pub fn request(caller: &Caller) -> Cause {
+        Cause {
+            text: format!("token:{}", caller.subject),
+            by: Some(caller.subject.clone()),
+            channel: caller.channel.clone(),
+        }
+    }
+}
+
 /// Folds `absorbed` into `target` and re-points everything that named it. The
 /// cost depends on the number of identifiers and merged ids, never on the
 /// length of the timeline, which stays where it was written.
@@ -471,8 +614,8 @@ pub(super) fn absorb(
     tx: &mut dyn StoreTx,
     target: &mut Profile,
     absorbed: Profile,
-    linking: Option<Identifier>,
-    cause: &str,
+    linking: Linking,
+    cause: &Cause,
     now: DateTime<Utc>,
     channels: &ChannelRules,
 ) -> Result<(), ServiceError> {
@@ -490,19 +633,20 @@ pub(super) fn absorb(
     let contributed = Contribution::of(&absorbed);
     let survivor_contributed = Some(Contribution::of(target));
     let mut merged_in = event(IdentityEventKind::MergedIn, now, cause);
-    // The linking identifier is the absorbed profile's: it is named in the
-    // absorbed profile's ledger only, which goes with it if it is erased.
+    // Each side's ledger names its own identifier of the link: a ledger goes
+    // with its profile when that is erased, and so does what it names.
+    merged_in.identifier = linking.survivor;
     merged_in.other_id = Some(absorbed_id);
     merged_in.contributed = Some(contributed);
     merged_in.survivor_contributed = survivor_contributed;
     tx.add_history(survivor, &merged_in)?;
     let mut merged_out = event(IdentityEventKind::MergedOut, now, cause);
-    merged_out.identifier = linking;
+    merged_out.identifier = linking.absorbed;
     merged_out.other_id = Some(survivor);
     merged_out.contributed = Some(contributed);
     merged_out.survivor_contributed = survivor_contributed;
     tx.add_history(absorbed_id, &merged_out)?;
-    for purpose in target.absorb_member(absorbed, cause, now, channels) {
+    for purpose in target.absorb_member(absorbed, &cause.text, now, channels) {
         let mut restricted = event(IdentityEventKind::ConsentRestricted, now, cause);
         restricted.other_id = Some(absorbed_id);
         restricted.purpose = Some(purpose);
@@ -556,16 +700,18 @@ fn suggest(
 }
 
 /// A ledger entry with no identifier, other profile or contribution yet.
-pub(super) fn event(kind: IdentityEventKind, at: DateTime<Utc>, cause: &str) -> IdentityEvent {
+pub(super) fn event(kind: IdentityEventKind, at: DateTime<Utc>, cause: &Cause) -> IdentityEvent {
     IdentityEvent {
         kind,
         at,
-        cause: cause.to_owned(),
+        cause: cause.text.clone(),
         identifier: None,
         other_id: None,
         contributed: None,
         survivor_contributed: None,
         purpose: None,
+        by: cause.by.clone(),
+        channel: cause.channel.clone(),
     }
 }
 

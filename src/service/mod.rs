@@ -98,6 +98,30 @@ impl ServiceError {
             ConflictReason::MergeNotAllowed | ConflictReason::MergeSuggested => {
                 ServiceError::MergeRefused("the identifier type may not merge profiles")
             }
+            ConflictReason::ProfileCap => {
+                ServiceError::MergeRefused("the merged profile would exceed a per-profile cap")
+            }
+            ConflictReason::Claimed => ServiceError::MergeRefused("a claim never merges profiles"),
+        }
+    }
+}
+
+/// Who asks for a change: named in the ledger and the audit log, and the
+/// row of the trust table its signals are judged by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's `sub` (or what stands in for it, like `cli:import`).
+    pub subject: String,
+    /// The token's `channel` claim: `None` for back-office and admin tokens.
+    pub channel: Option<String>,
+}
+
+impl Caller {
+    /// A caller bound to no channel (the back office, the command line).
+    pub fn unbound(subject: impl Into<String>) -> Caller {
+        Caller {
+            subject: subject.into(),
+            channel: None,
         }
     }
 }

@@ -9,11 +9,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::ingest::{absorb, check_caps, event, SignalRecord};
+use super::ingest::{absorb, check_caps, event, Cause, Linking, SignalRecord};
 use super::views::{
     self, Access, ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage,
 };
-use super::{atomically, ServiceError, Services, Writer};
+use super::{atomically, Caller, ServiceError, Services, Writer};
 use crate::cache::Cached;
 use crate::domain::names::ChannelName;
 use crate::domain::{
@@ -495,7 +495,7 @@ impl Services {
         &self,
         target: CustomerId,
         source: CustomerId,
-        subject: String,
+        caller: Caller,
         access: Access,
     ) -> Result<ProfileView, ServiceError> {
         if target == source {
@@ -530,8 +530,8 @@ impl Services {
                         }
                     }
                     check_caps(t, std::slice::from_ref(&s), 0, &rules.caps)?;
-                    let cause = format!("token:{subject}");
-                    absorb(tx, t, s, None, &cause, now, &rules.channels)?;
+                    let cause = Cause::request(&caller);
+                    absorb(tx, t, s, Linking::default(), &cause, now, &rules.channels)?;
                     Ok(())
                 })
             })
@@ -544,10 +544,11 @@ impl Services {
     /// Erases a profile and everything that leads to it: identifiers, aliases,
     /// timelines, ledgers and suggestions of every member, and the results stored for
     /// its signals (replaced by a record that keeps no personal data).
-    pub async fn erase(&self, id: CustomerId, subject: String) -> Result<(), ServiceError> {
+    pub async fn erase(&self, id: CustomerId, caller: Caller) -> Result<(), ServiceError> {
         let now = Services::now();
+        let cause = Cause::request(&caller);
         self.committer
-            .run(move |store| atomically(store, |tx| erase_in(tx, id, &subject, now)))
+            .run(move |store| atomically(store, |tx| erase_in(tx, id, &cause, now)))
             .await?;
         // Counted once committed: a shared store may run the write again.
         metrics::counter!("anamnesis_erasures_total").increment(1);
@@ -562,7 +563,7 @@ impl Services {
         &self,
         id: CustomerId,
         merged: CustomerId,
-        subject: String,
+        caller: Caller,
         access: Access,
     ) -> Result<(ProfileView, ProfileView), ServiceError> {
         let now = Services::now();
@@ -586,7 +587,7 @@ impl Services {
                     rules.refresh(&mut restored, now);
                     tx.put_profile(&p)?;
                     tx.put_profile(&restored)?;
-                    let cause = format!("token:{subject}");
+                    let cause = Cause::request(&caller);
                     let mut on_survivor = event(IdentityEventKind::Unmerged, now, &cause);
                     on_survivor.other_id = Some(merged);
                     tx.add_history(id, &on_survivor)?;
@@ -612,7 +613,7 @@ impl Services {
         id: CustomerId,
         kind: String,
         value: String,
-        subject: String,
+        caller: Caller,
         access: Access,
     ) -> Result<ProfileView, ServiceError> {
         let identifier = match self.rules.identifiers.normalise(&kind, &value)? {
@@ -638,7 +639,7 @@ impl Services {
                     let mut removed = event(
                         IdentityEventKind::IdentifierRemoved,
                         now,
-                        &format!("token:{subject}"),
+                        &Cause::request(&caller),
                     );
                     removed.identifier = Some(identifier.clone());
                     tx.add_history(member, &removed)?;
@@ -734,7 +735,7 @@ impl Services {
         &self,
         id: CustomerId,
         other: CustomerId,
-        subject: String,
+        caller: Caller,
     ) -> Result<(), ServiceError> {
         let now = Services::now();
         self.committer
@@ -748,7 +749,7 @@ impl Services {
                             if let Some(mut s) = tx.suggestion(a, b)? {
                                 if s.dismissed_at.is_none() {
                                     s.dismissed_at = Some(now);
-                                    s.last_cause = format!("token:{subject}");
+                                    s.last_cause = Cause::request(&caller).text;
                                     tx.put_suggestion(a, b, &s)?;
                                     found = true;
                                 }
@@ -819,7 +820,7 @@ fn live_in(tx: &mut dyn StoreTx, id: CustomerId) -> Result<Profile, ServiceError
 fn erase_in(
     tx: &mut dyn StoreTx,
     id: CustomerId,
-    subject: &str,
+    cause: &Cause,
     now: DateTime<Utc>,
 ) -> Result<(), ServiceError> {
     let p = live_in(tx, id)?;
@@ -845,10 +846,7 @@ fn erase_in(
     }
     tx.delete_profile(id);
     // The ledger keeps that the erasure happened, and by whom; nothing else.
-    tx.add_history(
-        id,
-        &event(IdentityEventKind::Erased, now, &format!("token:{subject}")),
-    )?;
+    tx.add_history(id, &event(IdentityEventKind::Erased, now, cause))?;
     Ok(())
 }
 

@@ -102,6 +102,10 @@ pub struct IdentifierView {
     pub channel: String,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// Present and `true` when the identifier was only ever claimed (typed
+    /// or told on a channel that cannot verify it): unconfirmed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claimed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -289,10 +293,10 @@ pub struct TimelinePage {
     pub next_cursor: Option<String>,
 }
 
+/// An identifier of the signal that was not applied, and why. It never names
+/// another customer: the desk sees suggestions through the read API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ConflictView {
-    /// The profile that stayed apart, or the one that could not take the identifier.
-    pub customer_id: CustomerId,
     #[serde(rename = "type")]
     pub kind: String,
     pub value: String,
@@ -353,6 +357,7 @@ fn identifier_view(r: &IdentifierRecord, m: &Masking<'_>) -> IdentifierView {
         channel: r.channel.clone(),
         first_seen: r.first_seen,
         last_seen: r.last_seen,
+        claimed: r.claimed,
     }
 }
 
@@ -657,6 +662,10 @@ pub struct HistoryEntry {
     pub survivor_contributed: Option<Contribution>,
     /// For consent entries: the purpose.
     pub purpose: Option<String>,
+    /// The subject of the token that made the change.
+    pub by: Option<String>,
+    /// The channel it came through: the signal's, or the token's channel claim.
+    pub channel: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
@@ -691,6 +700,8 @@ pub fn history_view(seq: u64, e: IdentityEvent, m: &Masking<'_>) -> HistoryEntry
         contributed: e.contributed,
         survivor_contributed: e.survivor_contributed,
         purpose: e.purpose,
+        by: e.by,
+        channel: e.channel,
     }
 }
 

@@ -19,8 +19,13 @@ use crate::helpers::{body, id_of, SECRET};
 /// A token for `subject` signed with the test secret: budgets and audit
 /// lines are per subject, and `TestApp::token` always says "test".
 pub fn token_for(subject: &str, scopes: &[Scope]) -> String {
+    bound_token_for(subject, scopes, None)
+}
+
+/// A token for `subject` bound to `channel` (its `channel` claim).
+pub fn bound_token_for(subject: &str, scopes: &[Scope], channel: Option<&str>) -> String {
     Authenticator::new(&Settings::defaults().auth, Some(SECRET.as_bytes()))
-        .and_then(|auth| auth.mint(subject, scopes, None, Duration::from_secs(600)))
+        .and_then(|auth| auth.mint(subject, scopes, channel, Duration::from_secs(600)))
         .expect("minted")
 }
 

@@ -150,13 +150,29 @@ pub async fn assert_error(resp: Response, status: u16, code: &str) -> Value {
 impl TestApp {
     /// Mints a token with these scopes (and optionally a channel binding).
     pub fn token(&self, scopes: &[&str], channel: Option<&str>) -> String {
+        self.token_as("test", scopes, channel)
+    }
+
+    /// Mints a token for `subject` with these scopes and channel binding.
+    pub fn token_as(&self, subject: &str, scopes: &[&str], channel: Option<&str>) -> String {
         let scopes: Vec<Scope> = scopes
             .iter()
             .map(|s| Scope::parse(s).expect("known scope"))
             .collect();
         self.auth
-            .mint("test", &scopes, channel, Duration::from_secs(3600))
+            .mint(subject, &scopes, channel, Duration::from_secs(3600))
             .expect("minted")
+    }
+
+    /// Posts a signal with another token than the admin's.
+    pub async fn post_signal_as(&self, token: &str, signal: &Value) -> Response {
+        self.client
+            .post(format!("{}/v1/signals", self.address))
+            .bearer_auth(token)
+            .json(signal)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// A request with the admin token.

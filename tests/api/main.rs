@@ -19,3 +19,4 @@ mod redis_server;
 mod restart;
 mod suggestions;
 mod tokens;
+mod trust;

@@ -1594,10 +1594,12 @@ async fn export_holds_everything_and_needs_pii_read() {
         }))
         .await,
     );
-    app.ingest(signal(
-        "chat",
-        &[("phone", "+31612345678"), ("email", "eva@example.com")],
-    ))
+    // The back office vouches for the phone: a shared-type phone alone
+    // would not bring a new e-mail onto an existing customer.
+    app.ingest(json!({"channel": "chat", "identifiers": [
+        {"type": "phone", "value": "+31612345678", "verified": true},
+        {"type": "email", "value": "eva@example.com"},
+    ]}))
     .await;
     grant_personalization(&app, &id).await;
     let views: Vec<Value> = (0..250)

@@ -1234,12 +1234,20 @@ async fn history_records_every_identity_event_newest_first() {
         events[2]["contributed"],
         json!({"identifiers": 2, "traits": 0, "answers": 0, "episodes": 0, "interactions": 0})
     );
-    // The automatic merge of B, with B's share. The linking identifier is
-    // B's own, so it is named in B's ledger only (which goes with B if B is
-    // ever erased), not here.
+    // The automatic merge of B, with B's share. Each ledger names its own
+    // side of the link: here the survivor's e-mail (B's cookie is named in
+    // B's ledger, which goes with B if B is ever erased). It names who did
+    // it and through which channel, as manual changes do.
     assert_eq!(events[3]["other_id"], b.as_str());
     assert_eq!(events[3]["cause"], "signal:h-link");
-    assert!(events[3]["identifier"].is_null());
+    assert_eq!(events[3]["identifier"], email);
+    assert_eq!(events[3]["by"], "test-admin");
+    assert_eq!(events[3]["channel"], "web");
+    assert_eq!(events[2]["by"], "test-admin");
+    assert!(
+        events[2]["channel"].is_null(),
+        "the admin token has no channel claim"
+    );
     assert_eq!(
         events[3]["contributed"],
         json!({"identifiers": 1, "traits": 1, "answers": 1, "episodes": 1, "interactions": 1})
@@ -1431,6 +1439,25 @@ async fn merges_beyond_the_merged_cap_are_refused_and_change_nothing() {
     merged(&app, &ids[0], &ids[1]).await;
     merged(&app, &ids[0], &ids[2]).await;
 
+    // An automatic merge beyond the cap: the signal stores what fits (its
+    // trait, on A) and reports the merge it could not make; D stays apart.
+    let r = app
+        .ingest(json!({"signal_id": "cap-link", "channel": "web",
+                       "identifiers": [{"type": "web_cookie", "value": "cap-0"},
+                                       {"type": "web_cookie", "value": "cap-3"}],
+                       "traits": {"linked": true}}))
+        .await;
+    assert_eq!(id_of(&r), ids[0]);
+    assert_eq!(r["merged_ids"], json!([]));
+    assert_eq!(
+        r["conflicts"],
+        json!([{"type": "web_cookie", "value": "cap-3", "reason": "profile_cap"}])
+    );
+    assert_eq!(
+        app.profile(&ids[0]).await["traits"]["linked"]["value"],
+        true
+    );
+
     let a = snapshot(&app, &ids[0]).await;
     let d = snapshot(&app, &ids[3]).await;
     let a_history = history(&app, &ids[0]).await;
@@ -1445,14 +1472,6 @@ async fn merges_beyond_the_merged_cap_are_refused_and_change_nothing() {
         err["error"]["message"].as_str().unwrap().contains('2'),
         "{err}"
     );
-    // An automatic one.
-    let resp = app
-        .post_signal(&json!({"signal_id": "cap-link", "channel": "web",
-                             "identifiers": [{"type": "web_cookie", "value": "cap-0"},
-                                             {"type": "web_cookie", "value": "cap-3"}],
-                             "traits": {"linked": true}}))
-        .await;
-    assert_error(resp, 409, "profile_cap_exceeded").await;
     // The other way round: D would absorb A, which holds two already.
     assert_error(
         app.merge(&ids[3], &ids[0]).await,
@@ -1481,23 +1500,19 @@ async fn merges_beyond_the_merged_cap_are_refused_and_change_nothing() {
         Some(ids[3].as_str())
     );
 
-    // Unmerging frees a slot; the same signal is then accepted.
+    // Unmerging frees a slot; the same link is then made.
     unmerged(&app, &ids[0], &ids[2]).await;
     let r = app
-        .ingest(json!({"signal_id": "cap-link", "channel": "web",
+        .ingest(json!({"signal_id": "cap-link-2", "channel": "web",
                        "identifiers": [{"type": "web_cookie", "value": "cap-0"},
-                                       {"type": "web_cookie", "value": "cap-3"}],
-                       "traits": {"linked": true}}))
+                                       {"type": "web_cookie", "value": "cap-3"}]}))
         .await;
     assert_eq!(r["merged_ids"], json!([ids[3]]));
-    assert_eq!(
-        app.profile(&ids[0]).await["traits"]["linked"]["value"],
-        true
-    );
+    assert_eq!(r["conflicts"], json!([]));
 }
 
 #[tokio::test]
-async fn signals_and_merges_beyond_the_identifier_cap_are_refused_and_change_nothing() {
+async fn signals_and_merges_beyond_the_identifier_cap_store_what_fits() {
     let app = spawn_app_with(|s| {
         s.profiles.max_merged = 2;
         s.profiles.max_identifiers = 60;
@@ -1516,22 +1531,38 @@ async fn signals_and_merges_beyond_the_identifier_cap_are_refused_and_change_not
         .ingest(json!({"channel": "web", "identifiers": cookies(49..59)}))
         .await;
     assert_eq!(id_of(&r), p);
-    let before = snapshot(&app, &p).await;
-    assert_eq!(before.profile["identifiers"].as_array().unwrap().len(), 59);
-    let before_history = history(&app, &p).await;
+    assert_eq!(
+        app.profile(&p).await["identifiers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        59
+    );
 
-    // 59 + 2 new > 60.
-    let resp = app
-        .post_signal(&json!({"channel": "web", "identifiers": cookies(58..61),
-                             "traits": {"big": true}, "event": {"type": "page_view"}}))
+    // 59 + 2 new > 60: the first new one fits, the second is reported, and
+    // the rest of the signal (its trait, its event) is stored.
+    let r = app
+        .ingest(json!({"channel": "web", "identifiers": cookies(58..61),
+                       "traits": {"big": true}, "event": {"type": "page_view"}}))
         .await;
-    assert_error(resp, 409, "profile_cap_exceeded").await;
-    assert_identical("P", &before, &snapshot(&app, &p).await);
-    assert_eq!(history(&app, &p).await, before_history);
-    assert_eq!(owner(&app, "web_cookie", "idc-59").await, None);
+    assert_eq!(id_of(&r), p);
+    assert_eq!(
+        r["conflicts"],
+        json!([{"type": "web_cookie", "value": "idc-60", "reason": "profile_cap"}])
+    );
+    let profile = app.profile(&p).await;
+    assert_eq!(profile["identifiers"].as_array().unwrap().len(), 60);
+    assert_eq!(profile["traits"]["big"]["value"], true);
+    assert_eq!(profile["channels"]["web"]["interactions"], 1);
+    assert_eq!(
+        owner(&app, "web_cookie", "idc-59").await.as_deref(),
+        Some(p.as_str())
+    );
     assert_eq!(owner(&app, "web_cookie", "idc-60").await, None);
 
     // A merge that would bring two more identifiers.
+    let before = snapshot(&app, &p).await;
+    let before_history = history(&app, &p).await;
     let q = id_of(
         &app.ingest(json!({"channel": "web", "identifiers": cookies(100..102)}))
             .await,
@@ -1541,24 +1572,22 @@ async fn signals_and_merges_beyond_the_identifier_cap_are_refused_and_change_not
     assert_error(app.merge(&q, &p).await, 409, "profile_cap_exceeded").await;
     assert_identical("P", &before, &snapshot(&app, &p).await);
     assert_identical("Q", &q_before, &snapshot(&app, &q).await);
+    assert_eq!(history(&app, &p).await, before_history);
 
-    // Exactly at the cap is fine.
+    // The same link by a signal: reported, both stay whole.
     let r = app
-        .ingest(json!({"channel": "web", "identifiers": cookies(58..60)}))
+        .ingest(json!({"channel": "web", "identifiers": [cookies(0..1)[0].clone(), cookies(100..101)[0].clone()]}))
         .await;
     assert_eq!(id_of(&r), p);
+    assert_eq!(r["merged_ids"], json!([]));
     assert_eq!(
-        app.profile(&p).await["identifiers"]
-            .as_array()
-            .unwrap()
-            .len(),
-        60
+        r["conflicts"],
+        json!([{"type": "web_cookie", "value": "idc-100", "reason": "profile_cap"}])
     );
-    let resp = app
-        .post_signal(&json!({"channel": "web", "identifiers": cookies(59..61)}))
-        .await;
-    assert_error(resp, 409, "profile_cap_exceeded").await;
-    assert_eq!(owner(&app, "web_cookie", "idc-60").await, None);
+    assert_eq!(
+        owner(&app, "web_cookie", "idc-100").await.as_deref(),
+        Some(q.as_str())
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1567,12 +1596,21 @@ async fn signals_and_merges_beyond_the_identifier_cap_are_refused_and_change_not
 /// Many signals, merges and unmerges at once over the identifiers of a few
 /// people; afterwards every identity invariant holds and nothing is lost.
 /// With `cross`, some signals name two people's identifiers (automatic merges).
+///
+/// The random traffic may race itself out of every merge (each one finding
+/// its target merged away), so the storm also carries one merge, one
+/// unmerge and one automatic merge over people nobody else touches: those
+/// always happen, concurrently with the rest, however the machine schedules.
 async fn concurrent_identity_traffic(cross: bool) {
     const PEOPLE: usize = 8;
+    // People 8 to 13: pairs that only the dedicated tasks touch.
+    const MERGE_PAIR: (usize, usize) = (8, 9);
+    const UNMERGE_PAIR: (usize, usize) = (10, 11);
+    const AUTO_PAIR: (usize, usize) = (12, 13);
     const TASKS: usize = 100;
     let app = Arc::new(spawn_app().await);
     let mut people = Vec::new();
-    for i in 0..PEOPLE {
+    for i in 0..PEOPLE + 6 {
         let r = app
             .ingest(json!({"channel": "web", "identifiers": [
                 {"type": "email", "value": format!("p{i}@example.com")},
@@ -1581,11 +1619,51 @@ async fn concurrent_identity_traffic(cross: bool) {
         people.push(id_of(&r));
     }
     // Some merges already done, so unmerges have something to undo from the start.
-    for (target, source) in [(0, 1), (2, 3), (4, 5)] {
+    for (target, source) in [(0, 1), (2, 3), (4, 5), UNMERGE_PAIR] {
         merged(&app, &people[target], &people[source]).await;
     }
     let people = Arc::new(people);
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (app, people) = (app.clone(), people.clone());
+        tasks.spawn(async move {
+            let (a, b) = MERGE_PAIR;
+            let resp = app.merge(&people[a], &people[b]).await;
+            assert_eq!(resp.status(), 200, "{}", body(resp).await);
+            (None, "merged")
+        });
+    }
+    {
+        let (app, people) = (app.clone(), people.clone());
+        tasks.spawn(async move {
+            let (a, b) = UNMERGE_PAIR;
+            let resp = app.unmerge(&people[a], &people[b]).await;
+            assert_eq!(resp.status(), 200, "{}", body(resp).await);
+            (None, "unmerged")
+        });
+    }
+    if cross {
+        let app = app.clone();
+        tasks.spawn(async move {
+            let (i, j) = AUTO_PAIR;
+            let k = TASKS;
+            let b = app
+                .ingest(json!({
+                    "signal_id": format!("sig-{k}"),
+                    "channel": "app",
+                    "identifiers": [
+                        {"type": "web_cookie", "value": format!("base-{i}")},
+                        {"type": "chat_session", "value": format!("cs-{k}")},
+                        {"type": "email", "value": format!("p{j}@example.com")},
+                    ],
+                    "traits": {format!("t{k}"): k},
+                    "event": {"type": "app_open", "properties": {"k": k}}
+                }))
+                .await;
+            assert_eq!(b["merged_ids"].as_array().unwrap().len(), 1, "{b}");
+            (Some((k, i)), "auto-merged")
+        });
+    }
     for k in 0..TASKS {
         let app = app.clone();
         let people = people.clone();
@@ -1679,7 +1757,7 @@ async fn concurrent_identity_traffic(cross: bool) {
         acknowledged.extend(signal);
         *outcomes.entry(outcome).or_default() += 1;
     }
-    assert_eq!(acknowledged.len(), TASKS / 2);
+    assert_eq!(acknowledged.len(), TASKS / 2 + usize::from(cross));
     eprintln!("outcomes: {outcomes:?}");
     // The storm really merged and unmerged.
     assert!(
@@ -1746,7 +1824,7 @@ async fn concurrent_identity_traffic(cross: bool) {
         "identifiers on two live profiles: {doubles:?}"
     );
     let mut expected: BTreeSet<String> = BTreeSet::new();
-    for i in 0..PEOPLE {
+    for i in 0..people.len() {
         expected.insert(format!("email:p{i}@example.com"));
         expected.insert(format!("web_cookie:base-{i}"));
     }

@@ -11,7 +11,7 @@ use anamnesis::auth::Scope;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{json, Value};
 
-use crate::binary::{token_for, Binary};
+use crate::binary::{bound_token_for, token_for, Binary};
 use crate::helpers::{
     assert_error, body, id_of, identifier_list, signal, spawn_app, spawn_app_with, TestApp,
 };
@@ -591,6 +591,90 @@ async fn each_destructive_action_leaves_one_audit_line_without_personal_data() {
         !output.iter().any(|l| l.contains("\"action\"")),
         "with a file configured, no audit line goes to stdout: {output:#?}"
     );
+}
+
+#[tokio::test]
+async fn a_merge_made_by_a_signal_is_audited_with_its_subject_and_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    // The till checks e-mails at checkout: this deployment marks them verified.
+    let server = Binary::start(
+        &dir.path().join("data"),
+        &[
+            ("ANAMNESIS__TELEMETRY__AUDIT_FILE", audit.to_str().unwrap()),
+            ("ANAMNESIS__TRUST__CHANNELS__STORE__EMAIL", "verify"),
+        ],
+    );
+    let since = chrono::Utc::now();
+    let desk = token_for("desk-7", &[Scope::Admin]);
+    let till = bound_token_for("till-4", &[Scope::SignalsWrite], Some("store"));
+    let a = server
+        .ingest(
+            &desk,
+            &signal("ivr", &[("email", "sanne.audit@example.com")]),
+        )
+        .await;
+    let b = server
+        .ingest(&desk, &signal("store", &[("loyalty_card", "LC-AUDIT-1")]))
+        .await;
+    let link = signal(
+        "store",
+        &[
+            ("loyalty_card", "LC-AUDIT-1"),
+            ("email", "sanne.audit@example.com"),
+        ],
+    );
+    let resp = server.post_signal(&till, &link).await;
+    let request_id = header(&resp, "x-request-id");
+    let result = body(resp).await;
+    assert_eq!(result["customer_id"], a.as_str(), "{result}");
+    assert_eq!(result["merged_ids"], json!([b]), "{result}");
+    // Ingest itself is not audited: only the identity change it made.
+    let resp = server
+        .post_signal(&till, &signal("store", &[("loyalty_card", "LC-AUDIT-1")]))
+        .await;
+    assert_eq!(resp.status(), 200);
+
+    // The ledger names the same: who, through which channel, by which identifier.
+    let history = body(
+        server
+            .get(&desk, &format!("/v1/profiles/{a}/history"))
+            .await,
+    )
+    .await;
+    let merged_in = &history["events"][0];
+    assert_eq!(merged_in["kind"], "merged_in", "{history}");
+    assert_eq!(merged_in["by"], "till-4");
+    assert_eq!(merged_in["channel"], "store");
+    assert_eq!(merged_in["other_id"], b.as_str());
+    assert_eq!(
+        merged_in["identifier"],
+        json!({"type": "email", "value": "sanne.audit@example.com"})
+    );
+    // Masked for a reader without `pii:read`.
+    let reader = token_for("reader-3", &[Scope::ProfilesRead]);
+    let masked = body(
+        server
+            .get(&reader, &format!("/v1/profiles/{a}/history"))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        masked["events"][0]["identifier"],
+        json!({"type": "email", "value": "s***@example.com"})
+    );
+    server.stop().await;
+
+    let expected = vec![json!({
+        "who": "till-4",
+        "channel": "store",
+        "action": "merge_by_signal",
+        "customer_id": a,
+        "other_id": b,
+        "outcome": "ok",
+        "request_id": request_id,
+    })];
+    assert_eq!(audit_lines(&audit, since), expected);
 }
 
 #[tokio::test]

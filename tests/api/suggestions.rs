@@ -35,7 +35,8 @@ async fn a_shared_family_landline_suggests_and_never_merges() {
     assert_eq!(r["merged_ids"], json!([]));
     assert_eq!(
         r["conflicts"],
-        json!([{"customer_id": anna, "type": "phone", "value": "+31201234567", "reason": "merge_suggested"}])
+        json!([{"type": "phone", "value": "+31201234567", "reason": "merge_suggested"}]),
+        "a conflict never names the other customer"
     );
     // Nobody merged; the phone stays Anna's; Ben's trait is Ben's.
     assert_eq!(app.profile(anna).await["merged_ids"], json!([]));
