@@ -70,6 +70,28 @@ pub fn record_refusal<T>(
     write(who, action, customer_id, Detail::default(), outcome);
 }
 
+/// Records a merge a signal made: the caller who sent it, the survivor and
+/// the absorbed profile. Called once the merge is committed.
+pub fn record_signal_merge(
+    subject: &str,
+    channel: Option<&str>,
+    customer_id: CustomerId,
+    other_id: CustomerId,
+) {
+    let detail = Detail {
+        other_id: Some(other_id),
+        identifier_type: None,
+    };
+    line(
+        subject,
+        channel,
+        Action::SignalMerge,
+        Some(customer_id),
+        detail,
+        "ok",
+    );
+}
+
 fn write<T>(
     who: &Principal,
     action: Action,
@@ -81,11 +103,29 @@ fn write<T>(
         Ok(_) => "ok",
         Err(e) => e.status_and_code().1,
     };
+    line(
+        &who.subject,
+        who.channel.as_deref(),
+        action,
+        customer_id,
+        detail,
+        outcome,
+    );
+}
+
+fn line(
+    who: &str,
+    channel: Option<&str>,
+    action: Action,
+    customer_id: Option<CustomerId>,
+    detail: Detail<'_>,
+    outcome: &str,
+) {
     let request_id = current_request().map(|r| r.request_id).unwrap_or_default();
     tracing::info!(
         target: TARGET,
-        who = %who.subject,
-        channel = who.channel.as_deref(),
+        who,
+        channel,
         action = action.as_str(),
         customer_id = customer_id.map(|id| id.to_string()),
         other_id = detail.other_id.map(|id| id.to_string()),

@@ -20,7 +20,8 @@
 //! - [`service`]: use cases (ingest, read, write, merge, erase; episodes, follow-ups,
 //!   personalisation, export), the group-commit writer, the change journal, response views.
 //! - [`domain`]: identifiers, normalisers, signals, profiles, reconciliation and resolution
-//!   rules, journey rules, segments and offers; pure.
+//!   rules, the trust table (who verifies which identifier), journey rules, segments and
+//!   offers; pure.
 //! - [`store`]: the durable store behind a trait, and its sled implementation.
 //! - [`cache`]: Redis, when configured: the hot-profile cache and the event bus between instances.
 //! - [`events`]: live event streams in process: subscriptions and bounded fan-out.

@@ -23,10 +23,6 @@ pub struct Owner {
     pub claimed: usize,
     /// Profiles it absorbed (directly or through chains).
     pub merged: usize,
-    /// It holds personal data: anything beyond session identifiers (a
-    /// person-identifying identifier, a trait, an answer, an episode). A
-    /// claim never reaches such a profile.
-    pub personal: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -42,8 +38,8 @@ pub enum ConflictReason {
     /// `profiles.max_claimed_identifiers` or `profiles.max_merged` would be
     /// exceeded. The rest of the signal was stored.
     ProfileCap,
-    /// The link is a claim, which never merges nor reaches a customer who
-    /// holds personal data: a suggestion was recorded. Never reported to the
+    /// The link is a claim, which never merges nor reaches an existing
+    /// profile: a suggestion was recorded. Never reported to the
     /// claimant (it would tell them whom the identifier belongs to).
     #[serde(skip)]
     Claimed,
@@ -57,6 +53,11 @@ pub struct Conflict {
     pub customer_id: Option<CustomerId>,
     pub identifier: Identifier,
     pub reason: ConflictReason,
+    /// The signal only claimed the identifier. The sender is never told
+    /// what became of a claim: any answer about it (even "over the limit",
+    /// set against the silence of a value someone owns) would tell them
+    /// whether someone owns it.
+    pub claimed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +77,7 @@ pub struct ResolutionPlan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Link {
     /// A claim, or a verified identifier its owner holds on a claim only:
-    /// never fuses; reaches only a profile without personal data.
+    /// never fuses, and never makes its owner the target.
     Claim,
     /// Verified, of a type that never merges.
     Never,
@@ -113,15 +114,18 @@ pub struct Assertion {
 /// Plans the resolution of a signal.
 ///
 /// `owners[i]` is the live profile owning `identifiers[i]`, and
-/// `assertions[i]` how far the signal is believed about it. The target is the profile matched by
-/// the highest-priority identifier (then the oldest, then the smallest id)
-/// among those linked for a merge; else among those linked through a shared
-/// or non-merging type; else among those a claim reaches (no personal data);
-/// else a new profile. A shared link never takes a new person-identifying
-/// identifier: such a signal gets a new profile too. Other profiles linked
-/// for a merge fuse into the target while every per-type limit and cap
-/// holds; the rest stay apart as conflicts (suggestions for shared and
-/// claimed links). New identifiers attach while limits and caps hold.
+/// `assertions[i]` how far the signal is believed about it. The target is
+/// the profile matched by the highest-priority identifier (then the oldest,
+/// then the smallest id) among those linked for a merge; else among those
+/// linked through a shared or non-merging type; else a new profile. A claim
+/// never chooses the target: what it brings goes where the signal's
+/// verified identifiers lead, or to a new profile, so it can neither write
+/// into another customer's memory nor lend them its own identifiers. A
+/// shared link never takes a new person-identifying identifier: such a
+/// signal gets a new profile too. Other profiles linked for a merge fuse
+/// into the target while every per-type limit and cap holds; the rest stay
+/// apart as conflicts (suggestions for shared and claimed links). New
+/// identifiers attach while limits and caps hold.
 pub fn plan_resolution(
     identifiers: &[Identifier],
     owners: &[Option<CustomerId>],
@@ -154,17 +158,20 @@ pub fn plan_resolution(
     let mut candidates: Vec<CustomerId> = linked.keys().copied().collect();
     candidates.sort_by_key(rank);
     let link_of = |id: &CustomerId| linked[id].1;
-    let personal = |id: &CustomerId| profiles.get(id).is_none_or(|p| p.personal);
     let first = |ok: &dyn Fn(&CustomerId) -> bool| candidates.iter().copied().find(|c| ok(c));
     let mut target = first(&|c| link_of(c) == Link::Fuse)
-        .or_else(|| first(&|c| matches!(link_of(c), Link::Shared | Link::Never)))
-        .or_else(|| first(&|c| link_of(c) == Link::Claim && !personal(c)));
+        .or_else(|| first(&|c| matches!(link_of(c), Link::Shared | Link::Never)));
     // A shared identifier (a household's landline) with someone new on it:
     // the newcomer gets a profile of their own, never the customer's.
     if target.is_some_and(|t| link_of(&t) == Link::Shared) {
-        let newcomer = identifiers.iter().zip(owners).any(|(id, owner)| {
-            owner.is_none() && !rules.rule(id.kind()).is_some_and(|r| r.session)
-        });
+        let newcomer = identifiers
+            .iter()
+            .zip(owners)
+            .zip(assertions)
+            .any(|((id, owner), a)| {
+                let arrives = owner.is_none() || (a.reclaim && *owner != target);
+                arrives && !rules.rule(id.kind()).is_some_and(|r| r.session)
+            });
         if newcomer {
             target = None;
         }
@@ -192,6 +199,7 @@ pub fn plan_resolution(
                 customer_id: Some(candidate),
                 identifier: identifiers[via].clone(),
                 reason,
+                claimed: assertions[via].claimed,
             });
         };
         if let Some(reason) = reason {
@@ -227,35 +235,41 @@ pub fn plan_resolution(
     }
     let mut attach = Vec::new();
     for (i, (id, owner)) in identifiers.iter().zip(owners).enumerate() {
-        match owner {
-            Some(o) if Some(*o) == target || absorb.contains(o) => attach.push(i),
-            Some(_) if !assertions[i].reclaim => {}
-            Some(_) | None => {
-                let limit = rules.rule(id.kind()).and_then(|r| r.limit);
-                let have = counts.get(id.kind()).copied().unwrap_or(0);
-                let claim = assertions[i].claimed;
-                let reason = if limit.is_some_and(|l| have >= l) {
-                    Some(ConflictReason::IdentifierLimit)
-                } else if total >= caps.max_identifiers
-                    || (claim && held_claimed >= caps.max_claimed_identifiers)
-                {
-                    Some(ConflictReason::ProfileCap)
-                } else {
-                    None
-                };
-                match reason {
-                    Some(reason) => conflicts.push(Conflict {
-                        customer_id: None,
-                        identifier: id.clone(),
-                        reason,
-                    }),
-                    None => {
-                        *counts.entry(id.kind().to_owned()).or_default() += 1;
-                        total += 1;
-                        held_claimed += usize::from(claim);
-                        attach.push(i);
-                    }
-                }
+        let assertion = assertions[i];
+        let arrives = match owner {
+            Some(o) if Some(*o) == target || absorb.contains(o) => {
+                attach.push(i);
+                continue;
+            }
+            None => true,
+            Some(_) => assertion.reclaim,
+        };
+        if !arrives {
+            continue;
+        }
+        let limit = rules.rule(id.kind()).and_then(|r| r.limit);
+        let have = counts.get(id.kind()).copied().unwrap_or(0);
+        let reason = if limit.is_some_and(|l| have >= l) {
+            Some(ConflictReason::IdentifierLimit)
+        } else if total >= caps.max_identifiers
+            || (assertion.claimed && held_claimed >= caps.max_claimed_identifiers)
+        {
+            Some(ConflictReason::ProfileCap)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => conflicts.push(Conflict {
+                customer_id: None,
+                identifier: id.clone(),
+                reason,
+                claimed: assertion.claimed,
+            }),
+            None => {
+                *counts.entry(id.kind().to_owned()).or_default() += 1;
+                total += 1;
+                held_claimed += usize::from(assertion.claimed);
+                attach.push(i);
             }
         }
     }
@@ -290,7 +304,7 @@ mod tests {
         max_claimed_identifiers: 10,
     };
 
-    fn owner(id: CustomerId, kinds: &[&str], personal: bool) -> Owner {
+    fn owner(id: CustomerId, kinds: &[&str]) -> Owner {
         let mut counts = BTreeMap::new();
         for k in kinds {
             *counts.entry((*k).to_owned()).or_default() += 1;
@@ -301,7 +315,6 @@ mod tests {
             counts,
             claimed: 0,
             merged: 0,
-            personal,
         }
     }
 
@@ -322,8 +335,8 @@ mod tests {
             ident(&r, "web_cookie", "atk"),
         ];
         let profiles = BTreeMap::from([
-            (victim, owner(victim, &["email"], true)),
-            (attacker, owner(attacker, &["web_cookie"], false)),
+            (victim, owner(victim, &["email"])),
+            (attacker, owner(attacker, &["web_cookie"])),
         ]);
         let plan = plan_resolution(
             &ids,
@@ -353,31 +366,56 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_may_reach_an_anonymous_profile() {
+    fn a_claim_never_chooses_the_target_even_an_anonymous_one() {
         let r = rules();
         let anon = CustomerId::generate();
         let ids = [
-            ident(&r, "web_cookie", "ck"),
-            ident(&r, "email", "new@example.com"),
+            ident(&r, "chat_session", "someone-elses"),
+            ident(&r, "web_cookie", "mine"),
         ];
-        let profiles = BTreeMap::from([(anon, owner(anon, &["web_cookie"], false))]);
+        let profiles = BTreeMap::from([(anon, owner(anon, &["chat_session"]))]);
         let plan = plan_resolution(
             &ids,
             &[Some(anon), None],
-            &[assert(Link::Claim, true), assert(Link::Claim, true)],
+            &[assert(Link::Claim, true), assert(Link::Fuse, false)],
             &profiles,
             &r,
             &CAPS,
         );
-        assert_eq!(plan.target, Some(anon));
-        assert_eq!(plan.attach, vec![0, 1]);
+        assert_eq!(plan.target, None);
+        assert_eq!(plan.attach, vec![1]);
+        assert_eq!(plan.conflicts[0].reason, ConflictReason::Claimed);
+    }
+
+    #[test]
+    fn a_claim_over_a_limit_is_marked_as_a_claim() {
+        let r = rules();
+        let me = CustomerId::generate();
+        let mut mine = owner(me, &["web_cookie"]);
+        mine.counts.insert("email".into(), 5);
+        let profiles = BTreeMap::from([(me, mine)]);
+        let plan = plan_resolution(
+            &[
+                ident(&r, "web_cookie", "mine"),
+                ident(&r, "email", "x@example.com"),
+            ],
+            &[Some(me), None],
+            &[assert(Link::Fuse, false), assert(Link::Claim, true)],
+            &profiles,
+            &r,
+            &CAPS,
+        );
+        assert_eq!(plan.attach, vec![0]);
+        assert_eq!(plan.conflicts.len(), 1);
+        assert_eq!(plan.conflicts[0].reason, ConflictReason::IdentifierLimit);
+        assert!(plan.conflicts[0].claimed);
     }
 
     #[test]
     fn a_shared_number_takes_sessions_but_no_newcomer() {
         let r = rules();
         let anna = CustomerId::generate();
-        let profiles = BTreeMap::from([(anna, owner(anna, &["phone"], true))]);
+        let profiles = BTreeMap::from([(anna, owner(anna, &["phone"]))]);
         let phone = ident(&r, "phone", "020 123 4567");
         let with = |other: Identifier| {
             plan_resolution(
@@ -403,11 +441,11 @@ mod tests {
     fn caps_keep_what_fits_and_report_the_rest() {
         let r = rules();
         let (a, b) = (CustomerId::generate(), CustomerId::generate());
-        let mut full = owner(a, &[], true);
+        let mut full = owner(a, &[]);
         full.counts.insert("web_cookie".into(), 59);
         full.claimed = 10;
         // B is the younger: A survives.
-        let mut young = owner(b, &["web_cookie", "web_cookie"], false);
+        let mut young = owner(b, &["web_cookie", "web_cookie"]);
         young.created_at = Utc::now();
         let profiles = BTreeMap::from([(a, full), (b, young)]);
         let caps = Caps {

@@ -7,8 +7,7 @@ use utoipa::ToSchema;
 
 use super::extract::{BodyLimit, JsonBody};
 use super::resource;
-use crate::audit::{self, Action, Detail};
-use crate::auth::{Authorized, Principal, WriteSignals};
+use crate::auth::{Authorized, WriteSignals};
 use crate::domain::SignalInput;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::middleware::note_customer;
@@ -26,24 +25,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, single_limit: usize, batch_limit:
             .app_data(BodyLimit(single_limit))
             .route(web::post().to(ingest)),
     );
-}
-
-/// A merge a signal caused is an identity change like a manual one: one
-/// audit line per absorbed profile, naming the token's subject and channel.
-fn audit_merges(who: &Principal, result: &IngestResult) {
-    for merged in &result.merged_ids {
-        let detail = Detail {
-            other_id: Some(*merged),
-            identifier_type: None,
-        };
-        audit::record::<()>(
-            who,
-            Action::SignalMerge,
-            result.customer_id,
-            detail,
-            &Ok(()),
-        );
-    }
 }
 
 fn status_of(result: &IngestResult) -> StatusCode {
@@ -81,7 +62,6 @@ pub async fn ingest(
         .ingest(input, super::caller(&auth.principal))
         .await?;
     note_customer(&result.customer_id);
-    audit_merges(&auth.principal, &result);
     let masked = result.masked(&services.masking(auth.principal.access()));
     Ok(HttpResponse::build(status_of(&masked)).json(masked))
 }
@@ -185,7 +165,6 @@ pub async fn ingest_batch(
         .into_iter()
         .map(|outcome| match outcome {
             Ok(result) => {
-                audit_merges(&auth.principal, &result);
                 let result = result.masked(&masking);
                 BatchItemResult::Ok {
                     status: status_of(&result).as_u16(),

@@ -50,7 +50,7 @@ pub enum BatchItem<E> {
 
 /// FNV-1a over the canonical JSON of what the signal asserts (see
 /// [`fnv1a`]), so records written by one release are understood by the next.
-fn fingerprint(signal: &Signal) -> String {
+fn fingerprint(signal: &Signal, claimed: &[bool]) -> String {
     let explicit_time = signal.occurred_at_given;
     // Everything the signal asserts; a defaulted time is the receiving time and
     // differs between retries, so only an explicit one counts.
@@ -95,6 +95,15 @@ fn fingerprint(signal: &Signal) -> String {
             }),
         })),
     });
+    // Which identifiers the sender could only claim: the same id and body
+    // from a sender who verifies them is another assertion, so a claimant
+    // who guesses a trusted sender's next `signal_id` gets that signal a
+    // 409, never its own claim-level result in place of the verified one.
+    // Added only when there is a claim, so earlier records keep matching.
+    let mut canonical = canonical;
+    if claimed.contains(&true) {
+        canonical["claimed"] = serde_json::json!(claimed);
+    }
     fnv1a(&serde_json::to_vec(&canonical).unwrap_or_default())
 }
 
@@ -106,12 +115,12 @@ impl Services {
         let now = Services::now();
         let signal = Signal::parse(input, &self.rules, now)?;
         let rules = self.rules.clone();
-        let result = self
+        let who = caller.clone();
+        let applied = self
             .committer
-            .run(move |store| apply_signal(store, &signal, &rules, now, &caller))
+            .run(move |store| apply_signal(store, &signal, &rules, now, &who))
             .await;
-        record_outcome(result.as_ref().ok());
-        result
+        Ok(after_commit(&caller, applied?))
     }
 
     /// Resolves a batch in order, each signal on its own: one failing signal
@@ -131,43 +140,60 @@ impl Services {
             })
             .collect();
         let rules = self.rules.clone();
+        let who = caller.clone();
         let results = self
             .committer
             .run(move |store| {
                 Ok(prepared
                     .into_iter()
                     .map(|p| match p {
-                        Ok(signal) => {
-                            apply_signal(store, &signal, &rules, now, &caller).map_err(Err)
-                        }
+                        Ok(signal) => apply_signal(store, &signal, &rules, now, &who).map_err(Err),
                         Err(e) => Err(e),
                     })
                     .collect::<Vec<_>>())
             })
             .await?;
-        for r in &results {
-            record_outcome(r.as_ref().ok());
-        }
-        Ok(results)
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                Ok(applied) => Ok(after_commit(&caller, applied)),
+                Err(e) => {
+                    metrics::counter!("anamnesis_signals_ingested_total", "outcome" => "rejected")
+                        .increment(1);
+                    Err(e)
+                }
+            })
+            .collect())
     }
 }
 
-fn record_outcome(result: Option<&IngestResult>) {
-    match result {
-        Some(r) => {
-            let outcome = if r.created { "created" } else { "attached" };
-            metrics::counter!("anamnesis_signals_ingested_total", "outcome" => outcome)
-                .increment(1);
-            if !r.merged_ids.is_empty() {
-                metrics::counter!("anamnesis_merges_total", "kind" => "automatic")
-                    .increment(r.merged_ids.len() as u64);
-            }
-        }
-        None => {
-            metrics::counter!("anamnesis_signals_ingested_total", "outcome" => "rejected")
-                .increment(1);
+/// A signal's result, and whether this call made it (not a replay of the
+/// result stored for its `signal_id`).
+struct Applied {
+    result: IngestResult,
+    fresh: bool,
+}
+
+/// Counts a committed signal and audits the merges it made: one line per
+/// absorbed profile, naming the caller, as for a manual merge. A replay made
+/// no merge, and is neither counted as one nor audited.
+fn after_commit(caller: &Caller, applied: Applied) -> IngestResult {
+    let r = applied.result;
+    let outcome = if r.created { "created" } else { "attached" };
+    metrics::counter!("anamnesis_signals_ingested_total", "outcome" => outcome).increment(1);
+    if applied.fresh && !r.merged_ids.is_empty() {
+        metrics::counter!("anamnesis_merges_total", "kind" => "automatic")
+            .increment(r.merged_ids.len() as u64);
+        for merged in &r.merged_ids {
+            crate::audit::record_signal_merge(
+                &caller.subject,
+                caller.channel.as_deref(),
+                r.customer_id,
+                *merged,
+            );
         }
     }
+    r
 }
 
 /// Runs on the committer thread: resolves and applies one signal atomically.
@@ -177,23 +203,8 @@ fn apply_signal(
     rules: &SignalRules,
     now: DateTime<Utc>,
     caller: &Caller,
-) -> Ingested {
+) -> Result<Applied, ServiceError> {
     atomically(store, |tx| resolve(tx, signal, rules, now, caller))
-}
-
-/// Whether a profile holds personal data: anything beyond session
-/// identifiers. A claim never reaches one that does.
-fn holds_personal_data(p: &Profile, rules: &SignalRules) -> bool {
-    let person = |r: &crate::domain::IdentifierRecord| {
-        !rules
-            .identifiers
-            .rule(r.identifier.kind())
-            .is_some_and(|rule| rule.session)
-    };
-    p.identifiers.iter().any(person)
-        || p.traits.values().any(|t| t.value.is_some())
-        || !p.answers.is_empty()
-        || !p.episodes.is_empty()
 }
 
 fn resolve(
@@ -202,9 +213,23 @@ fn resolve(
     rules: &SignalRules,
     now: DateTime<Utc>,
     caller: &Caller,
-) -> Ingested {
+) -> Result<Applied, ServiceError> {
     // Only a signal with an id is ever compared with an earlier one.
-    let fingerprint = signal.signal_id.as_ref().map(|_| fingerprint(signal));
+    let trust: Vec<Trust> = signal
+        .identifiers
+        .iter()
+        .zip(&signal.verified)
+        .map(|(ident, vouched)| {
+            rules
+                .trust
+                .trust(caller.channel.as_deref(), ident.kind(), *vouched)
+        })
+        .collect();
+    let claims: Vec<bool> = trust.iter().map(|t| *t == Trust::Claimed).collect();
+    let fingerprint = signal
+        .signal_id
+        .as_ref()
+        .map(|_| fingerprint(signal, &claims));
     if let (Some(id), Some(fingerprint)) = (&signal.signal_id, &fingerprint) {
         if let Some(bytes) = tx.signal_record(id)? {
             let record = SignalRecord::decode(&bytes)?;
@@ -213,7 +238,10 @@ fn resolve(
                 Some(_) if &record.fingerprint != fingerprint => {
                     Err(ServiceError::SignalIdReused(id.clone()))
                 }
-                Some(result) => Ok(result),
+                Some(result) => Ok(Applied {
+                    result,
+                    fresh: false,
+                }),
             };
         }
     }
@@ -247,19 +275,8 @@ fn resolve(
                     counts,
                     claimed: p.identifiers.iter().filter(|r| r.claimed).count(),
                     merged: p.merged_ids.len(),
-                    personal: holds_personal_data(p, rules),
                 },
             )
-        })
-        .collect();
-    let trust: Vec<Trust> = signal
-        .identifiers
-        .iter()
-        .zip(&signal.verified)
-        .map(|(ident, vouched)| {
-            rules
-                .trust
-                .trust(caller.channel.as_deref(), ident.kind(), *vouched)
         })
         .collect();
     // A verified identifier that its owner holds on a claim alone links no
@@ -557,7 +574,7 @@ fn resolve(
         conflicts: plan
             .conflicts
             .iter()
-            .filter(|c| c.reason != ConflictReason::Claimed)
+            .filter(|c| !c.claimed && c.reason != ConflictReason::Claimed)
             .map(|c| ConflictView {
                 kind: c.identifier.kind().to_owned(),
                 value: c.identifier.value().to_owned(),
@@ -576,7 +593,10 @@ fn resolve(
         // into a tombstone, whatever it was merged into at the time.
         tx.put_signal_record(signal_id, member, record.encode()?);
     }
-    Ok(result)
+    Ok(Applied {
+        result,
+        fresh: true,
+    })
 }
 
 /// The identifiers through which a signal reached the two sides of a merge

@@ -66,6 +66,9 @@ secret = "a-shared-secret-of-at-least-32-bytes-xyz"
 
 [follow_ups]
 delay = "1day"
+
+[trust.channels.web]
+account_id = "verify"
 "#,
     )
     .unwrap();
@@ -108,6 +111,32 @@ delay = "1day"
     );
     // Built-in defaults are there too.
     assert_eq!(effective["phone"]["default_region"].as_str(), Some("NL"));
+
+    // The trust table in effect, one caller a line, the file's row layered
+    // over the default one.
+    let row = |caller: &str| -> Vec<String> {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start_matches('#').trim_start().starts_with(caller))
+            .unwrap_or_else(|| panic!("no row for {caller}:\n{stdout}"));
+        line.trim_start_matches('#')
+            .trim_start()
+            .trim_start_matches(caller)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let header = row("caller");
+    let level = |caller: &str, kind: &str| {
+        let column = header.iter().position(|h| h == kind).unwrap();
+        row(caller)[column].clone()
+    };
+    assert_eq!(level("web ", "account_id"), "verify");
+    assert_eq!(level("web ", "web_cookie"), "verify");
+    assert_eq!(level("web ", "email"), "claim");
+    assert_eq!(level("ivr ", "phone"), "verify");
+    assert_eq!(level("ivr ", "email"), "claim");
+    assert_eq!(level("(no channel claim)", "email"), "verify");
 }
 
 /// A bad configuration exits non-zero naming what is wrong, before any

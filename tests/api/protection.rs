@@ -617,18 +617,22 @@ async fn a_merge_made_by_a_signal_is_audited_with_its_subject_and_channel() {
     let b = server
         .ingest(&desk, &signal("store", &[("loyalty_card", "LC-AUDIT-1")]))
         .await;
-    let link = signal(
+    let mut link = signal(
         "store",
         &[
             ("loyalty_card", "LC-AUDIT-1"),
             ("email", "sanne.audit@example.com"),
         ],
     );
+    link["signal_id"] = json!("till-4-0001");
     let resp = server.post_signal(&till, &link).await;
     let request_id = header(&resp, "x-request-id");
     let result = body(resp).await;
     assert_eq!(result["customer_id"], a.as_str(), "{result}");
     assert_eq!(result["merged_ids"], json!([b]), "{result}");
+    // A retry answers the same and made no merge now: no second line.
+    let resp = server.post_signal(&till, &link).await;
+    assert_eq!(body(resp).await, result);
     // Ingest itself is not audited: only the identity change it made.
     let resp = server
         .post_signal(&till, &signal("store", &[("loyalty_card", "LC-AUDIT-1")]))

@@ -327,6 +327,12 @@ async fn whoever_claims_an_email_first_gains_nothing_by_it() {
         .find(|i| i["type"] == "email")
         .unwrap_or_else(|| panic!("{p}"));
     assert_eq!(email["claimed"], true, "shown as unconfirmed: {email}");
+    // Read once, so a cache holds the claimant's card by that e-mail.
+    assert_eq!(
+        owner(&app, "email", "new@example.com").await,
+        Some(squatter.clone())
+    );
+    body(app.context_by("email", "new@example.com").await).await;
 
     // The real owner logs in: the account system verifies the e-mail. The
     // verification takes the e-mail back; nobody is merged.
@@ -534,6 +540,148 @@ async fn a_full_profile_still_takes_what_a_real_caller_brings() {
     assert_eq!(r["customer_id"], anon["customer_id"]);
     assert_eq!(
         r["conflicts"],
-        json!([{"type": "email", "value": "c***@example.com", "reason": "profile_cap"}])
+        json!([]),
+        "a claim is never reported on: {r}"
     );
+    let p = app.profile(&id_of(&anon)).await;
+    let emails: Vec<String> = identifier_list(&p)
+        .into_iter()
+        .filter(|i| i.starts_with("email:"))
+        .collect();
+    assert_eq!(
+        emails,
+        ["email:c1@example.com", "email:c2@example.com"],
+        "{p}"
+    );
+}
+
+#[tokio::test]
+async fn a_claimed_session_never_lends_someone_elses_anonymous_profile() {
+    let app = spawn_app().await;
+    // A visitor's chat, anonymous so far.
+    let chat = app.token_as("chatbot", &["signals:write"], Some("chat"));
+    let (_, visitor) = ingest_as(
+        &app,
+        &chat,
+        &json!({"channel": "chat", "identifiers": [{"type": "chat_session", "value": "cs-visitor"}],
+                "event": {"type": "chat_started"}}),
+    )
+    .await;
+    let visitor = id_of(&visitor);
+    let before = snapshot(&app, &visitor).await;
+    // The attacker names that chat session with a fresh cookie of their own.
+    let web = web_token(&app);
+    let (status, r) = ingest_as(
+        &app,
+        &web,
+        &signal(
+            "web",
+            &[("chat_session", "cs-visitor"), ("web_cookie", "atk-3")],
+        ),
+    )
+    .await;
+    assert_eq!(status, 201, "a profile of the claimant's own: {r}");
+    assert_ne!(id_of(&r), visitor);
+    assert!(!r.to_string().contains(&visitor), "{r}");
+    assert_eq!(snapshot(&app, &visitor).await, before);
+    assert_eq!(owner(&app, "web_cookie", "atk-3").await, Some(id_of(&r)));
+
+    // The visitor then tells the chatbot their name: it never reaches the
+    // attacker's cookie.
+    ingest_as(
+        &app,
+        &chat,
+        &json!({"channel": "chat", "identifiers": [{"type": "chat_session", "value": "cs-visitor"}],
+                "traits": {"first_name": "Vic"}}),
+    )
+    .await;
+    let card = body(app.context_by("web_cookie", "atk-3").await).await;
+    assert!(!card.to_string().contains("Vic"), "{card}");
+}
+
+#[tokio::test]
+async fn a_session_claimed_first_goes_with_its_verified_sender() {
+    let app = spawn_app().await;
+    let web = web_token(&app);
+    // The attacker claims a chat session nobody holds yet.
+    let (_, squat) = ingest_as(
+        &app,
+        &web,
+        &signal(
+            "web",
+            &[("web_cookie", "atk-4"), ("chat_session", "cs-later")],
+        ),
+    )
+    .await;
+    let squatter = id_of(&squat);
+    // The chat frontend, which verifies its own sessions, then uses it.
+    let chat = app.token_as("chatbot", &["signals:write"], Some("chat"));
+    let (_, r) = ingest_as(
+        &app,
+        &chat,
+        &json!({"channel": "chat", "identifiers": [{"type": "chat_session", "value": "cs-later"}],
+                "traits": {"first_name": "Lea"}}),
+    )
+    .await;
+    let lea = id_of(&r);
+    assert_ne!(lea, squatter);
+    assert_eq!(owner(&app, "chat_session", "cs-later").await, Some(lea));
+    let card = body(app.context_by("web_cookie", "atk-4").await).await;
+    assert!(!card.to_string().contains("Lea"), "{card}");
+}
+
+#[tokio::test]
+async fn limits_never_tell_a_claimant_which_emails_are_taken() {
+    let app = spawn_app().await;
+    victim(&app).await;
+    let web = web_token(&app);
+    // Four e-mails of the attacker's own: one more fits under the limit of 5.
+    let mut own = signal("web", &[("web_cookie", "atk-5")]);
+    own["identifiers"]
+        .as_array_mut()
+        .unwrap()
+        .extend((0..4).map(|i| json!({"type": "email", "value": format!("own{i}@example.com")})));
+    ingest_as(&app, &web, &own).await;
+    let probe = |first: &str| {
+        json!({"channel": "web", "identifiers": [
+            {"type": "web_cookie", "value": "atk-5"},
+            {"type": "email", "value": first},
+            {"type": "email", "value": "last@example.com"}]})
+    };
+    let resp = app
+        .client
+        .post(format!("{}/v1/signals/batch", app.address))
+        .bearer_auth(&web)
+        .json(&json!({"signals": [probe("vera@example.com"), probe("free@example.com")]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut results = body(resp).await["results"].clone();
+    for r in results.as_array_mut().unwrap() {
+        assert_eq!(r["conflicts"], json!([]), "nothing said about a claim: {r}");
+        r.as_object_mut().unwrap().remove("version");
+    }
+    assert_eq!(
+        results[0], results[1],
+        "a taken and a free e-mail answer alike"
+    );
+    // Nor does the next answer, whatever the first one stored.
+    let (_, after) = ingest_as(&app, &web, &probe("next@example.com")).await;
+    assert_eq!(after["conflicts"], json!([]), "{after}");
+}
+
+#[tokio::test]
+async fn a_claimant_cannot_take_a_trusted_senders_signal_id_first() {
+    let app = spawn_app().await;
+    let web = web_token(&app);
+    let mut body_ = signal(
+        "web",
+        &[("web_cookie", "ck-sid"), ("email", "sid@example.com")],
+    );
+    body_["signal_id"] = json!("crm-000042");
+    ingest_as(&app, &web, &body_).await;
+    // The back office sends the same id and body, verifying the e-mail: it
+    // is told the id was taken, never handed the claim's result.
+    assert_error(app.post_signal(&body_).await, 409, "signal_id_reused").await;
 }
