@@ -214,7 +214,6 @@ fn resolve(
     now: DateTime<Utc>,
     caller: &Caller,
 ) -> Result<Applied, ServiceError> {
-    // Only a signal with an id is ever compared with an earlier one.
     let trust: Vec<Trust> = signal
         .identifiers
         .iter()
@@ -226,6 +225,7 @@ fn resolve(
         })
         .collect();
     let claims: Vec<bool> = trust.iter().map(|t| *t == Trust::Claimed).collect();
+    // Only a signal with an id is ever compared with an earlier one.
     let fingerprint = signal
         .signal_id
         .as_ref()
@@ -279,9 +279,10 @@ fn resolve(
             )
         })
         .collect();
-    // A verified identifier that its owner holds on a claim alone links no
-    // better than a claim (whoever typed it first gains nothing by it), and
-    // moves to wherever the verified signal lands.
+    // A verified (even vouched-for) identifier that its owner holds on a
+    // claim alone links no better than a claim: whoever typed it first gains
+    // nothing by it, least of all a merge with the customer who verifies
+    // it. It moves to wherever the verified signal lands.
     let assertions: Vec<Assertion> = signal
         .identifiers
         .iter()
@@ -293,9 +294,9 @@ fn resolve(
                 .and_then(|p| p.identifiers.iter().find(|r| &r.identifier == ident))
                 .is_some_and(|r| r.claimed);
             let link = match trust {
-                Trust::Vouched => Link::Fuse,
                 Trust::Claimed => Link::Claim,
-                Trust::Verified if held_on_claim => Link::Claim,
+                _ if held_on_claim => Link::Claim,
+                Trust::Vouched => Link::Fuse,
                 Trust::Verified => {
                     Link::verified(rules.identifiers.rule(ident.kind()).map(|r| r.merge))
                 }

@@ -30,6 +30,13 @@ fn web_token(app: &TestApp) -> String {
     app.token_as("web-frontend", &["signals:write"], Some("web"))
 }
 
+/// Posts `identifiers` on channel `web` with the web frontend's token;
+/// returns the customer id it landed on.
+async fn from_web(app: &TestApp, identifiers: &[(&str, &str)]) -> String {
+    let (_, r) = ingest_as(app, &web_token(app), &signal("web", identifiers)).await;
+    id_of(&r)
+}
+
 /// Posts as `token`; the result must be a 200 or 201.
 async fn ingest_as(app: &TestApp, token: &str, signal: &Value) -> (u16, Value) {
     let resp = app.post_signal_as(token, signal).await;
@@ -79,8 +86,7 @@ async fn a_claimed_email_never_merges_the_claimants_cookie_into_the_customer() {
     let vera = victim(&app).await;
     let before = snapshot(&app, &vera).await;
     let web = web_token(&app);
-    let (_, own) = ingest_as(&app, &web, &signal("web", &[("web_cookie", "atk-1")])).await;
-    let mallory = id_of(&own);
+    let mallory = from_web(&app, &[("web_cookie", "atk-1")]).await;
 
     let mut claim = signal(
         "web",
@@ -373,17 +379,11 @@ async fn whoever_claims_an_email_first_gains_nothing_by_it() {
 #[tokio::test]
 async fn a_verified_signal_confirms_the_claim_of_the_same_browser() {
     let app = spawn_app().await;
-    let web = web_token(&app);
-    let (_, r) = ingest_as(
+    let id = from_web(
         &app,
-        &web,
-        &signal(
-            "web",
-            &[("web_cookie", "ck-up"), ("email", "up@example.com")],
-        ),
+        &[("web_cookie", "ck-up"), ("email", "up@example.com")],
     )
     .await;
-    let id = id_of(&r);
     // The login, vouched for by the back office, names the same browser.
     let login = app
         .ingest(json!({"channel": "web",
@@ -440,8 +440,7 @@ async fn a_channel_marked_as_verifying_merges_as_its_types_allow() {
 async fn nobody_wins_by_claiming_the_future() {
     let app = spawn_app().await;
     let web = web_token(&app);
-    let (_, r) = ingest_as(&app, &web, &signal("web", &[("web_cookie", "ck-future")])).await;
-    let id = id_of(&r);
+    let id = from_web(&app, &[("web_cookie", "ck-future")]).await;
     let ahead = (chrono::Utc::now() + chrono::Duration::seconds(290)).to_rfc3339();
     let mut pinned = signal("web", &[("web_cookie", "ck-future")]);
     pinned["occurred_at"] = json!(ahead);
@@ -602,18 +601,12 @@ async fn a_claimed_session_never_lends_someone_elses_anonymous_profile() {
 #[tokio::test]
 async fn a_session_claimed_first_goes_with_its_verified_sender() {
     let app = spawn_app().await;
-    let web = web_token(&app);
     // The attacker claims a chat session nobody holds yet.
-    let (_, squat) = ingest_as(
+    let squatter = from_web(
         &app,
-        &web,
-        &signal(
-            "web",
-            &[("web_cookie", "atk-4"), ("chat_session", "cs-later")],
-        ),
+        &[("web_cookie", "atk-4"), ("chat_session", "cs-later")],
     )
     .await;
-    let squatter = id_of(&squat);
     // The chat frontend, which verifies its own sessions, then uses it.
     let chat = app.token_as("chatbot", &["signals:write"], Some("chat"));
     let (_, r) = ingest_as(
@@ -684,4 +677,34 @@ async fn a_claimant_cannot_take_a_trusted_senders_signal_id_first() {
     // The back office sends the same id and body, verifying the e-mail: it
     // is told the id was taken, never handed the claim's result.
     assert_error(app.post_signal(&body_).await, 409, "signal_id_reused").await;
+}
+
+#[tokio::test]
+async fn vouching_for_a_claimed_email_never_merges_the_claimant() {
+    let app = spawn_app().await;
+    let vera = victim(&app).await;
+    let squatter = from_web(
+        &app,
+        &[("web_cookie", "atk-6"), ("email", "vera.new@example.com")],
+    )
+    .await;
+    // The desk confirms Vera's new address, vouching for it.
+    let r = app
+        .ingest(json!({"channel": "agent", "identifiers": [
+            {"type": "email", "value": "vera@example.com"},
+            {"type": "email", "value": "vera.new@example.com", "verified": true}]}))
+        .await;
+    assert_eq!(id_of(&r), vera);
+    assert_eq!(
+        r["merged_ids"],
+        json!([]),
+        "the claimant is not merged in: {r}"
+    );
+    assert_eq!(
+        owner(&app, "email", "vera.new@example.com").await,
+        Some(vera.clone())
+    );
+    let card = body(app.context_by("web_cookie", "atk-6").await).await;
+    assert_eq!(card["customer_id"], squatter.as_str());
+    assert!(!card.to_string().contains("A-7001"), "{card}");
 }
