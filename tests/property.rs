@@ -9,6 +9,10 @@
 //! - Replaying a stream of signals with `signal_id`s changes nothing: every
 //!   replay returns the first result, and versions, profiles and timelines stay
 //!   as they were.
+//! - Some signals name an `occurred_at` ahead of their receipt (up to 4 of the
+//!   5 minutes allowed): they are ordered by their receipt time, in the model
+//!   too, and every run passes each signal's receipt time again, as a replay
+//!   of stored signals does.
 //!
 //! - Signals posted at once through three instances over one PostgreSQL
 //!   schema, one thread each, end in what one instance over sled makes of them
@@ -131,6 +135,10 @@ fn time(i: usize) -> DateTime<Utc> {
     base + chrono::TimeDelta::minutes([0, 0, 5, 60][i])
 }
 
+/// How many minutes a signal's `occurred_at` may lie ahead of its receipt
+/// (clock skew, or a sender claiming the future): within the 5 allowed.
+const AHEAD: [i64; 3] = [0, 0, 4];
+
 fn trait_value(i: usize) -> Value {
     [json!("nl"), json!("en"), json!(2), json!(true), Value::Null][i].clone()
 }
@@ -149,6 +157,8 @@ struct Spec {
     event: Option<(usize, Option<(usize, bool)>)>,
     /// A net promoter score sent with the episode, if there is one.
     nps: Option<u8>,
+    /// Index into [`AHEAD`]: how far `occurred_at` lies ahead of the receipt.
+    ahead: usize,
 }
 
 impl Spec {
@@ -207,6 +217,16 @@ impl Spec {
         }
     }
 
+    /// When the service received it, as a replay passes it again.
+    fn received(&self) -> DateTime<Utc> {
+        time(self.at) - chrono::TimeDelta::minutes(AHEAD[self.ahead])
+    }
+
+    /// The time its observations are ordered by: never after the receipt.
+    fn ordered(&self) -> DateTime<Utc> {
+        time(self.at).min(self.received())
+    }
+
     /// The score this signal sends: only with an episode.
     fn feedback(&self) -> Option<u8> {
         self.event.and_then(|(_, episode)| episode).and(self.nps)
@@ -242,9 +262,10 @@ fn spec(with_id: u32) -> impl Strategy<Value = Spec> {
             ),
         ),
         prop::option::weighted(0.3, 0..=10u8),
+        0..AHEAD.len(),
     )
         .prop_map(
-            |(has_id, channel, at, identifiers, withheld, traits, event, nps)| Spec {
+            |(has_id, channel, at, identifiers, withheld, traits, event, nps, ahead)| Spec {
                 // Numbered below, once the stream is complete.
                 signal_id: has_id.then(String::new),
                 channel: CHANNELS[channel],
@@ -254,6 +275,7 @@ fn spec(with_id: u32) -> impl Strategy<Value = Spec> {
                 traits,
                 event,
                 nps,
+                ahead,
             },
         )
 }
@@ -326,7 +348,8 @@ fn ingest_all(
     signals
         .iter()
         .map(|s| {
-            let result = rt.block_on(services.ingest(s.input(), Caller::unbound("test")));
+            let caller = Caller::unbound("test");
+            let result = rt.block_on(services.ingest_received(s.input(), caller, s.received()));
             let result =
                 result.map_err(|e| TestCaseError::fail(format!("ingest of {s:?} failed: {e}")))?;
             prop_assert!(
@@ -425,7 +448,7 @@ fn resolve_in_order(rt: &Runtime, signals: &[Spec]) -> Result<Resolution, TestCa
 
 /// What the product brief says should come out, computed without the service:
 /// identifiers seen together are one person (connected components), and per
-/// trait the latest observation wins, ties going to the channel earlier in the
+/// trait the latest observation (never later than its receipt) wins, ties going to the channel earlier in the
 /// priority list, then (as `domain::profile` documents) the signal id and value.
 fn model(signals: &[Spec]) -> Resolution {
     let settings = Settings::defaults();
@@ -474,7 +497,7 @@ fn model(signals: &[Spec]) -> Resolution {
             let key = |s: &Spec, v: &Value| {
                 let text = (!v.is_null()).then(|| v.to_string());
                 (
-                    time(s.at),
+                    s.ordered(),
                     Reverse(rank(s.channel)),
                     s.signal_id.clone(),
                     text,
@@ -504,7 +527,7 @@ fn model(signals: &[Spec]) -> Resolution {
                     let view = TraitView {
                         value,
                         channel: s.channel.to_owned(),
-                        observed_at: time(s.at),
+                        observed_at: s.ordered(),
                         signal_id: s.signal_id.clone(),
                     };
                     (name.to_owned(), view)

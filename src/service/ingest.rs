@@ -112,7 +112,19 @@ impl Services {
     /// may vouch for them (see [`crate::domain::TrustRules`]). The result is
     /// unmasked; the caller masks it.
     pub async fn ingest(&self, input: SignalInput, caller: Caller) -> Ingested {
-        let now = Services::now();
+        self.ingest_received(input, caller, Services::now()).await
+    }
+
+    /// Resolves one signal as if it was received at `received_at`: how a
+    /// replay of stored signals (with the receipt times kept with them)
+    /// orders them as they were ordered when they first arrived.
+    pub async fn ingest_received(
+        &self,
+        input: SignalInput,
+        caller: Caller,
+        received_at: DateTime<Utc>,
+    ) -> Ingested {
+        let now = received_at;
         let signal = Signal::parse(input, &self.rules, now)?;
         let rules = self.rules.clone();
         let who = caller.clone();
