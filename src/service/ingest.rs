@@ -9,10 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::views::{ignored_view, ConflictView, IngestResult};
 use super::{atomically, Caller, ServiceError, Services, Writer};
 use crate::domain::{
-    fnv1a, plan_resolution, Answer, Assertion, Caps, Change, ChannelRules, ConflictReason,
-    Contribution, CustomerId, Feedback, Hit, Identifier, IdentityEvent, IdentityEventKind,
-    Interaction, Journey, Link, Owner, Profile, Signal, SignalInput, SignalRules, Suggestion,
-    TraitValue, Trust,
+    fnv1a, plan_resolution, Answer, Assertion, Change, ChannelRules, ConflictReason, Contribution,
+    CustomerId, Feedback, Hit, Identifier, IdentityEvent, IdentityEventKind, Interaction, Journey,
+    Link, Owner, Profile, Signal, SignalInput, SignalRules, Suggestion, TraitValue, Trust,
 };
 use crate::store::{StoreError, StoreTx, TimelinePosition};
 
@@ -421,16 +420,8 @@ fn resolve(
                 None => continue,
             },
         };
-        let held_by = loser.member_of(identifier);
-        loser.apply(
-            held_by,
-            &Change::RemoveIdentifier(identifier.clone()),
-            channels,
-        );
+        let held_by = detach(tx, loser, identifier, &cause, now, channels)?;
         loser.note_write(held_by, now);
-        let mut removed = event(IdentityEventKind::IdentifierRemoved, now, &cause);
-        removed.identifier = Some(identifier.clone());
-        tx.add_history(held_by, &removed)?;
         owners[i] = None;
     }
     for mut loser in losers.into_values() {
@@ -732,6 +723,30 @@ fn suggest(
     Ok(())
 }
 
+/// Takes `identifier` off profile `p`, from the member that holds it, and
+/// records the removal in that member's ledger (which goes with it if it is
+/// erased). Returns the member. The identifier index is the caller's to
+/// update: it either frees the value or hands it to another profile.
+pub(super) fn detach(
+    tx: &mut dyn StoreTx,
+    p: &mut Profile,
+    identifier: &Identifier,
+    cause: &Cause,
+    now: DateTime<Utc>,
+    channels: &ChannelRules,
+) -> Result<CustomerId, ServiceError> {
+    let member = p.member_of(identifier);
+    p.apply(
+        member,
+        &Change::RemoveIdentifier(identifier.clone()),
+        channels,
+    );
+    let mut removed = event(IdentityEventKind::IdentifierRemoved, now, cause);
+    removed.identifier = Some(identifier.clone());
+    tx.add_history(member, &removed)?;
+    Ok(member)
+}
+
 /// A ledger entry with no identifier, other profile or contribution yet.
 pub(super) fn event(kind: IdentityEventKind, at: DateTime<Utc>, cause: &Cause) -> IdentityEvent {
     IdentityEvent {
@@ -746,35 +761,4 @@ pub(super) fn event(kind: IdentityEventKind, at: DateTime<Utc>, cause: &Cause) -
         by: cause.by.clone(),
         channel: cause.channel.clone(),
     }
-}
-
-/// Refuses a write that would make a profile hold more merged profiles or
-/// identifiers than the configured caps.
-pub(super) fn check_caps(
-    target: &Profile,
-    absorbed: &[Profile],
-    new_identifiers: usize,
-    caps: &Caps,
-) -> Result<(), ServiceError> {
-    let merged = target.merged_ids.len()
-        + absorbed
-            .iter()
-            .map(|p| p.merged_ids.len() + 1)
-            .sum::<usize>();
-    if merged > caps.max_merged {
-        return Err(ServiceError::CapExceeded {
-            what: "merged profiles",
-            cap: caps.max_merged,
-        });
-    }
-    let identifiers = target.identifiers.len()
-        + absorbed.iter().map(|p| p.identifiers.len()).sum::<usize>()
-        + new_identifiers;
-    if identifiers > caps.max_identifiers {
-        return Err(ServiceError::CapExceeded {
-            what: "identifiers",
-            cap: caps.max_identifiers,
-        });
-    }
-    Ok(())
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::ingest::{absorb, check_caps, event, Cause, Linking, SignalRecord};
+use super::ingest::{absorb, detach, event, Cause, Linking, SignalRecord};
 use super::views::{
     self, Access, ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage,
 };
@@ -17,9 +17,9 @@ use super::{atomically, Caller, ServiceError, Services, Writer};
 use crate::cache::Cached;
 use crate::domain::names::ChannelName;
 use crate::domain::{
-    check_answers, check_traits, is_valid_name, trait_map_schema, Answer, AnswerInput, Change,
-    ChannelRules, ConflictReason, Consent, CustomerId, Identifier, IdentityEventKind, Interaction,
-    NormaliseOutcome, Profile, SignalRules, Suggestion, TraitValue,
+    check_answers, check_traits, is_valid_name, trait_map_schema, Answer, AnswerInput, Caps,
+    Change, ChannelRules, ConflictReason, Consent, CustomerId, Identifier, IdentityEventKind,
+    Interaction, NormaliseOutcome, Profile, SignalRules, Suggestion, TraitValue,
 };
 use crate::store::{parse_decimal, StoreTx, TimelinePosition};
 
@@ -529,7 +529,7 @@ impl Services {
                             ));
                         }
                     }
-                    check_caps(t, std::slice::from_ref(&s), 0, &rules.caps)?;
+                    check_caps(t, &s, &rules.caps)?;
                     let cause = Cause::request(&caller);
                     absorb(tx, t, s, Linking::default(), &cause, now, &rules.channels)?;
                     Ok(())
@@ -629,20 +629,9 @@ impl Services {
                     if !p.owns(&identifier) {
                         return Err(ServiceError::IdentifierNotOnProfile);
                     }
-                    let member = p.member_of(&identifier);
-                    p.apply(
-                        member,
-                        &Change::RemoveIdentifier(identifier.clone()),
-                        &rules.channels,
-                    );
+                    let cause = Cause::request(&caller);
+                    detach(tx, p, &identifier, &cause, now, &rules.channels)?;
                     tx.remove_owner(&identifier);
-                    let mut removed = event(
-                        IdentityEventKind::IdentifierRemoved,
-                        now,
-                        &Cause::request(&caller),
-                    );
-                    removed.identifier = Some(identifier.clone());
-                    tx.add_history(member, &removed)?;
                     Ok(())
                 })
             })
@@ -897,4 +886,25 @@ fn update(
 /// Checks the shape of a channel filter in a query.
 pub fn valid_channel_filter(c: &str) -> bool {
     is_valid_name(c, 32)
+}
+
+/// Refuses a manual merge that would make a profile hold more merged
+/// profiles or identifiers than the configured caps. (A signal's merges are
+/// held to the same caps by the planner, which stores what fits instead.)
+fn check_caps(target: &Profile, absorbed: &Profile, caps: &Caps) -> Result<(), ServiceError> {
+    let merged = target.merged_ids.len() + absorbed.merged_ids.len() + 1;
+    if merged > caps.max_merged {
+        return Err(ServiceError::CapExceeded {
+            what: "merged profiles",
+            cap: caps.max_merged,
+        });
+    }
+    let identifiers = target.identifiers.len() + absorbed.identifiers.len();
+    if identifiers > caps.max_identifiers {
+        return Err(ServiceError::CapExceeded {
+            what: "identifiers",
+            cap: caps.max_identifiers,
+        });
+    }
+    Ok(())
 }
