@@ -18,7 +18,7 @@ use anamnesis::domain::{
     SignalInput, SignalRules, TraitValue,
 };
 use anamnesis::service::views;
-use anamnesis::service::{Access, BatchItem, Caller, Masking, Services};
+use anamnesis::service::{Access, BatchItem, Caller, FieldRules, Masking, Services};
 use anamnesis::store::{SledStore, TimelinePosition};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode};
@@ -367,9 +367,10 @@ fn context_card(c: &mut Criterion) {
     let settings = Settings::defaults();
     let rules = SignalRules::from_settings(&settings).expect("valid rules");
     let (profile, recent) = card_profile(&rules);
+    let fields = FieldRules::new(&settings);
     let mut group = c.benchmark_group("context_card");
     for pii in [true, false] {
-        let masking = Masking::new(Access { pii }, &rules, &settings.traits.pii);
+        let masking = Masking::new(Access { pii }, &rules, &fields);
         let name = if pii {
             "build+json/pii"
         } else {

@@ -99,7 +99,7 @@ fn pair(n: usize) -> Pair {
         let events: u64 = view.channels.values().map(|c| c.interactions).sum();
         assert_eq!(events, n as u64);
         assert!(!services
-            .timeline(id, &query)
+            .timeline(id, &query, Access { pii: true })
             .expect("timeline")
             .interactions
             .is_empty());

@@ -24,6 +24,9 @@ pub enum Action {
     Export,
     /// Profiles a signal merged (one line per absorbed profile).
     SignalMerge,
+    /// Lookups by identifier refused once the subject's budget of misses
+    /// was spent (at most one line a minute per subject).
+    Lookup,
 }
 
 impl Action {
@@ -35,6 +38,7 @@ impl Action {
             Action::RemoveIdentifier => "remove_identifier",
             Action::Export => "export",
             Action::SignalMerge => "merge_by_signal",
+            Action::Lookup => "lookup",
         }
     }
 }

@@ -80,6 +80,8 @@ pub struct Settings {
     pub identifiers: IdentifierSettings,
     pub phone: PhoneSettings,
     pub trust: TrustSettings,
+    /// Free text that is not personal data.
+    pub privacy: PrivacySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -297,6 +299,11 @@ pub struct AuthSettings {
     pub jwks_poll_ms: u64,
     /// Verified tokens remembered until they expire; 0 verifies every time.
     pub token_cache_entries: usize,
+    /// Channel -> the sensitive scopes (`pii:read`, `identity:write`,
+    /// `profiles:erase`, `admin`) a token bound to that channel may carry.
+    /// A channel not named may carry none.
+    #[serde(default)]
+    pub channel_scopes: BTreeMap<String, Vec<String>>,
 }
 
 /// Algorithms a key may be pinned to.
@@ -349,6 +356,12 @@ pub struct LimitSettings {
     /// How long a refused request waits before its 429 goes out, so a
     /// client that retries in a tight loop cannot spend the CPU others need.
     pub reject_delay_ms: u64,
+    /// Lookups by a person-identifying identifier that find nobody, per
+    /// token subject and hour; once spent, every such lookup of the subject
+    /// is refused until the budget refills. 0 turns the budget off.
+    pub lookup_misses_per_hour: u32,
+    /// Misses a subject may make at once above the hourly rate.
+    pub lookup_miss_burst: u32,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -614,6 +627,36 @@ pub struct TrustSettings {
     #[serde(default)]
     pub channels: BTreeMap<String, BTreeMap<String, TrustLevel>>,
 }
+
+/// Free text (answer values, interaction summaries and properties, episode
+/// titles, feedback comments) is personal data: masked for tokens without
+/// `pii:read`, except what is named here.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// Answer keys whose values are not personal.
+    #[serde(default)]
+    pub public_answers: Vec<String>,
+    /// Interaction property keys whose values are not personal.
+    #[serde(default)]
+    pub public_properties: Vec<String>,
+    /// Free-text fields that are not personal, of `episode.title`,
+    /// `episode.public_status`, `interaction.summary`, `feedback.comment`.
+    #[serde(default)]
+    pub public_fields: Vec<String>,
+}
+
+/// The free-text fields `privacy.public_fields` may name.
+pub const FREE_TEXT_FIELDS: [&str; 4] = [
+    "episode.title",
+    "episode.public_status",
+    "interaction.summary",
+    "feedback.comment",
+];
+
+/// The scopes a token bound to a channel carries only where
+/// `auth.channel_scopes` allows it.
+pub const SENSITIVE_SCOPES: [&str; 4] = ["pii:read", "identity:write", "profiles:erase", "admin"];
 
 /// What a match on an identifier type may do to two profiles that already exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1056,6 +1099,7 @@ impl Settings {
             }
         }
         self.validate_trust()?;
+        self.validate_access()?;
         if self
             .phone
             .default_region
@@ -1099,6 +1143,54 @@ impl Settings {
                 return Err(invalid(key, "names a channel not in channels.priority"));
             }
             check_row(&key, row)?;
+        }
+        Ok(())
+    }
+
+    /// Channel scopes name channels this service accepts and sensitive
+    /// scopes; the privacy lists name free-text fields and valid keys.
+    fn validate_access(&self) -> Result<(), ConfigError> {
+        for (channel, scopes) in &self.auth.channel_scopes {
+            let key = format!("auth.channel_scopes.{channel}");
+            if !crate::domain::is_valid_name(channel, 32) {
+                return Err(invalid(key, "is not a channel name ([a-z][a-z0-9_]{0,31})"));
+            }
+            if !self.channels.allow_unknown && !self.channels.priority.contains(channel) {
+                return Err(invalid(key, "names a channel not in channels.priority"));
+            }
+            for scope in scopes {
+                if !SENSITIVE_SCOPES.contains(&scope.as_str()) {
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "`{scope}` is not one of {} (other scopes need no allowance)",
+                            SENSITIVE_SCOPES.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        for field in &self.privacy.public_fields {
+            if !FREE_TEXT_FIELDS.contains(&field.as_str()) {
+                return Err(invalid(
+                    "privacy.public_fields",
+                    format!("`{field}` is not one of {}", FREE_TEXT_FIELDS.join(", ")),
+                ));
+            }
+        }
+        for (list, names) in [
+            ("privacy.public_answers", &self.privacy.public_answers),
+            ("privacy.public_properties", &self.privacy.public_properties),
+        ] {
+            if let Some(bad) = names.iter().find(|n| n.is_empty() || n.len() > 64) {
+                return Err(invalid(list, format!("`{bad}` must be 1 to 64 characters")));
+            }
+        }
+        if self.limits.lookup_misses_per_hour > 0 && self.limits.lookup_miss_burst == 0 {
+            return Err(invalid(
+                "limits.lookup_miss_burst",
+                "must be at least 1 while limits.lookup_misses_per_hour is set",
+            ));
         }
         Ok(())
     }

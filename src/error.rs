@@ -50,6 +50,19 @@ pub enum ApiError {
     InsufficientScope(&'static str),
     #[error("the token is bound to channel `{bound}` and may not write for `{requested}`")]
     ChannelNotAllowed { bound: String, requested: String },
+    #[error("tokens bound to channel `{channel}` may not carry the `{scope}` scope (auth.channel_scopes); mint this token without it")]
+    ScopeNotAllowedForChannel {
+        channel: String,
+        scope: &'static str,
+    },
+    #[error(
+        "a token bound to a customer may only read that customer's own view (GET /v1/me/episodes)"
+    )]
+    CustomerTokenNotAllowed,
+    #[error("this route is for tokens bound to a customer (a `customer` claim naming one of their verified identifiers)")]
+    CustomerTokenRequired,
+    #[error("this token's subject has spent its budget of lookups that find nobody; retry after {} s", retry_after_secs(*.0))]
+    LookupBudgetExhausted(std::time::Duration),
     #[error("a batch may hold at most {max} signals, this one has {count}")]
     TooManySignals { count: usize, max: usize },
     #[error("the batch holds no signals")]
@@ -177,6 +190,16 @@ impl ApiError {
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::ChannelNotAllowed { .. } => (StatusCode::FORBIDDEN, "channel_not_allowed"),
+            ApiError::ScopeNotAllowedForChannel { .. } => {
+                (StatusCode::FORBIDDEN, "scope_not_allowed_for_channel")
+            }
+            ApiError::CustomerTokenNotAllowed => {
+                (StatusCode::FORBIDDEN, "customer_token_not_allowed")
+            }
+            ApiError::CustomerTokenRequired => (StatusCode::FORBIDDEN, "customer_token_required"),
+            ApiError::LookupBudgetExhausted(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "lookup_budget_exhausted")
+            }
             ApiError::TooManySignals { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "too_many_signals")
             }
@@ -240,7 +263,7 @@ impl ResponseError for ApiError {
                 builder
                     .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
-            ApiError::RateLimited(wait) => {
+            ApiError::RateLimited(wait) | ApiError::LookupBudgetExhausted(wait) => {
                 builder.insert_header((header::RETRY_AFTER, retry_after_secs(*wait)));
             }
             ApiError::Service(ServiceError::TooManyStreams) => {

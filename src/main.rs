@@ -35,12 +35,19 @@ enum Command {
     /// Mint a bearer token from the configured (or generated) secret.
     Token {
         /// Scopes, space- or comma-separated: profiles:read pii:read signals:write
-        /// profiles:write profiles:erase changes:read admin.
+        /// profiles:write identity:write profiles:erase changes:read admin.
         #[arg(long, default_value = "admin")]
         scope: String,
-        /// Bind the token to one channel.
+        /// Bind the token to one channel. A channel's tokens may carry only
+        /// the sensitive scopes auth.channel_scopes allows it.
         #[arg(long)]
         channel: Option<String>,
+        /// Bind the token to the customer holding this verified identifier,
+        /// TYPE:VALUE (e.g. account_id:C-1001): it reads that customer's
+        /// open episodes (GET /v1/me/episodes) and nothing else; --scope and
+        /// --channel do not apply.
+        #[arg(long, conflicts_with = "channel")]
+        customer: Option<String>,
         /// The token's subject.
         #[arg(long, default_value = "cli")]
         subject: String,
@@ -163,6 +170,7 @@ fn run() -> anyhow::Result<()> {
         Command::Token {
             scope,
             channel,
+            customer,
             subject,
             ttl,
             kid,
@@ -177,10 +185,25 @@ fn run() -> anyhow::Result<()> {
             if let Some(kid) = &kid {
                 auth = auth.sign_with(kid)?;
             }
-            println!(
-                "{}",
-                auth.mint(&subject, &scopes, channel.as_deref(), ttl.into())?
-            );
+            let token = match &customer {
+                Some(named) => {
+                    let (kind, value) = named
+                        .split_once(':')
+                        .context("--customer takes TYPE:VALUE, e.g. account_id:C-1001")?;
+                    auth.mint_for_customer(&subject, kind, value, ttl.into())?
+                }
+                None => {
+                    if let Some(refused) = auth.refused_scope(&scopes, channel.as_deref()) {
+                        anyhow::bail!(
+                            "tokens bound to channel `{}` may not carry `{}` (auth.channel_scopes); the service would refuse this token",
+                            channel.as_deref().unwrap_or_default(),
+                            refused.as_str()
+                        );
+                    }
+                    auth.mint(&subject, &scopes, channel.as_deref(), ttl.into())?
+                }
+            };
+            println!("{token}");
             Ok(())
         }
         Command::StoreStats => store_stats(&settings),
@@ -254,7 +277,7 @@ fn check_config(settings: &Settings) -> anyhow::Result<()> {
         .hs256_secret
         .is_none()
         .then_some(stand_in.as_slice());
-    Authenticator::new(&settings.auth, secret).context("checking the auth keys")?;
+    let auth = Authenticator::new(&settings.auth, secret).context("checking the auth keys")?;
     print!("{}", settings.effective_toml()?);
     // The trust table as the service applies it, one caller a line (as
     // comments, so the output stays a configuration file).
@@ -276,6 +299,20 @@ fn check_config(settings: &Settings) -> anyhow::Result<()> {
     );
     println!("\n# Trust table (verify: may merge and attach; claim: never does):");
     for line in rules.describe(&channels, &types).lines() {
+        println!("#   {line}");
+    }
+    let unlisted: Vec<String> = settings
+        .auth
+        .channel_scopes
+        .keys()
+        .filter(|c| !channels.contains(c))
+        .cloned()
+        .collect();
+    channels.extend(unlisted);
+    println!(
+        "\n# Sensitive scopes a channel's tokens may carry (any other is refused; tokens without a channel are not limited):"
+    );
+    for line in auth.describe_channel_scopes(&channels).lines() {
         println!("#   {line}");
     }
     eprintln!("configuration is valid");

@@ -17,7 +17,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::{default_secret, Authenticator, RateLimiter, Scope, SecretSource};
+use crate::auth::{default_secret, Authenticator, LookupBudget, RateLimiter, Scope, SecretSource};
 use crate::config::Backend;
 use crate::config::Settings;
 use crate::conn::DeadlineStream;
@@ -147,6 +147,7 @@ impl Application {
             web::Data::new(Services::new(&settings, store).context("starting the services")?);
         let authenticator = web::Data::from(authenticator);
         let limiter = web::Data::new(RateLimiter::new(&settings.limits));
+        let lookup_budget = web::Data::new(LookupBudget::new(&settings.limits));
         let prometheus = web::Data::new(metrics_handle());
         let single_limit = settings.server.max_body_bytes;
         let batch_limit = settings.server.max_batch_body_bytes;
@@ -159,6 +160,7 @@ impl Application {
                 .app_data(app_services.clone())
                 .app_data(authenticator.clone())
                 .app_data(limiter.clone())
+                .app_data(lookup_budget.clone())
                 .app_data(prometheus.clone())
                 .app_data(BodyLimit(single_limit))
                 .app_data(body_timeout)

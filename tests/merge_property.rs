@@ -398,7 +398,7 @@ impl<'a> Run<'a> {
                         channel: None,
                     };
                     let page = services
-                        .timeline(id, &query)
+                        .timeline(id, &query, Access { pii: true })
                         .map_err(|e| fail(format!("timeline of {id}: {e}")))?;
                     prop_assert!(page.next_cursor.is_none(), "timeline longer than a page");
                     live.insert(id, (view, page.interactions));

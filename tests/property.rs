@@ -552,7 +552,7 @@ fn snapshot(services: &Services) -> Result<Snapshot, TestCaseError> {
                 channel: None,
             };
             let page = services
-                .timeline(id, &query)
+                .timeline(id, &query, Access { pii: true })
                 .map_err(|e| TestCaseError::fail(format!("timeline of {id}: {e}")))?;
             prop_assert!(page.next_cursor.is_none(), "timeline longer than a page");
             Ok((id, (view, page.interactions)))

@@ -257,7 +257,7 @@ def main():
     ran(command)
     status, body = http("GET", f"{base}/v1/context?type=phone&value=0612345678", desk)
     text = body.decode()
-    if status != 200 or "5678" not in text or "12345678" in text:
+    if status != 200 or "+31****78" not in text or "5678" in text:
         fail(f"the desk token's card is not masked: {status} {text[:500]}")
 
     command = 'anamnesis token --scope "profiles:read signals:write" --channel chatbot --ttl 30days'
@@ -269,6 +269,22 @@ def main():
         fail("the chatbot token could not post as chatbot")
     if http("POST", base + "/v1/signals", bot, dict(signal_, channel="agent"))[0] != 403:
         fail("the chatbot token could post as another channel")
+
+    command = "anamnesis token --channel web --scope pii:read"
+    code, _, err = sh(command, env, ok=False)
+    if code == 0 or "auth.channel_scopes" not in err:
+        fail(f"a web token with pii:read was minted ({code}): {err[-500:]}")
+    ran(command)
+
+    command = "anamnesis token --customer phone:0612345678"
+    me = sh(command, env)[1].strip()
+    ran(command)
+    status, body = http("GET", base + "/v1/me/episodes", me)
+    own = json.loads(body) if status == 200 else {}
+    if [e.get("id") for e in own.get("episodes", [])] != ["order-A-1001"]:
+        fail(f"the caller's own token did not read their open episode: {status} {body[:300]}")
+    if http("GET", f"{base}/v1/profiles/{first['customer_id']}", me)[0] != 403:
+        fail("the caller's own token could read the whole profile")
 
     # ---- The console and the docs ----------------------------------------
     step("GET /console and /docs/ answer from the binary")

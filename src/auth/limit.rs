@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::Principal;
+use crate::audit::{self, Action};
 use crate::config::LimitSettings;
+use crate::error::ApiError;
 
 const SHARDS: usize = 16;
 /// Subjects tracked per shard before idle ones are forgotten.
@@ -14,14 +17,81 @@ const PRUNE_AT: usize = 4096;
 pub struct RateLimiter {
     /// Pause before a refusal is answered (see [`RateLimiter::reject_delay`]).
     reject_delay: Duration,
-    /// Nanoseconds one request costs of the budget; 0 when off.
+    cells: Cells,
+}
+
+/// Per-subject budgets by the generic cell rate algorithm: `interval`
+/// nanoseconds of budget per unit, `tolerance` of burst.
+struct Cells {
+    /// Nanoseconds one unit costs of the budget; 0 when off.
     interval: u64,
     /// How far ahead of now the theoretical arrival time may run (the burst).
     tolerance: u64,
     epoch: Instant,
-    /// Subject -> theoretical arrival time of its next request, in ns since
+    /// Subject -> theoretical arrival time of its next unit, in ns since
     /// `epoch`.
     shards: Vec<Mutex<HashMap<Arc<str>, u64>>>,
+}
+
+impl Cells {
+    fn new(interval: u64, burst: u32) -> Cells {
+        Cells {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst)),
+            epoch: Instant::now(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn shard(&self, subject: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u64>> {
+        let index = subject
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31) ^ b as usize);
+        self.shards[index % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `subject` has a unit left; if not, how long until it has.
+    fn available(&self, subject: &str) -> Result<(), Duration> {
+        if self.interval == 0 {
+            return Ok(());
+        }
+        let now = self.now();
+        let tat = self.shard(subject).get(subject).copied().unwrap_or(now);
+        let next = tat.max(now) + self.interval;
+        match next - now > self.tolerance {
+            true => Err(Duration::from_nanos(next - now - self.tolerance)),
+            false => Ok(()),
+        }
+    }
+
+    /// Spends one unit of `subject`'s budget, or says how long until one is
+    /// available again (`force`: spends it all the same, up to the burst).
+    fn spend(&self, subject: &Arc<str>, force: bool) -> Result<(), Duration> {
+        if self.interval == 0 {
+            return Ok(());
+        }
+        let now = self.now();
+        let mut shard = self.shard(subject);
+        if shard.len() >= PRUNE_AT && !shard.contains_key(subject) {
+            shard.retain(|_, tat| *tat > now);
+        }
+        let tat = shard.get(subject).copied().unwrap_or(now).max(now);
+        let next = tat + self.interval;
+        if next - now > self.tolerance {
+            if force {
+                shard.insert(subject.clone(), now + self.tolerance);
+            }
+            return Err(Duration::from_nanos(next - now - self.tolerance));
+        }
+        shard.insert(subject.clone(), next);
+        Ok(())
+    }
 }
 
 impl RateLimiter {
@@ -33,10 +103,7 @@ impl RateLimiter {
         };
         RateLimiter {
             reject_delay: Duration::from_millis(settings.reject_delay_ms),
-            interval,
-            tolerance: interval * u64::from(settings.burst),
-            epoch: Instant::now(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            cells: Cells::new(interval, settings.burst),
         }
     }
 
@@ -50,26 +117,109 @@ impl RateLimiter {
     /// Spends one request of `subject`'s budget, or says how long until one
     /// is available again.
     pub fn check(&self, subject: &Arc<str>) -> Result<(), Duration> {
-        if self.interval == 0 {
-            return Ok(());
+        self.cells.spend(subject, false)
+    }
+}
+
+/// The budget of lookups that find nobody, per token subject: what keeps a
+/// token from unmasking a value by trying every spelling the mask hides.
+/// A lookup first asks whether the subject has budget left (refused when
+/// not, hit or miss alike, so the refusal tells nothing), and a miss then
+/// spends one unit.
+pub struct LookupBudget {
+    cells: Cells,
+    /// When each exhausted subject was last written to the audit log.
+    audited: Mutex<HashMap<Arc<str>, Instant>>,
+}
+
+/// A lookup admitted by the budget; settled once its outcome is known.
+#[must_use]
+pub struct LookupTicket<'a> {
+    budget: &'a LookupBudget,
+    principal: Option<&'a Principal>,
+}
+
+impl LookupTicket<'_> {
+    /// Spends a miss when the lookup found nobody.
+    pub fn settle<T>(self, outcome: &Result<T, ApiError>) {
+        if let (Some(principal), Err(e)) = (self.principal, outcome) {
+            if e.status_and_code().1 == "profile_not_found" {
+                self.budget.miss(&principal.rate_key);
+            }
         }
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        let index = subject
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31) ^ b as usize);
-        let mut shard = self.shards[index % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if shard.len() >= PRUNE_AT && !shard.contains_key(subject) {
-            shard.retain(|_, tat| *tat > now);
+    }
+}
+
+/// An exhausted subject's refusals are audited at most this often.
+const AUDIT_EVERY: Duration = Duration::from_secs(60);
+
+impl LookupBudget {
+    pub fn new(settings: &LimitSettings) -> LookupBudget {
+        let interval = if settings.lookup_misses_per_hour == 0 {
+            0
+        } else {
+            3_600_000_000_000 / u64::from(settings.lookup_misses_per_hour)
+        };
+        LookupBudget {
+            cells: Cells::new(interval, settings.lookup_miss_burst),
+            audited: Mutex::new(HashMap::new()),
         }
-        let tat = shard.get(subject).copied().unwrap_or(now).max(now);
-        let next = tat + self.interval;
-        if next - now > self.tolerance {
-            return Err(Duration::from_nanos(next - now - self.tolerance));
+    }
+
+    /// Admits a lookup by `principal` (`counted`: by a person-identifying
+    /// type; session identifiers are random and name no person, so they
+    /// neither spend nor are refused), or refuses it with 429
+    /// `lookup_budget_exhausted`, audited.
+    pub fn admit<'a>(
+        &'a self,
+        principal: &'a Principal,
+        counted: bool,
+    ) -> Result<LookupTicket<'a>, ApiError> {
+        if !counted {
+            return Ok(LookupTicket {
+                budget: self,
+                principal: None,
+            });
         }
-        shard.insert(subject.clone(), next);
-        Ok(())
+        if let Err(wait) = self.check(&principal.rate_key) {
+            let refusal = Err(ApiError::LookupBudgetExhausted(wait));
+            if self.should_audit(&principal.rate_key) {
+                audit::record_refusal(principal, Action::Lookup, None, &refusal);
+            }
+            return refusal;
+        }
+        Ok(LookupTicket {
+            budget: self,
+            principal: Some(principal),
+        })
+    }
+
+    /// Whether `subject` may look up now; if not, how long until it may.
+    pub fn check(&self, subject: &Arc<str>) -> Result<(), Duration> {
+        self.cells.available(subject)
+    }
+
+    /// Spends one miss of `subject`'s budget.
+    pub fn miss(&self, subject: &Arc<str>) {
+        let _ = self.cells.spend(subject, true);
+    }
+
+    /// Whether a refusal of `subject` should be audited now: the first, then
+    /// one a minute while it stays refused, so a flood of refusals cannot
+    /// flood the audit log.
+    pub fn should_audit(&self, subject: &Arc<str>) -> bool {
+        let now = Instant::now();
+        let mut audited = self.audited.lock().unwrap_or_else(|p| p.into_inner());
+        if audited.len() >= PRUNE_AT {
+            audited.retain(|_, at| now.duration_since(*at) < AUDIT_EVERY);
+        }
+        match audited.get(subject) {
+            Some(at) if now.duration_since(*at) < AUDIT_EVERY => false,
+            _ => {
+                audited.insert(subject.clone(), now);
+                true
+            }
+        }
     }
 }
 
@@ -83,6 +233,8 @@ mod tests {
             rate_per_second: 10,
             burst: 5,
             reject_delay_ms: 0,
+            lookup_misses_per_hour: 0,
+            lookup_miss_burst: 0,
         });
         let who: Arc<str> = "bot".into();
         for i in 0..5 {
@@ -103,8 +255,38 @@ mod tests {
             rate_per_second: 0,
             burst: 0,
             reject_delay_ms: 0,
+            lookup_misses_per_hour: 0,
+            lookup_miss_burst: 0,
         });
         let who: Arc<str> = "bot".into();
         assert!((0..10_000).all(|_| limiter.check(&who).is_ok()));
+    }
+
+    #[test]
+    fn misses_spend_the_lookup_budget_and_refuse_hits_too_once_spent() {
+        let budget = LookupBudget::new(&LimitSettings {
+            rate_per_second: 0,
+            burst: 0,
+            reject_delay_ms: 0,
+            lookup_misses_per_hour: 3600,
+            lookup_miss_burst: 3,
+        });
+        let desk: Arc<str> = "desk".into();
+        // Checks alone (hits) spend nothing.
+        for _ in 0..100 {
+            assert!(budget.check(&desk).is_ok());
+        }
+        for _ in 0..3 {
+            assert!(budget.check(&desk).is_ok());
+            budget.miss(&desk);
+        }
+        let wait = budget.check(&desk).unwrap_err();
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        // Misses while refused do not push the refill further away.
+        budget.miss(&desk);
+        assert!(budget.check(&desk).unwrap_err() <= Duration::from_secs(1));
+        assert!(budget.check(&"other".into()).is_ok());
+        assert!(budget.should_audit(&desk));
+        assert!(!budget.should_audit(&desk));
     }
 }

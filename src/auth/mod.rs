@@ -18,9 +18,9 @@ use futures_util::future::{Either, LocalBoxFuture};
 use jsonwebtoken::{EncodingKey, Validation};
 
 pub use keys::KeyError;
-pub use limit::RateLimiter;
+pub use limit::{LookupBudget, RateLimiter};
 pub use secret::{default_secret, load_or_create_secret, SecretSource};
-pub use token::TokenError;
+pub use token::{CustomerClaim, TokenError};
 
 use crate::audit::{self, Action};
 use crate::config::{AuthSettings, KeyAlgorithm};
@@ -42,10 +42,13 @@ pub enum Scope {
     Admin,
     /// The change feed, for integrations.
     ChangesRead,
+    /// Who is who: merge, unmerge, identifier removal, dismissing a
+    /// suggestion, vouching for an identifier in a signal.
+    IdentityWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::ProfilesRead,
         Scope::PiiRead,
         Scope::SignalsWrite,
@@ -53,6 +56,16 @@ impl Scope {
         Scope::ProfilesErase,
         Scope::Admin,
         Scope::ChangesRead,
+        Scope::IdentityWrite,
+    ];
+
+    /// Scopes a token bound to a channel carries only where
+    /// `auth.channel_scopes` allows it.
+    pub const SENSITIVE: [Scope; 4] = [
+        Scope::PiiRead,
+        Scope::IdentityWrite,
+        Scope::ProfilesErase,
+        Scope::Admin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +77,7 @@ impl Scope {
             Scope::ProfilesErase => "profiles:erase",
             Scope::Admin => "admin",
             Scope::ChangesRead => "changes:read",
+            Scope::IdentityWrite => "identity:write",
         }
     }
 
@@ -89,6 +103,12 @@ pub struct Principal {
     /// Unix seconds after which the token is refused (its `exp` plus the
     /// leeway): a long response, like an event stream, ends then.
     pub valid_until: u64,
+    /// A sensitive scope the token carries although its channel may not:
+    /// every request with it is refused.
+    refused_scope: Option<Scope>,
+    /// The customer a customer-bound token speaks for; such a token holds
+    /// no scopes.
+    pub customer: Option<CustomerClaim>,
 }
 
 impl Principal {
@@ -103,12 +123,28 @@ impl Principal {
         }
     }
 
-    /// Refuses `verified` identifiers from a token that may not vouch for them.
+    /// Refuses `verified` identifiers from a token that may not vouch for
+    /// them: vouching decides who is who, an identity operation.
     pub fn check_verified(&self, input: &crate::domain::SignalInput) -> Result<(), ApiError> {
-        if input.identifiers.iter().any(|i| i.verified) && !self.has(Scope::ProfilesWrite) {
-            return Err(ApiError::InsufficientScope(Scope::ProfilesWrite.as_str()));
+        if input.identifiers.iter().any(|i| i.verified) && !self.has(Scope::IdentityWrite) {
+            return Err(ApiError::InsufficientScope(Scope::IdentityWrite.as_str()));
         }
         Ok(())
+    }
+
+    /// Refuses a token that carries a scope its channel is not allowed, or
+    /// that is bound to a customer: checked before any route's own scope.
+    fn check_binding(&self) -> Result<(), ApiError> {
+        if self.customer.is_some() {
+            return Err(ApiError::CustomerTokenNotAllowed);
+        }
+        match (self.refused_scope, &self.channel) {
+            (Some(scope), Some(channel)) => Err(ApiError::ScopeNotAllowedForChannel {
+                channel: channel.clone(),
+                scope: scope.as_str(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a write for `channel` by a token bound to another channel.
@@ -162,6 +198,24 @@ pub struct Authenticator {
     signer: Option<Signer>,
     /// The claim checks for each algorithm, indexed by `KeyAlgorithm`.
     validations: [Validation; 4],
+    /// Channel -> the sensitive scopes its tokens may carry, as scope bits.
+    channel_scopes: std::collections::HashMap<String, u8>,
+}
+
+/// The scope bits of `auth.channel_scopes`, per channel (validated with the
+/// settings; an unknown name is left out).
+fn channel_scope_bits(settings: &AuthSettings) -> std::collections::HashMap<String, u8> {
+    settings
+        .channel_scopes
+        .iter()
+        .map(|(channel, names)| {
+            let bits = names
+                .iter()
+                .filter_map(|n| Scope::parse(n))
+                .fold(0, |bits, s| bits | s.bit());
+            (channel.clone(), bits)
+        })
+        .collect()
 }
 
 /// What a token signed with `alg` must satisfy besides its signature.
@@ -219,7 +273,44 @@ impl Authenticator {
             cache: TokenCache::new(settings.token_cache_entries),
             signer,
             validations: KeyAlgorithm::ALL.map(|alg| validation(settings, alg)),
+            channel_scopes: channel_scope_bits(settings),
         })
+    }
+
+    /// The first sensitive scope of `scopes` that a token bound to `channel`
+    /// may not carry (`auth.channel_scopes`); none for unbound tokens.
+    pub fn refused_scope(&self, scopes: &[Scope], channel: Option<&str>) -> Option<Scope> {
+        let bits = scopes.iter().fold(0, |b, s| b | s.bit());
+        self.refused_bits(bits, channel)
+    }
+
+    fn refused_bits(&self, bits: u8, channel: Option<&str>) -> Option<Scope> {
+        let channel = channel?;
+        let allowed = self.channel_scopes.get(channel).copied().unwrap_or(0);
+        Scope::SENSITIVE
+            .into_iter()
+            .find(|s| bits & s.bit() != 0 && allowed & s.bit() == 0)
+    }
+
+    /// The sensitive scopes each channel's tokens may carry, one channel a
+    /// line, for `anamnesis check-config`.
+    pub fn describe_channel_scopes(&self, channels: &[String]) -> String {
+        let mut out = String::new();
+        for channel in channels {
+            let allowed = self.channel_scopes.get(channel).copied().unwrap_or(0);
+            let names: Vec<&str> = Scope::SENSITIVE
+                .into_iter()
+                .filter(|s| allowed & s.bit() != 0)
+                .map(Scope::as_str)
+                .collect();
+            let shown = if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(" ")
+            };
+            out.push_str(&format!("{channel:<12} {shown}\n"));
+        }
+        out
     }
 
     /// Signs minted tokens with the configured key `kid` (its secret, or its
@@ -359,6 +450,12 @@ impl Authenticator {
                 scopes |= scope.bit();
             }
         }
+        // A customer's token is theirs alone: whatever scopes it names,
+        // it reads their own view and nothing else.
+        if claims.customer.is_some() {
+            scopes = 0;
+        }
+        let refused_scope = self.refused_bits(scopes, claims.channel.as_deref());
         let rate_key: Arc<str> = if claims.sub.is_empty() {
             token.into()
         } else {
@@ -375,6 +472,8 @@ impl Authenticator {
             channel: claims.channel,
             rate_key,
             valid_until,
+            refused_scope,
+            customer: claims.customer,
         });
         self.cache
             .insert(token, principal.clone(), valid_until, ring.generation, now);
@@ -390,9 +489,6 @@ impl Authenticator {
         channel: Option<&str>,
         ttl: Duration,
     ) -> Result<String, KeyError> {
-        let signer = self.signer.as_ref().ok_or_else(|| {
-            KeyError::Signing("no key to sign with: configure auth.hs256_secret, or pick a configured key with a secret or private_key_file (--kid)".into())
-        })?;
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
             exp: Some(now + ttl.as_secs()),
@@ -407,10 +503,46 @@ impl Authenticator {
                 .collect::<Vec<_>>()
                 .join(" "),
             channel: channel.map(str::to_owned),
+            customer: None,
         };
+        self.sign(&claims)
+    }
+
+    /// Mints a token bound to the customer who holds the identifier
+    /// `kind:value`, valid for `ttl`: what a company's login hands a
+    /// customer-facing page.
+    pub fn mint_for_customer(
+        &self,
+        subject: &str,
+        kind: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<String, KeyError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            exp: Some(now + ttl.as_secs()),
+            nbf: None,
+            iat: Some(now),
+            aud: Some(Audience::One(self.settings.audience.clone())),
+            iss: self.settings.issuer.clone(),
+            sub: subject.to_owned(),
+            scope: String::new(),
+            channel: None,
+            customer: Some(CustomerClaim {
+                kind: kind.to_owned(),
+                value: value.to_owned(),
+            }),
+        };
+        self.sign(&claims)
+    }
+
+    fn sign(&self, claims: &Claims) -> Result<String, KeyError> {
+        let signer = self.signer.as_ref().ok_or_else(|| {
+            KeyError::Signing("no key to sign with: configure auth.hs256_secret, or pick a configured key with a secret or private_key_file (--kid)".into())
+        })?;
         let mut header = jsonwebtoken::Header::new(signer.alg.algorithm());
         header.kid = signer.kid.clone();
-        jsonwebtoken::encode(&header, &claims, &signer.key)
+        jsonwebtoken::encode(&header, claims, &signer.key)
             .map_err(|e| KeyError::Signing(e.to_string()))
     }
 
@@ -422,6 +554,8 @@ impl Authenticator {
                 channel: None,
                 rate_key: "anonymous".into(),
                 valid_until: u64::MAX,
+                refused_scope: None,
+                customer: None,
             }));
         }
         if token::query_has_token(req.query_string()) {
@@ -443,7 +577,7 @@ impl Authenticator {
 /// The scope a route requires, and the audited action it performs, if any:
 /// a caller refused for lacking the scope of an audited action leaves an
 /// audit line too.
-pub trait Policy {
+pub trait Policy: 'static {
     const SCOPE: Scope;
     const AUDITED: Option<Action> = None;
 }
@@ -466,12 +600,14 @@ policy! {
     WriteSignals => Scope::SignalsWrite;
     /// `profiles:write`
     WriteProfiles => Scope::ProfilesWrite;
-    /// `profiles:write`, audited
-    MergeProfiles => Scope::ProfilesWrite, Action::Merge;
-    /// `profiles:write`, audited
-    UnmergeProfiles => Scope::ProfilesWrite, Action::Unmerge;
-    /// `profiles:write`, audited
-    RemoveIdentifiers => Scope::ProfilesWrite, Action::RemoveIdentifier;
+    /// `identity:write`, audited
+    MergeProfiles => Scope::IdentityWrite, Action::Merge;
+    /// `identity:write`, audited
+    UnmergeProfiles => Scope::IdentityWrite, Action::Unmerge;
+    /// `identity:write`, audited
+    RemoveIdentifiers => Scope::IdentityWrite, Action::RemoveIdentifier;
+    /// `identity:write`: deciding two profiles are not one person
+    DismissSuggestions => Scope::IdentityWrite;
     /// `profiles:erase`, audited
     EraseProfiles => Scope::ProfilesErase, Action::Erase;
     /// `changes:read`
@@ -487,21 +623,34 @@ pub struct Authorized<P: Policy> {
     _policy: PhantomData<P>,
 }
 
+/// The verified caller of a request, once it is within its rate limit.
+fn authenticate(req: &HttpRequest) -> Result<(Arc<Principal>, bool), ApiError> {
+    let auth = req
+        .app_data::<web::Data<Authenticator>>()
+        .ok_or(ApiError::Internal("authenticator not configured"))?;
+    let principal = auth.principal_of(req)?;
+    if !auth.settings.disabled {
+        if let Some(limiter) = req.app_data::<web::Data<RateLimiter>>() {
+            limiter
+                .check(&principal.rate_key)
+                .map_err(ApiError::RateLimited)?;
+        }
+    }
+    Ok((principal, auth.settings.disabled))
+}
+
 impl<P: Policy> Authorized<P> {
     fn authorize(req: &HttpRequest) -> Result<Self, ApiError> {
-        let auth = req
-            .app_data::<web::Data<Authenticator>>()
-            .ok_or(ApiError::Internal("authenticator not configured"))?;
-        let principal = auth.principal_of(req)?;
-        if !auth.settings.disabled {
-            if let Some(limiter) = req.app_data::<web::Data<RateLimiter>>() {
-                limiter
-                    .check(&principal.rate_key)
-                    .map_err(ApiError::RateLimited)?;
+        let (principal, _) = authenticate(req)?;
+        let refusal = match principal.check_binding() {
+            Err(e) => Some(e),
+            Ok(()) if !principal.has(P::SCOPE) => {
+                Some(ApiError::InsufficientScope(P::SCOPE.as_str()))
             }
-        }
-        if !principal.has(P::SCOPE) {
-            let refusal = Err(ApiError::InsufficientScope(P::SCOPE.as_str()));
+            Ok(()) => None,
+        };
+        if let Some(refusal) = refusal {
+            let refusal = Err(refusal);
             if let Some(action) = P::AUDITED {
                 let id = ["customer_id", "target_id"]
                     .into_iter()
@@ -518,24 +667,63 @@ impl<P: Policy> Authorized<P> {
     }
 }
 
-impl<P: Policy> FromRequest for Authorized<P> {
+/// A verified token bound to one customer (its `customer` claim): it reads
+/// that customer's own view and nothing else. Any other token is refused
+/// with 403 `customer_token_required`.
+pub struct CustomerToken {
+    pub principal: Arc<Principal>,
+    pub customer: CustomerClaim,
+}
+
+impl CustomerToken {
+    fn authorize(req: &HttpRequest) -> Result<Self, ApiError> {
+        let (principal, _) = authenticate(req)?;
+        let customer = principal
+            .customer
+            .clone()
+            .ok_or(ApiError::CustomerTokenRequired)?;
+        Ok(CustomerToken {
+            principal,
+            customer,
+        })
+    }
+}
+
+impl FromRequest for CustomerToken {
     type Error = ApiError;
-    type Future =
-        Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
+    type Future = Extracted<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        match Self::authorize(req) {
-            // Held a while before it goes out: see `RateLimiter::reject_delay`.
-            Err(refusal @ ApiError::RateLimited(_)) => {
-                let delay = req
-                    .app_data::<web::Data<RateLimiter>>()
-                    .map_or(Duration::ZERO, |l| l.reject_delay());
-                Either::Right(Box::pin(async move {
-                    tokio::time::sleep(delay).await;
-                    Err(refusal)
-                }))
-            }
-            other => Either::Left(ready(other)),
+        held_refusal(req, Self::authorize(req))
+    }
+}
+
+/// What the token extractors answer: at once, or after a pause.
+type Extracted<T> =
+    Either<Ready<Result<T, ApiError>>, LocalBoxFuture<'static, Result<T, ApiError>>>;
+
+/// Answers at once, except a rate-limit refusal, which is held a while
+/// before it goes out: see `RateLimiter::reject_delay`.
+fn held_refusal<T: 'static>(req: &HttpRequest, outcome: Result<T, ApiError>) -> Extracted<T> {
+    match outcome {
+        Err(refusal @ ApiError::RateLimited(_)) => {
+            let delay = req
+                .app_data::<web::Data<RateLimiter>>()
+                .map_or(Duration::ZERO, |l| l.reject_delay());
+            Either::Right(Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Err(refusal)
+            }))
         }
+        other => Either::Left(ready(other)),
+    }
+}
+
+impl<P: Policy> FromRequest for Authorized<P> {
+    type Error = ApiError;
+    type Future = Extracted<Self>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        held_refusal(req, Self::authorize(req))
     }
 }

@@ -135,6 +135,21 @@ pub struct Claims {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// Binds the token to one customer, named by one of their identifiers
+    /// (as the company's login knows them): such a token reads that
+    /// customer's own view and nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<CustomerClaim>,
+}
+
+/// The identifier a customer-bound token names, as the token carries it
+/// (normalised when it is used).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerClaim {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
 }
 
 /// RFC 7519 allows one audience or a list; `jsonwebtoken` checks that ours is

@@ -155,7 +155,7 @@ pub async fn events(
         Some(raw) => Some(parse_decimal(&raw).ok_or(ServiceError::InvalidCursor)?),
         None => None,
     };
-    let stream = services.open_stream(id, last_event_id)?;
+    let stream = services.open_stream(id, last_event_id, auth.principal.access())?;
     let heartbeat = services.heartbeat();
     // The stream lives as long as its token, at most `events.max_stream_secs`.
     let now = std::time::SystemTime::now()
@@ -225,7 +225,7 @@ impl Streaming {
                 event = self.stream.subscription.events.recv() => match event {
                     Some(event) => {
                         if self.stream.is_new(&event) {
-                            let event = self.services.live_event(&event);
+                            let event = self.services.live_event(&event, &self.stream);
                             self.send(&event);
                         }
                     }

@@ -9,10 +9,10 @@ use utoipa::IntoParams;
 use super::profiles::{customer_id, LookupQuery};
 use super::resource;
 use crate::audit::{self, Action, Detail};
-use crate::auth::{Authorized, ExportProfiles, ReadProfiles, Scope};
+use crate::auth::{Authorized, CustomerToken, ExportProfiles, LookupBudget, ReadProfiles, Scope};
 use crate::domain::{CustomerId, EpisodeStatus};
 use crate::error::{ApiError, ErrorBody};
-use crate::service::engagement::{EpisodesPage, FollowUpPage};
+use crate::service::engagement::{EpisodesPage, FollowUpPage, OwnEpisodesPage};
 use crate::service::profiles::{deserialize_limit, MAX_PAGE};
 use crate::service::views::PersonalizationView;
 use crate::service::Services;
@@ -29,7 +29,33 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         resource("/v1/personalization", "GET").route(web::get().to(personalization_by_identifier)),
     )
-    .service(resource("/v1/profiles/{customer_id}/export", "GET").route(web::get().to(export)));
+    .service(resource("/v1/profiles/{customer_id}/export", "GET").route(web::get().to(export)))
+    .service(resource("/v1/me/episodes", "GET").route(web::get().to(own_episodes)));
+}
+
+/// The open episodes of the customer the token is bound to, and where each
+/// stands: for a customer-facing page. Needs a token with a `customer`
+/// claim naming one of the customer's verified identifiers (`{"type":
+/// "account_id", "value": "C-1001"}`), minted by the company's login; any
+/// other token is refused, and such a token reads nothing else.
+#[utoipa::path(
+    get, path = "/v1/me/episodes", tag = "episodes",
+    responses(
+        (status = 200, body = OwnEpisodesPage),
+        (status = 422, description = "The token's customer claim names an unknown or session identifier type, or a value its normaliser refuses", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn own_episodes(
+    token: CustomerToken,
+    services: web::Data<Services>,
+) -> Result<web::Json<OwnEpisodesPage>, ApiError> {
+    let customer = &token.customer;
+    Ok(web::Json(
+        services
+            .own_episodes(&customer.kind, &customer.value)
+            .await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -71,14 +97,18 @@ fn parse_statuses(raw: Option<&str>) -> Result<Vec<EpisodeStatus>, ApiError> {
     security(("bearer" = []))
 )]
 pub async fn episodes(
-    _auth: Authorized<ReadProfiles>,
+    auth: Authorized<ReadProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
     query: web::Query<EpisodesQuery>,
 ) -> Result<web::Json<EpisodesPage>, ApiError> {
     let id = customer_id(&path)?;
     let statuses = parse_statuses(query.status.as_deref())?;
-    Ok(web::Json(services.episodes(id, &statuses).await?))
+    Ok(web::Json(
+        services
+            .episodes(id, &statuses, auth.principal.access())
+            .await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -108,7 +138,7 @@ pub struct FollowUpQuery {
     security(("bearer" = []))
 )]
 pub async fn follow_ups(
-    _auth: Authorized<ReadProfiles>,
+    auth: Authorized<ReadProfiles>,
     services: web::Data<Services>,
     query: web::Query<FollowUpQuery>,
 ) -> Result<web::Json<FollowUpPage>, ApiError> {
@@ -136,6 +166,7 @@ pub async fn follow_ups(
         due_before,
         limit,
         query.cursor.as_deref(),
+        auth.principal.access(),
     )?))
 }
 
@@ -170,15 +201,18 @@ pub async fn personalization(
     security(("bearer" = []))
 )]
 pub async fn personalization_by_identifier(
-    _auth: Authorized<ReadProfiles>,
+    auth: Authorized<ReadProfiles>,
     services: web::Data<Services>,
+    budget: web::Data<LookupBudget>,
     query: web::Query<LookupQuery>,
 ) -> Result<web::Json<PersonalizationView>, ApiError> {
-    Ok(web::Json(
-        services
-            .personalization_by(&query.kind, &query.value)
-            .await?,
-    ))
+    let ticket = budget.admit(&auth.principal, services.is_budgeted_lookup(&query.kind))?;
+    let found = services
+        .personalization_by(&query.kind, &query.value)
+        .await
+        .map_err(ApiError::from);
+    ticket.settle(&found);
+    Ok(web::Json(found?))
 }
 
 /// Everything held about a customer as one JSON document, streamed: the

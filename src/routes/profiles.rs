@@ -9,8 +9,8 @@ use utoipa::IntoParams;
 use super::extract::JsonBody;
 use super::resource;
 use crate::auth::{
-    Authorized, EraseProfiles, MergeProfiles, ReadProfiles, RemoveIdentifiers, UnmergeProfiles,
-    WriteProfiles,
+    Authorized, DismissSuggestions, EraseProfiles, LookupBudget, MergeProfiles, ReadProfiles,
+    RemoveIdentifiers, UnmergeProfiles, WriteProfiles,
 };
 use crate::domain::names::{ConsentPurpose, IdentifierType};
 use crate::domain::CustomerId;
@@ -184,13 +184,16 @@ pub async fn get_profile(
 pub async fn lookup(
     auth: Authorized<ReadProfiles>,
     services: web::Data<Services>,
+    budget: web::Data<LookupBudget>,
     query: web::Query<LookupQuery>,
 ) -> Result<web::Json<ProfileView>, ApiError> {
-    Ok(web::Json(
-        services
-            .lookup(&query.kind, &query.value, auth.principal.access())
-            .await?,
-    ))
+    let ticket = budget.admit(&auth.principal, services.is_budgeted_lookup(&query.kind))?;
+    let found = services
+        .lookup(&query.kind, &query.value, auth.principal.access())
+        .await
+        .map_err(ApiError::from);
+    ticket.settle(&found);
+    Ok(web::Json(found?))
 }
 
 /// The context card of a profile.
@@ -230,14 +233,17 @@ pub async fn context(
 pub async fn context_by_identifier(
     auth: Authorized<ReadProfiles>,
     services: web::Data<Services>,
+    budget: web::Data<LookupBudget>,
     query: web::Query<ContextByIdentifierQuery>,
 ) -> Result<web::Json<ContextCard>, ApiError> {
     let limit = context_limit(query.limit)?;
-    Ok(web::Json(
-        services
-            .context_by(&query.kind, &query.value, limit, auth.principal.access())
-            .await?,
-    ))
+    let ticket = budget.admit(&auth.principal, services.is_budgeted_lookup(&query.kind))?;
+    let found = services
+        .context_by(&query.kind, &query.value, limit, auth.principal.access())
+        .await
+        .map_err(ApiError::from);
+    ticket.settle(&found);
+    Ok(web::Json(found?))
 }
 
 /// Interactions across all channels, newest first, cursor-paginated.
@@ -252,7 +258,7 @@ pub async fn context_by_identifier(
     security(("bearer" = []))
 )]
 pub async fn timeline(
-    _auth: Authorized<ReadProfiles>,
+    auth: Authorized<ReadProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
     query: web::Query<TimelineQuery>,
@@ -266,7 +272,11 @@ pub async fn timeline(
             ));
         }
     }
-    Ok(web::Json(services.timeline(id, &query)?))
+    Ok(web::Json(services.timeline(
+        id,
+        &query,
+        auth.principal.access(),
+    )?))
 }
 
 /// Set or delete traits (`null` deletes).
@@ -541,7 +551,7 @@ pub async fn suggestions(
     security(("bearer" = []))
 )]
 pub async fn dismiss_suggestion(
-    auth: Authorized<WriteProfiles>,
+    auth: Authorized<DismissSuggestions>,
     services: web::Data<Services>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {

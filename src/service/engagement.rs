@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::views::{self, episode_view, Access, EpisodeView, InteractionView, PersonalizationView};
 use super::{ServiceError, Services};
-use crate::domain::{CustomerId, EpisodeStatus, Profile};
+use crate::domain::{CustomerId, EpisodeStatus, NormaliseOutcome, Profile};
 use crate::store::{FollowUpKey, TimelinePosition};
 
 /// The consent purpose that personalisation needs.
@@ -47,6 +47,28 @@ pub struct FollowUpPage {
     pub next_cursor: Option<String>,
 }
 
+/// An episode as its customer sees it: what it is about (its id), where it
+/// stands and the line written for them. Titles are written for the desk
+/// and are not shown.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct OwnEpisodeView {
+    #[schema(example = "order-A-1001")]
+    pub id: String,
+    pub status: EpisodeStatus,
+    /// A status line meant for the customer.
+    #[schema(example = "Your parcel left our depot")]
+    pub public_status: Option<String>,
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /v1/me/episodes`: the open episodes of the customer a token is
+/// bound to, last touched first.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct OwnEpisodesPage {
+    pub episodes: Vec<OwnEpisodeView>,
+}
+
 fn decode_cursor(cursor: &str) -> Result<FollowUpKey, ServiceError> {
     FollowUpKey::from_cursor(cursor).ok_or(ServiceError::InvalidCursor)
 }
@@ -57,15 +79,69 @@ impl Services {
         &self,
         id: CustomerId,
         statuses: &[EpisodeStatus],
+        access: Access,
     ) -> Result<EpisodesPage, ServiceError> {
         let source = self.source(id, 0).await?;
         let p = &source.profile;
+        let m = self.masking(access);
         Ok(EpisodesPage {
             customer_id: p.customer_id,
             episodes: views::ordered_episodes(p)
                 .into_iter()
                 .filter(|e| statuses.is_empty() || statuses.contains(&e.status))
-                .map(|e| episode_view(e, self.rules.follow_up_delay))
+                .map(|e| episode_view(e, &m))
+                .collect(),
+        })
+    }
+
+    /// The open episodes of the customer who holds `kind:value`, for a token
+    /// bound to them. Only a verified identifier of a person counts: one
+    /// that was only ever claimed may have been typed by someone else, and a
+    /// session identifier names a browser, not a person. A customer nobody
+    /// holds that way has no open episodes.
+    pub async fn own_episodes(
+        &self,
+        kind: &str,
+        value: &str,
+    ) -> Result<OwnEpisodesPage, ServiceError> {
+        if self.rules.identifiers.rule(kind).is_some_and(|r| r.session) {
+            return Err(ServiceError::Identifier(
+                crate::domain::IdentifierError::Invalid {
+                    kind: kind.to_owned(),
+                    reason: "names a browser, device or conversation, not a customer".into(),
+                },
+            ));
+        }
+        let identifier = match self.rules.identifiers.normalise(kind, value)? {
+            NormaliseOutcome::Usable(id) => id,
+            NormaliseOutcome::Ignored(_) => return Ok(OwnEpisodesPage { episodes: vec![] }),
+        };
+        let source = match self.source_by(kind, value, 0).await {
+            Ok(source) => source,
+            Err(ServiceError::ProfileNotFound(_) | ServiceError::IdentifierNotOwned) => {
+                return Ok(OwnEpisodesPage { episodes: vec![] })
+            }
+            Err(e) => return Err(e),
+        };
+        let p = &source.profile;
+        let verified = p
+            .identifiers
+            .iter()
+            .any(|r| r.identifier == identifier && !r.claimed);
+        if !verified {
+            return Ok(OwnEpisodesPage { episodes: vec![] });
+        }
+        Ok(OwnEpisodesPage {
+            episodes: views::ordered_episodes(p)
+                .into_iter()
+                .filter(|e| e.status.is_open())
+                .map(|e| OwnEpisodeView {
+                    id: e.id.clone(),
+                    status: e.status,
+                    public_status: e.public_status.clone(),
+                    opened_at: e.opened_at,
+                    updated_at: e.updated_at,
+                })
                 .collect(),
         })
     }
@@ -76,7 +152,9 @@ impl Services {
         due_before: DateTime<Utc>,
         limit: usize,
         cursor: Option<&str>,
+        access: Access,
     ) -> Result<FollowUpPage, ServiceError> {
+        let m = self.masking(access);
         let after = cursor.map(decode_cursor).transpose()?;
         let delay = self.rules.follow_up_delay;
         let resolved_before = u64::try_from((due_before - delay).timestamp_millis()).unwrap_or(0);
@@ -112,7 +190,7 @@ impl Services {
                 out.push(FollowUpView {
                     customer_id: p.customer_id,
                     episode_id: e.id.clone(),
-                    title: e.title.clone(),
+                    title: m.title(&e.title),
                     resolved_at,
                     due_at: resolved_at + delay,
                     channels: e.channels.iter().cloned().collect(),
@@ -226,7 +304,8 @@ pub fn export_profiles(
 ) -> anyhow::Result<u64> {
     let rules = crate::domain::SignalRules::from_settings(settings)
         .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.reason))?;
-    let masking = views::Masking::new(Access { pii: true }, &rules, &settings.traits.pii);
+    let fields = views::FieldRules::new(settings);
+    let masking = views::Masking::new(Access { pii: true }, &rules, &fields);
     let mut written = 0;
     let mut after = None;
     loop {
@@ -334,8 +413,11 @@ impl Export {
                     self.services
                         .interactions(&self.profile, before, EXPORT_PAGE, None)?;
                 let next = page.last().and_then(|i| TimelinePosition::from_id(&i.id));
-                let items: Vec<InteractionView> =
-                    page.into_iter().map(views::interaction_view).collect();
+                let masking = self.services.masking(Access { pii: true });
+                let items: Vec<InteractionView> = page
+                    .into_iter()
+                    .map(|i| views::interaction_view(i, &masking))
+                    .collect();
                 let mut out = Vec::new();
                 self.push_items(&mut out, &items)?;
                 if more && next.is_some() {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::journal::{pruned_through, Change, ChangeKind, LiveEvent, Payload};
-use super::{views, ServiceError, Services};
+use super::{views, Access, ServiceError, Services};
 use crate::domain::CustomerId;
 use crate::events::Subscription;
 use crate::store::{Store, StoreError, TimelinePosition};
@@ -53,6 +53,8 @@ pub struct EventStream {
     pub replay_done: bool,
     /// The id of the last event sent.
     sent: u64,
+    /// What the stream's token may see of what events are about.
+    access: Access,
 }
 
 impl EventStream {
@@ -136,6 +138,7 @@ impl Services {
         &self,
         id: CustomerId,
         last_event_id: Option<u64>,
+        access: Access,
     ) -> Result<EventStream, ServiceError> {
         if let Some(after) = last_event_id {
             let oldest = pruned_through(&*self.store)?;
@@ -189,6 +192,7 @@ impl Services {
             queue: VecDeque::new(),
             replay_done: replayed >= upto,
             sent: last_event_id.unwrap_or(upto),
+            access,
         })
     }
 
@@ -221,7 +225,7 @@ impl Services {
             for change in page {
                 stream.replayed = change.seq;
                 let moved = stream.note_identity(&change);
-                let data = self.replayed_data(&change)?;
+                let data = self.replayed_data(&change, stream.access)?;
                 stream.queue.push_back(stream_event(&change, data));
                 if moved {
                     // Read on from here with the new set of profiles.
@@ -234,9 +238,13 @@ impl Services {
 
     /// What a replayed change is about, as it is now (the log keeps no
     /// content): the current answer, episode or interaction, if still there.
-    fn replayed_data(&self, change: &Change) -> Result<Option<Value>, ServiceError> {
+    fn replayed_data(
+        &self,
+        change: &Change,
+        access: Access,
+    ) -> Result<Option<Value>, ServiceError> {
         let payload = payload_from_store(&*self.store, change)?;
-        Ok(payload.map(|p| self.payload_view(&p)))
+        Ok(payload.map(|p| self.payload_view(change, &p, access)))
     }
 
     /// How often an idle stream gets a heartbeat.
@@ -251,21 +259,26 @@ impl Services {
 }
 
 impl Services {
-    /// A live event as a stream sends it.
-    pub fn live_event(&self, event: &Arc<LiveEvent>) -> StreamEvent {
+    /// A live event as `stream` sends it.
+    pub fn live_event(&self, event: &Arc<LiveEvent>, stream: &EventStream) -> StreamEvent {
         stream_event(
             &event.change,
-            event.data.as_ref().map(|p| self.payload_view(p)),
+            event
+                .data
+                .as_ref()
+                .map(|p| self.payload_view(&event.change, p, stream.access)),
         )
     }
 
-    fn payload_view(&self, payload: &Payload) -> Value {
+    fn payload_view(&self, change: &Change, payload: &Payload, access: Access) -> Value {
+        let m = self.masking(access);
         let view = match payload {
-            Payload::Answer(a) => serde_json::to_value(views::answer_view(a)),
-            Payload::Interaction(i) => serde_json::to_value(views::interaction_view(i.clone())),
-            Payload::Episode(e) => {
-                serde_json::to_value(views::episode_view(e, self.rules.follow_up_delay))
+            Payload::Answer(a) => {
+                let key = change.key.as_deref().unwrap_or("");
+                serde_json::to_value(views::answer_view(key, a, &m))
             }
+            Payload::Interaction(i) => serde_json::to_value(views::interaction_view(i.clone(), &m)),
+            Payload::Episode(e) => serde_json::to_value(views::episode_view(e, &m)),
         };
         view.unwrap_or(Value::Null)
     }

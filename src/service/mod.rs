@@ -36,7 +36,7 @@ use journal::Recording;
 pub use profiles::{
     AnswersInput, ConsentInput, HistoryQuery, MergeInput, TimelineQuery, TraitsPatch, UnmergeInput,
 };
-pub use views::{Access, Masking};
+pub use views::{Access, FieldRules, Masking};
 
 /// Failures of a use case. Every variant maps to one stable error code in
 /// `crate::error`.
@@ -131,7 +131,7 @@ pub struct Services {
     store: Arc<dyn Store>,
     committer: Committer,
     rules: Arc<SignalRules>,
-    pii_traits: Vec<String>,
+    fields: views::FieldRules,
     purposes: Vec<String>,
     max_batch: usize,
     /// Live event streams of this process.
@@ -304,7 +304,7 @@ impl Services {
             store,
             committer,
             rules: Arc::new(rules),
-            pii_traits: settings.traits.pii.clone(),
+            fields: views::FieldRules::new(settings),
             purposes: settings.consents.purposes.clone(),
             max_batch: settings.server.max_batch_signals,
             hub,
@@ -343,7 +343,14 @@ impl Services {
     }
 
     pub fn masking(&self, access: Access) -> Masking<'_> {
-        Masking::new(access, &self.rules, &self.pii_traits)
+        Masking::new(access, &self.rules, &self.fields)
+    }
+
+    /// Whether a lookup by an identifier of `kind` spends the lookup budget
+    /// when it misses: every type but the session ones (random values a
+    /// browser, device or chat made up, which name no person).
+    pub fn is_budgeted_lookup(&self, kind: &str) -> bool {
+        !self.rules.identifiers.rule(kind).is_some_and(|r| r.session)
     }
 
     pub fn rules(&self) -> &SignalRules {

@@ -364,8 +364,10 @@ impl Services {
         &self,
         id: CustomerId,
         q: &TimelineQuery,
+        access: Access,
     ) -> Result<TimelinePage, ServiceError> {
         let p = self.live(id)?;
+        let masking = self.masking(access);
         let before = match &q.cursor {
             Some(c) => Some(TimelinePosition::from_id(c).ok_or(ServiceError::InvalidCursor)?),
             None => None,
@@ -379,7 +381,10 @@ impl Services {
         };
         Ok(TimelinePage {
             customer_id: p.customer_id,
-            interactions: items.into_iter().map(views::interaction_view).collect(),
+            interactions: items
+                .into_iter()
+                .map(|i| views::interaction_view(i, &masking))
+                .collect(),
             next_cursor,
         })
     }

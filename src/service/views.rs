@@ -1,13 +1,14 @@
 //! What callers see: the response shapes of the contract, built from stored
 //! profiles with the caller's field access applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::config::Settings;
 use crate::domain::{
     non_null_value_schema, Answer, ConflictReason, Consent, Contribution, CustomerId, Episode,
     EpisodeStatus, IdentifierRecord, IdentifierRules, IdentityEvent, IdentityEventKind,
@@ -17,53 +18,114 @@ use crate::domain::{
 /// What the caller may see. Built from the token's scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Access {
-    /// Whether PII identifiers and traits are shown in clear.
+    /// Whether personal data (PII identifiers, PII traits, free text) is
+    /// shown in clear.
     pub pii: bool,
 }
 
-/// Field rules that decide what is PII, and the one setting views derive
-/// a field from.
+/// Which fields hold personal data, from configuration: the PII traits,
+/// and the free text that is *not* personal (free text is, by default).
+#[derive(Debug, Clone, Default)]
+pub struct FieldRules {
+    pub pii_traits: Vec<String>,
+    pub public_answers: HashSet<String>,
+    pub public_properties: HashSet<String>,
+    pub public_title: bool,
+    pub public_status: bool,
+    pub public_summary: bool,
+    pub public_comment: bool,
+}
+
+impl FieldRules {
+    pub fn new(settings: &Settings) -> FieldRules {
+        let privacy = &settings.privacy;
+        let field = |name: &str| privacy.public_fields.iter().any(|f| f == name);
+        FieldRules {
+            pii_traits: settings.traits.pii.clone(),
+            public_answers: privacy.public_answers.iter().cloned().collect(),
+            public_properties: privacy.public_properties.iter().cloned().collect(),
+            public_title: field("episode.title"),
+            public_status: field("episode.public_status"),
+            public_summary: field("interaction.summary"),
+            public_comment: field("feedback.comment"),
+        }
+    }
+}
+
+/// Field rules that decide what is personal, and the one setting views
+/// derive a field from.
 pub struct Masking<'a> {
     pub access: Access,
     pub identifiers: &'a IdentifierRules,
-    pub pii_traits: &'a [String],
+    pub fields: &'a FieldRules,
     /// A resolved episode's follow-up falls due this long after resolution.
     pub follow_up_delay: chrono::Duration,
 }
 
-/// Masks a PII value: phones keep the country and first digit plus the last four
-/// (`+316****5678`), e-mails the first letter and the domain (`a***@example.com`),
-/// anything else its first two characters (`C-****`).
+/// What masked free text shows: nothing of it.
+pub const MASKED_TEXT: &str = "****";
+
+/// Masks a PII identifier so that what it shows cannot be completed by
+/// trying the rest (each miss spends the lookup budget, see
+/// `limits.lookup_misses_per_hour`): at least six characters stay hidden.
+///
+/// - phones (E.164) keep `+`, the next two digits (the country code, or
+///   its start) and, when at least six digits stay hidden, the last two:
+///   `+31****78`, so an agent can ask "the number ending in 78?";
+/// - e-mails keep the domain, and the first letter of a local part of at
+///   least seven characters: `a***@example.com`, `***@example.com`;
+/// - other values keep their first two characters when at least six more
+///   stay hidden: `LC****`, else nothing: `****`.
 pub fn mask(kind: &str, value: &str) -> String {
     let chars: Vec<char> = value.chars().collect();
     match kind {
         "email" => match value.split_once('@') {
             Some((local, domain)) => {
-                let first: String = local.chars().take(1).collect();
+                let local: Vec<char> = local.chars().collect();
+                let first: String = match local.len() >= 7 {
+                    true => local[..1].iter().collect(),
+                    false => String::new(),
+                };
                 format!("{first}***@{domain}")
             }
-            None => "***".to_owned(),
+            None => MASKED_TEXT.to_owned(),
         },
-        _ if kind == "phone" && chars.len() > 8 => {
-            let head: String = chars[..4].iter().collect();
-            let tail: String = chars[chars.len() - 4..].iter().collect();
+        "phone" if chars.len() >= 3 => {
+            let head: String = chars[..3].iter().collect();
+            // Digits after the head that would stay hidden with a tail of two.
+            let hidden = chars.len().saturating_sub(3 + 2);
+            let tail: String = match hidden >= 6 {
+                true => chars[chars.len() - 2..].iter().collect(),
+                false => String::new(),
+            };
             format!("{head}****{tail}")
         }
-        _ => {
-            let head: String = chars.iter().take(2.min(chars.len() / 2)).collect();
+        _ if chars.len() >= 8 => {
+            let head: String = chars[..2].iter().collect();
             format!("{head}****")
         }
+        _ => MASKED_TEXT.to_owned(),
     }
 }
 
+/// Masks a PII trait: its first two characters when it has at least four,
+/// so the desk sees a name is there (`An****`). Traits are not lookup keys,
+/// so no answer can complete them.
+fn mask_trait(value: &str) -> String {
+    let head: String = value
+        .chars()
+        .take(2.min(value.chars().count() / 2))
+        .collect();
+    format!("{head}****")
+}
+
 impl<'a> Masking<'a> {
-    /// What `access` may see under `rules`, with `pii_traits` the trait
-    /// names that hold personal data.
-    pub fn new(access: Access, rules: &'a SignalRules, pii_traits: &'a [String]) -> Masking<'a> {
+    /// What `access` may see under `rules` and the field rules.
+    pub fn new(access: Access, rules: &'a SignalRules, fields: &'a FieldRules) -> Masking<'a> {
         Masking {
             access,
             identifiers: &rules.identifiers,
-            pii_traits,
+            fields,
             follow_up_delay: rules.follow_up_delay,
         }
     }
@@ -78,7 +140,7 @@ impl<'a> Masking<'a> {
 
     pub fn trait_value(&self, name: &str, value: &Value) -> Value {
         // `address` also covers namespaced `address.street`.
-        let is_pii = self.pii_traits.iter().any(|t| {
+        let is_pii = self.fields.pii_traits.iter().any(|t| {
             name == t
                 || (name.starts_with(t.as_str()) && name.as_bytes().get(t.len()) == Some(&b'.'))
         });
@@ -86,9 +148,46 @@ impl<'a> Masking<'a> {
             return value.clone();
         }
         match value {
-            Value::String(s) => Value::String(mask("trait", s)),
-            _ => Value::String("****".to_owned()),
+            Value::String(s) => Value::String(mask_trait(s)),
+            _ => Value::String(MASKED_TEXT.to_owned()),
         }
+    }
+
+    /// Free text, shown when the caller may read personal data or the
+    /// configuration calls it not personal (`public`).
+    fn text(&self, public: bool, text: &Option<String>) -> Option<String> {
+        match text {
+            Some(_) if !(self.access.pii || public) => Some(MASKED_TEXT.to_owned()),
+            other => other.clone(),
+        }
+    }
+
+    pub fn answer_value(&self, key: &str, value: &Value) -> Value {
+        if self.access.pii || self.fields.public_answers.contains(key) {
+            value.clone()
+        } else {
+            Value::String(MASKED_TEXT.to_owned())
+        }
+    }
+
+    pub fn title(&self, title: &Option<String>) -> Option<String> {
+        self.text(self.fields.public_title, title)
+    }
+
+    pub fn properties(
+        &self,
+        properties: serde_json::Map<String, Value>,
+    ) -> serde_json::Map<String, Value> {
+        if self.access.pii {
+            return properties;
+        }
+        properties
+            .into_iter()
+            .map(|(k, v)| match self.fields.public_properties.contains(&k) {
+                true => (k, v),
+                false => (k, Value::String(MASKED_TEXT.to_owned())),
+            })
+            .collect()
     }
 }
 
@@ -361,9 +460,9 @@ fn identifier_view(r: &IdentifierRecord, m: &Masking<'_>) -> IdentifierView {
     }
 }
 
-pub fn answer_view(a: &Answer) -> AnswerView {
+pub fn answer_view(key: &str, a: &Answer, m: &Masking<'_>) -> AnswerView {
     AnswerView {
-        value: a.value.clone(),
+        value: m.answer_value(key, &a.value),
         question: a.question.clone(),
         channel: a.channel.clone(),
         captured_at: a.captured_at,
@@ -371,12 +470,12 @@ pub fn answer_view(a: &Answer) -> AnswerView {
     }
 }
 
-pub fn episode_view(e: &Episode, follow_up_delay: chrono::Duration) -> EpisodeView {
+pub fn episode_view(e: &Episode, m: &Masking<'_>) -> EpisodeView {
     EpisodeView {
         id: e.id.clone(),
-        title: e.title.clone(),
+        title: m.title(&e.title),
         status: e.status,
-        public_status: e.public_status.clone(),
+        public_status: m.text(m.fields.public_status, &e.public_status),
         opened_at: e.opened_at,
         updated_at: e.updated_at,
         channels: e.channels.iter().cloned().collect(),
@@ -385,11 +484,11 @@ pub fn episode_view(e: &Episode, follow_up_delay: chrono::Duration) -> EpisodeVi
         feedback: e.feedback.as_ref().map(|f| FeedbackView {
             nps: f.nps,
             ces: f.ces,
-            comment: f.comment.clone(),
+            comment: m.text(m.fields.public_comment, &f.comment),
             channel: f.channel.clone(),
             at: f.at,
         }),
-        follow_up_due_at: e.awaiting_feedback().map(|at| at + follow_up_delay),
+        follow_up_due_at: e.awaiting_feedback().map(|at| at + m.follow_up_delay),
     }
 }
 
@@ -411,16 +510,16 @@ pub fn ordered_episodes(p: &Profile) -> Vec<&Episode> {
     all
 }
 
-pub fn interaction_view(i: Interaction) -> InteractionView {
+pub fn interaction_view(i: Interaction, m: &Masking<'_>) -> InteractionView {
     InteractionView {
         id: i.id,
         channel: i.channel,
         kind: i.kind,
         occurred_at: i.occurred_at,
-        summary: i.summary,
+        summary: m.text(m.fields.public_summary, &i.summary),
         episode_id: i.episode_id,
         journey_stage: i.journey_stage,
-        properties: i.properties,
+        properties: m.properties(i.properties),
         signal_id: i.signal_id,
     }
 }
@@ -470,7 +569,7 @@ pub fn profile_view(p: &Profile, m: &Masking<'_>) -> ProfileView {
         answers: p
             .answers
             .iter()
-            .map(|(k, a)| (k.clone(), answer_view(a)))
+            .map(|(k, a)| (k.clone(), answer_view(k, a, m)))
             .collect(),
         channels: p
             .channels
@@ -492,11 +591,7 @@ pub fn profile_view(p: &Profile, m: &Masking<'_>) -> ProfileView {
             updated_at: p.journey.as_ref().map(|j| j.updated_at),
             history: stage_history(p),
         },
-        episodes: p
-            .episodes
-            .values()
-            .map(|e| episode_view(e, m.follow_up_delay))
-            .collect(),
+        episodes: p.episodes.values().map(|e| episode_view(e, m)).collect(),
         consents: p
             .consents
             .iter()
@@ -552,7 +647,7 @@ pub fn context_card(
     let open: Vec<EpisodeView> = ordered
         .iter()
         .filter(|e| e.status.is_open())
-        .map(|e| episode_view(e, delay))
+        .map(|e| episode_view(e, m))
         .collect();
     let mut follow_ups: Vec<CardFollowUp> = p
         .episodes
@@ -560,7 +655,7 @@ pub fn context_card(
         .filter_map(|e| {
             Some(CardFollowUp {
                 episode_id: e.id.clone(),
-                title: e.title.clone(),
+                title: m.title(&e.title),
                 due_at: e.awaiting_feedback()? + delay,
             })
         })
@@ -586,18 +681,18 @@ pub fn context_card(
             .answers
             .iter()
             .filter(|(_, a)| a.is_fresh(now))
-            .map(|(k, a)| (k.clone(), answer_view(a)))
+            .map(|(k, a)| (k.clone(), answer_view(k, a, m)))
             .collect(),
         journey_stage: p.journey.as_ref().map(|j| j.stage.clone()),
         episodes: ordered
             .iter()
             .take(CARD_EPISODES)
-            .map(|e| episode_view(e, delay))
+            .map(|e| episode_view(e, m))
             .collect(),
         open_episodes: open,
         follow_ups,
         last_channel: p.last_channel().map(str::to_owned),
-        recent_interactions: recent.into_iter().map(interaction_view).collect(),
+        recent_interactions: recent.into_iter().map(|i| interaction_view(i, m)).collect(),
     }
 }
 
@@ -733,5 +828,41 @@ pub fn suggestion_view(other: CustomerId, s: Suggestion, m: &Masking<'_>) -> Sug
         first_suggested_at: s.first_at,
         last_seen_at: s.last_at,
         signals: s.count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask;
+
+    /// Characters of `value` the mask leaves to guess: what a mask does not
+    /// show of it, counted generously (any shown character counts as known).
+    fn hidden(value: &str, masked: &str) -> usize {
+        let shown = masked.chars().filter(|c| *c != '*').count();
+        value.chars().count().saturating_sub(shown)
+    }
+
+    #[test]
+    fn masks_leave_at_least_six_characters_to_guess() {
+        // (kind, value, mask, characters hidden)
+        for (kind, value, expected, hidden_at_least) in [
+            ("phone", "+31612345678", "+31****78", 7),
+            ("phone", "+12025550143", "+12****43", 7),
+            ("phone", "+4930123456", "+49****56", 6),
+            // Too short to show a tail and still hide six digits.
+            ("phone", "+6834001", "+68****", 5),
+            ("email", "annadevries@example.com", "a***@example.com", 10),
+            // A short local part shows nothing of itself (nor its length).
+            ("email", "anna@example.com", "***@example.com", 4),
+            ("shoe_size", "LC-99887766", "LC****", 9),
+            ("shoe_size", "C-1001", "****", 6),
+        ] {
+            let masked = mask(kind, value);
+            assert_eq!(masked, expected, "{kind}:{value}");
+            assert!(
+                hidden(value, &masked) >= hidden_at_least,
+                "{kind}:{value} shows too much: {masked}"
+            );
+        }
     }
 }

@@ -296,7 +296,7 @@ async fn each_route_demands_its_scope() {
         "profiles:read",
         "profiles:write",
         "profiles:write",
-        "profiles:write",
+        "identity:write",
         "profiles:erase",
     ];
     let routes = routes(&id, &other);
@@ -306,6 +306,7 @@ async fn each_route_demands_its_scope() {
         "pii:read",
         "signals:write",
         "profiles:write",
+        "identity:write",
         "profiles:erase",
     ];
     for ((method, path, json), needed) in routes.iter().zip(needs) {
@@ -496,11 +497,11 @@ fn assert_masked(view: &Value, what: &str) {
     }
     let identifiers = identifier_values(view);
     assert!(
-        identifiers.contains(&("phone".into(), "+316****5678".into())),
+        identifiers.contains(&("phone".into(), "+31****78".into())),
         "{what}: {view}"
     );
     assert!(
-        identifiers.contains(&("email".into(), "a***@example.com".into())),
+        identifiers.contains(&("email".into(), "***@example.com".into())),
         "{what}: {view}"
     );
     assert!(
@@ -638,7 +639,7 @@ async fn ingest_results_mask_conflicting_identifiers_without_pii_read() {
     for c in conflicts {
         let value = c["value"].as_str().unwrap();
         assert!(
-            ["+316****5678", "a***@example.com"].contains(&value),
+            ["+31****78", "***@example.com"].contains(&value),
             "{result}"
         );
     }

@@ -69,6 +69,9 @@ delay = "1day"
 
 [trust.channels.web]
 account_id = "verify"
+
+[auth.channel_scopes]
+store = ["pii:read"]
 "#,
     )
     .unwrap();
@@ -137,6 +140,66 @@ account_id = "verify"
     assert_eq!(level("ivr ", "phone"), "verify");
     assert_eq!(level("ivr ", "email"), "claim");
     assert_eq!(level("(no channel claim)", "email"), "verify");
+
+    // The sensitive scopes each channel's tokens may carry, after the trust
+    // table: the file's allowance beside the default one.
+    let allowances = stdout
+        .split("# Sensitive scopes")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no channel scope table:\n{stdout}"));
+    let allowed = |channel: &str| -> Vec<String> {
+        allowances
+            .lines()
+            .map(|l| {
+                l.trim_start_matches('#')
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+            })
+            .find(|words| words.first() == Some(&channel))
+            .unwrap_or_else(|| panic!("no allowance row for {channel}:\n{allowances}"))[1..]
+            .iter()
+            .map(|w| w.to_string())
+            .collect()
+    };
+    assert_eq!(allowed("agent"), ["pii:read", "identity:write"]);
+    assert_eq!(allowed("store"), ["pii:read"]);
+    assert_eq!(allowed("web"), ["none"]);
+    assert_eq!(allowed("chatbot"), ["none"]);
+}
+
+/// Minting refuses a channel token with a scope its channel may not carry
+/// (the service would refuse it on every request), and mints a customer's
+/// own token.
+#[test]
+fn token_refuses_what_the_service_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let env = [
+        ("ANAMNESIS__STORAGE__PATH", data),
+        ("ANAMNESIS__AUTH__HS256_SECRET", SECRET),
+    ];
+    for scope in ["pii:read", "profiles:read identity:write", "admin"] {
+        let out = anamnesis(&["token", "--channel", "web", "--scope", scope], &env);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{scope} was minted for web");
+        assert!(stderr.contains("auth.channel_scopes"), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    let out = anamnesis(
+        &[
+            "token",
+            "--channel",
+            "agent",
+            "--scope",
+            "profiles:read pii:read identity:write",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = anamnesis(&["token", "--customer", "account_id:C-1001"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = anamnesis(&["token", "--customer", "C-1001"], &env);
+    assert!(text(&out.stderr).contains("TYPE:VALUE"));
 }
 
 /// A bad configuration exits non-zero naming what is wrong, before any

@@ -1,5 +1,6 @@
 mod helpers;
 
+mod access;
 mod auth;
 mod bad_input;
 mod binary;

@@ -1355,7 +1355,7 @@ async fn history_records_every_identity_event_newest_first() {
     assert!(!text.contains("+31643218888"), "{text}");
     assert_eq!(
         masked[0]["identifier"],
-        json!({"type": "phone", "value": "+316****8888"})
+        json!({"type": "phone", "value": "+31****88"})
     );
     // Non-PII types stay in clear (B's ledger names the cookie).
     let b_masked = app
@@ -1374,7 +1374,7 @@ async fn history_records_every_identity_event_newest_first() {
         assert_eq!(without(m, &["identifier"]), without(e, &["identifier"]));
         if let Some(v) = m["identifier"]["value"].as_str() {
             if m["identifier"]["type"] == "email" {
-                assert_eq!(v, "h***@example.com");
+                assert_eq!(v, "***@example.com");
             }
         }
     }

@@ -67,10 +67,7 @@ async fn a_shared_family_landline_suggests_and_never_merges() {
     let masked = app
         .get_as(&reader, &format!("/v1/profiles/{anna}/suggestions"))
         .await;
-    assert_eq!(
-        body(masked).await[0]["evidence"][0]["value"],
-        "+312****4567"
-    );
+    assert_eq!(body(masked).await[0]["evidence"][0]["value"], "+31****67");
 
     // Dismissed: gone, and a new signal over the same phone does not bring it back.
     let resp = app
@@ -162,8 +159,8 @@ async fn a_verified_identifier_merges_whatever_its_type_says() {
     let verified = json!({"channel": "app", "identifiers": [
         {"type": "phone", "value": "0611111111", "verified": true},
         {"type": "email", "value": "v2@example.com"}]});
-    // A token without profiles:write may not vouch.
-    let writer = app.token(&["signals:write"], None);
+    // A token without identity:write may not vouch, not even with profiles:write.
+    let writer = app.token(&["signals:write", "profiles:write"], None);
     let resp = app
         .client
         .post(format!("{}/v1/signals", app.address))
@@ -178,8 +175,8 @@ async fn a_verified_identifier_merges_whatever_its_type_says() {
         json!([]),
         "nothing happened"
     );
-    // With profiles:write the phone merges like an e-mail would.
-    let vouching = app.token(&["signals:write", "profiles:write"], None);
+    // With identity:write the phone merges like an e-mail would.
+    let vouching = app.token(&["signals:write", "identity:write"], None);
     let resp = app
         .client
         .post(format!("{}/v1/signals", app.address))

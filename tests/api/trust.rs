@@ -283,7 +283,7 @@ async fn a_shared_landline_never_brings_a_newcomer_onto_the_customer() {
     // Masked: the IVR's token may not read personal data.
     assert_eq!(
         ben["conflicts"],
-        json!([{"type": "phone", "value": "+312****4567", "reason": "merge_suggested"}])
+        json!([{"type": "phone", "value": "+31****67", "reason": "merge_suggested"}])
     );
     let ben = id_of(&ben);
     assert_ne!(ben, anna);
