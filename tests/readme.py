@@ -276,7 +276,15 @@ def main():
         fail(f"a web token with pii:read was minted ({code}): {err[-500:]}")
     ran(command)
 
-    command = "anamnesis token --customer phone:0612345678"
+    # The caller logs in to the web shop as account C-1001 (from the chat).
+    status, _ = http("POST", base + "/v1/signals", admin, {
+        "signal_id": "readme-login-1", "channel": "web",
+        "identifiers": [{"type": "chat_session", "value": "cs-42"},
+                        {"type": "account_id", "value": "C-1001"}],
+    })
+    if status != 200:
+        fail(f"linking the walk-through caller's account answered {status}")
+    command = "anamnesis token --customer account_id:C-1001"
     me = sh(command, env)[1].strip()
     ran(command)
     status, body = http("GET", base + "/v1/me/episodes", me)

@@ -70,9 +70,20 @@ impl Cells {
         }
     }
 
+    /// Gives back one unit spent by `subject` (never more than spent).
+    fn refund(&self, subject: &str) {
+        if self.interval == 0 {
+            return;
+        }
+        let now = self.now();
+        if let Some(tat) = self.shard(subject).get_mut(subject) {
+            *tat = tat.saturating_sub(self.interval).max(now);
+        }
+    }
+
     /// Spends one unit of `subject`'s budget, or says how long until one is
-    /// available again (`force`: spends it all the same, up to the burst).
-    fn spend(&self, subject: &Arc<str>, force: bool) -> Result<(), Duration> {
+    /// available again.
+    fn spend(&self, subject: &Arc<str>) -> Result<(), Duration> {
         if self.interval == 0 {
             return Ok(());
         }
@@ -84,9 +95,6 @@ impl Cells {
         let tat = shard.get(subject).copied().unwrap_or(now).max(now);
         let next = tat + self.interval;
         if next - now > self.tolerance {
-            if force {
-                shard.insert(subject.clone(), now + self.tolerance);
-            }
             return Err(Duration::from_nanos(next - now - self.tolerance));
         }
         shard.insert(subject.clone(), next);
@@ -117,7 +125,7 @@ impl RateLimiter {
     /// Spends one request of `subject`'s budget, or says how long until one
     /// is available again.
     pub fn check(&self, subject: &Arc<str>) -> Result<(), Duration> {
-        self.cells.spend(subject, false)
+        self.cells.spend(subject)
     }
 }
 
@@ -132,7 +140,8 @@ pub struct LookupBudget {
     audited: Mutex<HashMap<Arc<str>, Instant>>,
 }
 
-/// A lookup admitted by the budget; settled once its outcome is known.
+/// A lookup admitted by the budget, which spent one unit up front; settled
+/// once its outcome is known: a hit gives the unit back.
 #[must_use]
 pub struct LookupTicket<'a> {
     budget: &'a LookupBudget,
@@ -140,12 +149,14 @@ pub struct LookupTicket<'a> {
 }
 
 impl LookupTicket<'_> {
-    /// Spends a miss when the lookup found nobody.
+    /// Gives the unit back unless the lookup found nobody.
     pub fn settle<T>(self, outcome: &Result<T, ApiError>) {
-        if let (Some(principal), Err(e)) = (self.principal, outcome) {
-            if e.status_and_code().1 == "profile_not_found" {
-                self.budget.miss(&principal.rate_key);
-            }
+        let Some(principal) = self.principal else {
+            return;
+        };
+        let missed = matches!(outcome, Err(e) if e.status_and_code().1 == "profile_not_found");
+        if !missed {
+            self.budget.cells.refund(&principal.rate_key);
         }
     }
 }
@@ -181,7 +192,9 @@ impl LookupBudget {
                 principal: None,
             });
         }
-        if let Err(wait) = self.check(&principal.rate_key) {
+        // Spent before the lookup runs, so lookups in flight at once cannot
+        // all pass on the same last unit.
+        if let Err(wait) = self.cells.spend(&principal.rate_key) {
             let refusal = Err(ApiError::LookupBudgetExhausted(wait));
             if self.should_audit(&principal.rate_key) {
                 audit::record_refusal(principal, Action::Lookup, None, &refusal);
@@ -197,11 +210,6 @@ impl LookupBudget {
     /// Whether `subject` may look up now; if not, how long until it may.
     pub fn check(&self, subject: &Arc<str>) -> Result<(), Duration> {
         self.cells.available(subject)
-    }
-
-    /// Spends one miss of `subject`'s budget.
-    pub fn miss(&self, subject: &Arc<str>) {
-        let _ = self.cells.spend(subject, true);
     }
 
     /// Whether a refusal of `subject` should be audited now: the first, then
@@ -263,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn misses_spend_the_lookup_budget_and_refuse_hits_too_once_spent() {
+    fn misses_spend_the_lookup_budget_and_hits_give_their_unit_back() {
         let budget = LookupBudget::new(&LimitSettings {
             rate_per_second: 0,
             burst: 0,
@@ -272,19 +280,26 @@ mod tests {
             lookup_miss_burst: 3,
         });
         let desk: Arc<str> = "desk".into();
-        // Checks alone (hits) spend nothing.
+        // Hits: spent up front, given back.
         for _ in 0..100 {
-            assert!(budget.check(&desk).is_ok());
+            budget.cells.spend(&desk).unwrap();
+            budget.cells.refund(&desk);
         }
         for _ in 0..3 {
             assert!(budget.check(&desk).is_ok());
-            budget.miss(&desk);
+            budget.cells.spend(&desk).unwrap();
         }
         let wait = budget.check(&desk).unwrap_err();
         assert!(wait <= Duration::from_secs(1), "{wait:?}");
-        // Misses while refused do not push the refill further away.
-        budget.miss(&desk);
-        assert!(budget.check(&desk).unwrap_err() <= Duration::from_secs(1));
+        assert!(budget.cells.spend(&desk).is_err());
+        // A refund never gives back more than was spent.
+        for _ in 0..10 {
+            budget.cells.refund(&desk);
+        }
+        for _ in 0..3 {
+            budget.cells.spend(&desk).unwrap();
+        }
+        assert!(budget.cells.spend(&desk).is_err());
         assert!(budget.check(&"other".into()).is_ok());
         assert!(budget.should_audit(&desk));
         assert!(!budget.should_audit(&desk));

@@ -116,6 +116,15 @@ impl Principal {
         self.scopes & (scope.bit() | Scope::Admin.bit()) != 0
     }
 
+    /// Refuses a caller without `scope` (a second scope a route needs
+    /// besides its policy's).
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        match self.has(scope) {
+            true => Ok(()),
+            false => Err(ApiError::InsufficientScope(scope.as_str())),
+        }
+    }
+
     /// The field access this caller gets in responses.
     pub fn access(&self) -> Access {
         Access {
@@ -456,10 +465,12 @@ impl Authenticator {
             scopes = 0;
         }
         let refused_scope = self.refused_bits(scopes, claims.channel.as_deref());
-        let rate_key: Arc<str> = if claims.sub.is_empty() {
-            token.into()
-        } else {
-            format!("sub:{}", claims.sub).into()
+        // A login portal may mint every customer's token with its own
+        // subject: each customer still gets a budget of their own.
+        let rate_key: Arc<str> = match (&claims.customer, claims.sub.is_empty()) {
+            (Some(c), _) => format!("customer:{}:{}", c.kind, c.value).into(),
+            (None, true) => token.into(),
+            (None, false) => format!("sub:{}", claims.sub).into(),
         };
         // `exp` is required, so present after validation.
         let valid_until = claims
@@ -614,6 +625,9 @@ policy! {
     ReadChanges => Scope::ChangesRead;
     /// `pii:read` (and `profiles:read`, checked by the handler), audited
     ExportProfiles => Scope::PiiRead, Action::Export;
+    /// `pii:read` (and `profiles:read`, checked by the handler): who is
+    /// linked to whom, and how, is personal data
+    ReadIdentity => Scope::PiiRead;
 }
 
 /// A verified caller holding the scope `P` requires. Extracting it fails with

@@ -9,8 +9,8 @@ use utoipa::IntoParams;
 use super::extract::JsonBody;
 use super::resource;
 use crate::auth::{
-    Authorized, DismissSuggestions, EraseProfiles, LookupBudget, MergeProfiles, ReadProfiles,
-    RemoveIdentifiers, UnmergeProfiles, WriteProfiles,
+    Authorized, DismissSuggestions, EraseProfiles, LookupBudget, MergeProfiles, ReadIdentity,
+    ReadProfiles, RemoveIdentifiers, Scope, UnmergeProfiles, WriteProfiles,
 };
 use crate::domain::names::{ConsentPurpose, IdentifierType};
 use crate::domain::CustomerId;
@@ -440,7 +440,9 @@ pub async fn unmerge(
 }
 
 /// A profile's identity ledger: created, identifiers added and removed,
-/// merges in and out, unmerges, erasure. Newest first.
+/// merges in and out, unmerges, erasure. Newest first. Needs `profiles:read`
+/// and `pii:read`: who was linked to whom is personal data, and an
+/// identifier's comings and goings would tell who else holds it.
 #[utoipa::path(
     get, path = "/v1/profiles/{customer_id}/history", tag = "merges",
     params(("customer_id" = CustomerId, Path, description = "Any id, live, absorbed or erased"), HistoryQuery),
@@ -450,11 +452,12 @@ pub async fn unmerge(
     security(("bearer" = []))
 )]
 pub async fn history(
-    auth: Authorized<ReadProfiles>,
+    auth: Authorized<ReadIdentity>,
     services: web::Data<Services>,
     path: web::Path<String>,
     query: web::Query<HistoryQuery>,
 ) -> Result<web::Json<HistoryPage>, ApiError> {
+    auth.principal.require(Scope::ProfilesRead)?;
     let id = customer_id(&path)?;
     check_page_limit(query.limit)?;
     Ok(web::Json(services.history(
@@ -515,7 +518,9 @@ pub async fn remove_identifier(
 }
 
 /// Open merge suggestions: profiles that share a `suggest`-type identifier
-/// (by default a phone) with this one, with the evidence.
+/// (by default a phone), or whose identifier a signal claimed, with the
+/// evidence. Needs `profiles:read` and `pii:read`: a suggestion names
+/// another customer, and would answer whom a claimed value belongs to.
 #[utoipa::path(
     get, path = "/v1/profiles/{customer_id}/suggestions", tag = "merges",
     params(("customer_id" = CustomerId, Path, description = "The customer id")),
@@ -526,10 +531,11 @@ pub async fn remove_identifier(
     security(("bearer" = []))
 )]
 pub async fn suggestions(
-    auth: Authorized<ReadProfiles>,
+    auth: Authorized<ReadIdentity>,
     services: web::Data<Services>,
     path: web::Path<String>,
 ) -> Result<web::Json<Vec<SuggestionView>>, ApiError> {
+    auth.principal.require(Scope::ProfilesRead)?;
     let id = customer_id(&path)?;
     Ok(web::Json(
         services.suggestions(id, auth.principal.access())?,

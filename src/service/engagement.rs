@@ -95,20 +95,23 @@ impl Services {
     }
 
     /// The open episodes of the customer who holds `kind:value`, for a token
-    /// bound to them. Only a verified identifier of a person counts: one
-    /// that was only ever claimed may have been typed by someone else, and a
-    /// session identifier names a browser, not a person. A customer nobody
-    /// holds that way has no open episodes.
+    /// bound to them. Only a verified identifier of one person counts: one
+    /// that was only ever claimed may have been typed by someone else, a
+    /// session identifier names a browser, and a type that does not merge
+    /// (a phone, by default `"suggest"`) may be a household's. A customer
+    /// nobody holds that way has no open episodes.
     pub async fn own_episodes(
         &self,
         kind: &str,
         value: &str,
     ) -> Result<OwnEpisodesPage, ServiceError> {
-        if self.rules.identifiers.rule(kind).is_some_and(|r| r.session) {
+        let shared =
+            |r: &crate::domain::TypeRule| r.session || r.merge != crate::config::MergePolicy::Merge;
+        if self.rules.identifiers.rule(kind).is_some_and(shared) {
             return Err(ServiceError::Identifier(
                 crate::domain::IdentifierError::Invalid {
                     kind: kind.to_owned(),
-                    reason: "names a browser, device or conversation, not a customer".into(),
+                    reason: "names a browser, a device, a conversation or a number people share, not one customer".into(),
                 },
             ));
         }

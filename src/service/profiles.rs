@@ -295,6 +295,11 @@ impl Services {
 
     /// Like [`Services::source`], for the owner of an identifier; the owner's
     /// id is cached too.
+    ///
+    /// A value only ever *claimed* on a profile (typed into a form, see
+    /// `[trust]`) is looked up as if nobody held it: the claimant's memory is
+    /// not the card of whoever the value belongs to, and a claim followed by
+    /// a lookup must not tell whether someone else holds it.
     pub(super) async fn source_by(
         &self,
         kind: &str,
@@ -306,6 +311,26 @@ impl Services {
             Ok(NormaliseOutcome::Ignored(_)) => return Err(ServiceError::IdentifierNotOwned),
             Err(e) => return Err(ServiceError::Identifier(e)),
         };
+        let source = self.source_of_owner(&identifier, limit).await?;
+        let claimed = source
+            .profile
+            .identifiers
+            .iter()
+            .any(|r| r.claimed && r.identifier == identifier);
+        match claimed {
+            true => Err(ServiceError::IdentifierNotOwned),
+            false => Ok(source),
+        }
+    }
+
+    /// The profile that holds `identifier`, and its `limit` newest
+    /// interactions.
+    async fn source_of_owner(
+        &self,
+        identifier: &Identifier,
+        limit: usize,
+    ) -> Result<Arc<CardSource>, ServiceError> {
+        let identifier = identifier.clone();
         if self.redis.is_some() || self.hot.is_some() {
             let noted = match self.hot.as_ref().map(|hot| hot.owner(&identifier)) {
                 Some(Ok(owner)) => {

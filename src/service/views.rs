@@ -202,7 +202,8 @@ pub struct IdentifierView {
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     /// Present and `true` when the identifier was only ever claimed (typed
-    /// or told on a channel that cannot verify it): unconfirmed.
+    /// or told on a channel that cannot verify it): unconfirmed. Claimed
+    /// identifiers are listed only for callers with `pii:read`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub claimed: bool,
 }
@@ -525,8 +526,15 @@ pub fn interaction_view(i: Interaction, m: &Masking<'_>) -> InteractionView {
 }
 
 /// Identifiers in a stable order: by type priority, then type, then value.
+/// Claimed ones only for a caller who may read personal data: whether a
+/// typed value stayed on the claimant's profile would tell a claimant
+/// whether someone else holds it.
 fn sorted_identifiers<'p>(p: &'p Profile, m: &Masking<'_>) -> Vec<&'p IdentifierRecord> {
-    let mut ids: Vec<&IdentifierRecord> = p.identifiers.iter().collect();
+    let mut ids: Vec<&IdentifierRecord> = p
+        .identifiers
+        .iter()
+        .filter(|r| m.access.pii || !r.claimed)
+        .collect();
     ids.sort_by(|a, b| {
         let key = |r: &'p IdentifierRecord| {
             (

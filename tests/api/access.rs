@@ -155,6 +155,130 @@ async fn masks_show_too_little_to_guess_and_lookups_that_miss_run_out() {
     assert_eq!(resp.status(), 200);
 }
 
+/// A claim followed by a read is not a lookup that skips the budget: the
+/// claimant's own profile, its suggestions and ledger, and a lookup of the
+/// claimed value look the same whether someone else holds the value or not.
+#[tokio::test]
+async fn a_claim_tells_nothing_about_who_else_holds_the_value() {
+    let app = spawn_app_with(|s| {
+        s.limits.lookup_misses_per_hour = 60;
+        s.limits.lookup_miss_burst = 1;
+    })
+    .await;
+    customer(&app).await;
+    let web = app.token_as(
+        "web-frontend",
+        &[
+            "signals:write",
+            "profiles:read",
+            "profiles:write",
+            "changes:read",
+        ],
+        Some("web"),
+    );
+    let mut seen = Vec::new();
+    for (cookie, email) in [
+        ("probe-1", "annadevries@example.com"),
+        ("probe-2", "nobody.here@example.com"),
+    ] {
+        let resp = app
+            .post_signal_as(
+                &web,
+                &signal("web", &[("web_cookie", cookie), ("email", email)]),
+            )
+            .await;
+        let result = body(resp).await;
+        let own = id_of(&result);
+        let profile = body(
+            send(
+                &app,
+                &web,
+                Method::GET,
+                &format!("/v1/profiles/{own}"),
+                None,
+            )
+            .await,
+        )
+        .await;
+        let card = body(
+            send(
+                &app,
+                &web,
+                Method::GET,
+                &format!("/v1/profiles/{own}/context"),
+                None,
+            )
+            .await,
+        )
+        .await;
+        for path in ["suggestions", "history"] {
+            let resp = send(
+                &app,
+                &web,
+                Method::GET,
+                &format!("/v1/profiles/{own}/{path}"),
+                None,
+            )
+            .await;
+            assert_error(resp, 403, "insufficient_scope").await;
+        }
+        seen.push(json!({
+            "result": [result["created"], result["conflicts"], result["merged_ids"]],
+            "identifiers": profile["identifiers"].as_array().unwrap().len(),
+            "card": card["identifiers"].as_array().unwrap().len(),
+        }));
+        // Looking the claimed value up is the plain lookup it was before the
+        // claim: a hit for the owner's, a miss (spent) for nobody's, never
+        // the claimant's profile.
+        let resp = lookup_as(&app, &web, "/v1/profiles/lookup", "email", email).await;
+        let status = resp.status().as_u16();
+        let found = resp.text().await.unwrap();
+        assert!(!found.contains(&own), "{found}");
+        seen.push(json!(status));
+    }
+    assert_eq!(seen[0], seen[2], "a claim answered differently: {seen:?}");
+    assert_eq!(seen[1], 200);
+    assert_eq!(seen[3], 404);
+    // That was a miss: the budget of one is spent.
+    let resp = lookup_as(
+        &app,
+        &web,
+        "/v1/profiles/lookup",
+        "email",
+        "annadevries@example.com",
+    )
+    .await;
+    assert_error(resp, 429, "lookup_budget_exhausted").await;
+    // The desk with pii:read sees the unconfirmed claim, and the suggestion.
+    let desk = app.token_as("desk-12", &["profiles:read", "pii:read"], Some("agent"));
+    let owner = body(
+        lookup_as(
+            &app,
+            &desk,
+            "/v1/profiles/lookup",
+            "email",
+            "annadevries@example.com",
+        )
+        .await,
+    )
+    .await;
+    let suggestions = body(
+        send(
+            &app,
+            &desk,
+            Method::GET,
+            &format!(
+                "/v1/profiles/{}/suggestions",
+                owner["customer_id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(suggestions.as_array().unwrap().len(), 1, "{suggestions}");
+}
+
 #[tokio::test]
 async fn anonymous_visitors_by_cookie_do_not_spend_the_budget() {
     let app = spawn_app_with(|s| {
@@ -660,10 +784,12 @@ async fn a_customer_token_naming_a_claimed_or_session_identifier_sees_nothing() 
     let token = customer_token("email", "victim.later@example.com", "");
     let mine = body(send(&app, &token, Method::GET, "/v1/me/episodes", None).await).await;
     assert_eq!(mine, json!({"episodes": []}));
-    // A cookie names a browser, not a customer.
-    let token = customer_token("web_cookie", "attacker-cookie", "");
-    let resp = send(&app, &token, Method::GET, "/v1/me/episodes", None).await;
-    assert_error(resp, 422, "invalid_identifier").await;
+    // A cookie names a browser, a phone may be a household's: not a customer.
+    for (kind, value) in [("web_cookie", "attacker-cookie"), ("phone", "06 1234 5678")] {
+        let token = customer_token(kind, value, "");
+        let resp = send(&app, &token, Method::GET, "/v1/me/episodes", None).await;
+        assert_error(resp, 422, "invalid_identifier").await;
+    }
     // Nobody by that account: nothing, and no hint.
     let token = customer_token("account_id", "C-9999", "");
     let mine = body(send(&app, &token, Method::GET, "/v1/me/episodes", None).await).await;
