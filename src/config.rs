@@ -300,7 +300,8 @@ pub struct AuthSettings {
     /// Verified tokens remembered until they expire; 0 verifies every time.
     pub token_cache_entries: usize,
     /// Channel -> the sensitive scopes (`pii:read`, `identity:write`,
-    /// `profiles:erase`, `admin`) a token bound to that channel may carry.
+    /// `profiles:erase`, `changes:read`, `admin`) a token bound to that
+    /// channel may carry.
     /// A channel not named may carry none.
     #[serde(default)]
     pub channel_scopes: BTreeMap<String, Vec<String>>,
@@ -656,7 +657,13 @@ pub const FREE_TEXT_FIELDS: [&str; 4] = [
 
 /// The scopes a token bound to a channel carries only where
 /// `auth.channel_scopes` allows it.
-pub const SENSITIVE_SCOPES: [&str; 4] = ["pii:read", "identity:write", "profiles:erase", "admin"];
+pub const SENSITIVE_SCOPES: [&str; 5] = [
+    "pii:read",
+    "identity:write",
+    "profiles:erase",
+    "changes:read",
+    "admin",
+];
 
 /// What a match on an identifier type may do to two profiles that already exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

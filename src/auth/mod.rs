@@ -61,10 +61,11 @@ impl Scope {
 
     /// Scopes a token bound to a channel carries only where
     /// `auth.channel_scopes` allows it.
-    pub const SENSITIVE: [Scope; 4] = [
+    pub const SENSITIVE: [Scope; 5] = [
         Scope::PiiRead,
         Scope::IdentityWrite,
         Scope::ProfilesErase,
+        Scope::ChangesRead,
         Scope::Admin,
     ];
 

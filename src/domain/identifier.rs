@@ -211,6 +211,14 @@ impl IdentifierRules {
         self.rule(kind).is_none_or(|r| r.pii)
     }
 
+    /// Whether values of `kind` are shown only to callers who may read
+    /// personal data: PII types, and session types, whose values work like
+    /// passwords (whoever sends a browser's cookie on the web channel is
+    /// believed to be that browser).
+    pub fn is_secret(&self, kind: &str) -> bool {
+        self.rule(kind).is_none_or(|r| r.pii || r.session)
+    }
+
     pub fn priority(&self, kind: &str) -> u32 {
         self.rule(kind).map_or(u32::MAX, |r| r.priority)
     }

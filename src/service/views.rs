@@ -131,7 +131,7 @@ impl<'a> Masking<'a> {
     }
 
     pub fn identifier_value(&self, kind: &str, value: &str) -> String {
-        if self.access.pii || !self.identifiers.is_pii(kind) {
+        if self.access.pii || !self.identifiers.is_secret(kind) {
             value.to_owned()
         } else {
             mask(kind, value)
