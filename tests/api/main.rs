@@ -11,6 +11,7 @@ mod contract;
 mod hardening;
 mod journeys;
 mod live;
+mod lookalikes;
 mod memory;
 mod merges;
 mod postgres;
