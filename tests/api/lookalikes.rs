@@ -151,12 +151,7 @@ async fn a_fullwidth_spelling_is_the_customer_it_looks_like() {
     );
     assert_eq!(owner(&app, "email", fullwidth).await, Some(vera.clone()));
     let suggestions = body(app.get(&format!("/v1/profiles/{vera}/suggestions")).await).await;
-    let with: Vec<String> = suggestions
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(id_of)
-        .collect();
+    let with: Vec<String> = suggestions.as_array().unwrap().iter().map(id_of).collect();
     assert_eq!(with, [claimant], "{suggestions}");
 
     // The back office, which verifies, reaches Vera by it.

@@ -21,3 +21,4 @@ mod restart;
 mod suggestions;
 mod tokens;
 mod trust;
+mod upgrade;
