@@ -26,6 +26,9 @@ pub enum ApiError {
     MissingField(String),
     #[error("{0}")]
     InvalidField(String),
+    /// An object names a key twice: which one to believe is not ours to guess.
+    #[error("{0}")]
+    DuplicateKey(String),
     #[error("the body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
     #[error("the body is larger than the limit of {0} bytes")]
@@ -176,6 +179,7 @@ impl ApiError {
             ApiError::UnknownField(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_field"),
             ApiError::MissingField(_) => (StatusCode::UNPROCESSABLE_ENTITY, "missing_field"),
             ApiError::InvalidField(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            ApiError::DuplicateKey(_) => (StatusCode::UNPROCESSABLE_ENTITY, "duplicate_key"),
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }

@@ -18,7 +18,8 @@
 //! - [`audit`]: one audit line per destructive or administrative action.
 //! - [`routes`]: one module per resource; thin handlers.
 //! - [`service`]: use cases (ingest, read, write, merge, erase; episodes, follow-ups,
-//!   personalisation, export), the group-commit writer, the change journal, response views.
+//!   personalisation, export, the identifier upgrade), the group-commit writer, the change
+//!   journal, response views.
 //! - [`domain`]: identifiers, normalisers, signals, profiles, reconciliation and resolution
 //!   rules, the trust table (who verifies which identifier), journey rules, segments and
 //!   offers; pure.

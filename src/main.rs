@@ -110,6 +110,24 @@ enum Command {
         #[arg(long, short)]
         out: Option<std::path::PathBuf>,
     },
+    /// Normalise every stored identifier again with this build's rules,
+    /// after an upgrade that changed them. A value whose canonical form
+    /// differs moves to it; where another profile holds that form, the two
+    /// merge when a signal's merge would (ledger cause `upgrade`), or else
+    /// both stay and the collision is reported; a value the rules now refuse
+    /// is reported and left for a person to remove. Prints one line per such
+    /// identifier (outcome, type, customer ids, reason; never the value),
+    /// then the counts. Ctrl-C stops between profiles, and the same command
+    /// goes on from there; running it again changes nothing more. Opens the
+    /// store exclusively: stop the service first.
+    UpgradeIdentifiers {
+        /// Report what a run would do; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Start from the first profile, not where an interrupted run stopped.
+        #[arg(long)]
+        from_start: bool,
+    },
     /// Create or update the database schema of `storage.backend =
     /// "postgres"` to this build's version (safe to run from several
     /// instances at once; does nothing when it is current). The sled store
@@ -233,6 +251,16 @@ fn run() -> anyhow::Result<()> {
                 &settings, &file, mapping, &channel, from_line, batch, rejects,
             )
         }
+        Command::UpgradeIdentifiers {
+            dry_run,
+            from_start,
+        } => upgrade_identifiers(
+            &settings,
+            anamnesis::service::upgrade::UpgradeOptions {
+                dry_run,
+                from_start,
+            },
+        ),
         Command::Migrate => migrate(&settings),
         Command::MigrateStore {
             from,
@@ -573,6 +601,53 @@ fn import(
             "interrupted: lines before {} are imported; go on with --from-line {}",
             summary.next_line, summary.next_line
         );
+        anyhow::bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn upgrade_identifiers(
+    settings: &Settings,
+    options: anamnesis::service::upgrade::UpgradeOptions,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let started = std::time::Instant::now();
+    let summary = actix_web::rt::System::new().block_on(async {
+        // Caught from here on: an interrupt stops between profiles.
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("catching Ctrl-C")?;
+        let interrupted = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = interrupted.clone();
+        actix_web::rt::spawn(async move {
+            if interrupt.recv().await.is_some() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+        let store = anamnesis::startup::open_store(settings, false)?;
+        let services = anamnesis::service::Services::new(settings, store)?;
+        if options.dry_run {
+            println!("dry run: nothing is changed");
+        }
+        let summary = services
+            .upgrade_identifiers(options, &mut |finding| println!("{finding}"), &|| {
+                interrupted.load(Ordering::SeqCst)
+            })
+            .await?;
+        anyhow::Ok(summary)
+    })?;
+    if let Some(after) = summary.resumed_after {
+        println!(
+            "went on after {after}, where an interrupted run stopped (--from-start to scan all)"
+        );
+    }
+    println!(
+        "{}{summary} in {:.1} s",
+        if options.dry_run { "dry run: " } else { "" },
+        started.elapsed().as_secs_f64()
+    );
+    if !summary.finished {
+        println!("interrupted: what was done is kept; run the same command again to go on");
         anyhow::bail!("interrupted");
     }
     Ok(())

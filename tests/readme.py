@@ -382,6 +382,17 @@ def main():
     if not re.search(r"\bprofiles?\b.*\b5\b", stats):
         fail(f"store-stats does not count 5 profiles:\n{stats}")
 
+    step("anamnesis upgrade-identifiers: a dry run, then a run, over this store")
+    _, dry, _ = sh("anamnesis upgrade-identifiers --dry-run", env)
+    _, done, _ = sh("anamnesis upgrade-identifiers", env)
+    _, again, _ = sh("anamnesis upgrade-identifiers --from-start", env)
+    ran("anamnesis upgrade-identifiers [--dry-run] [--from-start]")
+    for out in (dry, done, again):
+        # Everything here arrived under this release's rules: all canonical.
+        if not re.search(r"\b5 profiles, \d+ identifiers: \d+ canonical, 0 rekeyed, "
+                         r"0 merged, 0 collisions, 0 refused", out):
+            fail(f"upgrade-identifiers found something to do in a canonical store:\n{out}")
+
     # ---- Configuration: the production example --------------------------
     step("config/production.example.toml: check-config, then serve it with Redis and its keys")
     production_check(env)

@@ -1,8 +1,14 @@
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory};
+use icu_properties::{CodePointMapData, CodePointSetData};
+use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+use unicode_security::{GeneralSecurityProfile, MixedScript};
 
 use crate::config::{IdentifierSettings, MergePolicy, NormaliserKind};
 
@@ -10,7 +16,8 @@ use crate::config::{IdentifierSettings, MergePolicy, NormaliserKind};
 pub const MAX_IDENTIFIER_CHARS: usize = 256;
 
 /// A normalised identifier: `{type, value}` where `value` is in the canonical
-/// spelling of its type (E.164 for phones, lower case for emails). Only
+/// spelling of its type (E.164 for phones; NFKC, and lower case for emails,
+/// whose domain is in its Unicode spelling). Only
 /// [`IdentifierRules::normalise`] builds one from outside input.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Identifier {
@@ -151,7 +158,9 @@ impl PhoneMemo {
 impl IdentifierRules {
     pub fn new(settings: &IdentifierSettings, default_region: &str) -> IdentifierRules {
         let fold = |list: &[String]| -> HashSet<String> {
-            list.iter().map(|p| p.trim().to_lowercase()).collect()
+            list.iter()
+                .map(|p| compatible(p.trim()).to_lowercase())
+                .collect()
         };
         let types = settings
             .types
@@ -237,19 +246,40 @@ impl IdentifierRules {
     }
 
     /// Turns a raw `{type, value}` into its canonical identifier, or says why not.
+    ///
+    /// Text is taken in its NFKC form first, so that a fullwidth or other
+    /// compatibility spelling is the same identifier as the plain one. What
+    /// would let two identifiers look alike and differ is refused: invisible
+    /// characters, characters UTS 39 does not allow in identifiers, and a
+    /// part of the value (between `.` `@` `+` `-` `_`) written in more than
+    /// one script. ASCII, nearly every value, is already in NFKC and
+    /// needs none of it.
     pub fn normalise(&self, kind: &str, raw: &str) -> Result<NormaliseOutcome, IdentifierError> {
         let rule = self.check_shape(kind, raw)?;
-        let trimmed = raw.trim();
-        let folded = trimmed.to_lowercase();
-        if self.placeholders.contains(&folded) || rule.placeholders.contains(&folded) {
-            return Ok(NormaliseOutcome::Ignored("placeholder"));
-        }
         let invalid = |reason: &str| IdentifierError::Invalid {
             kind: kind.to_owned(),
             reason: reason.to_owned(),
         };
+        let text = compatible(raw.trim());
+        let trimmed = text.trim();
+        let unicode = !trimmed.is_ascii();
+        if unicode && trimmed.chars().count() > MAX_IDENTIFIER_CHARS {
+            return Err(IdentifierError::TooLong);
+        }
+        let folded = trimmed.to_lowercase();
+        // Lower case of NFKC text is not always NFKC again.
+        let folded = match compatible(&folded) {
+            Cow::Borrowed(_) => folded,
+            Cow::Owned(again) => again,
+        };
+        if self.placeholders.contains(&folded) || rule.placeholders.contains(&folded) {
+            return Ok(NormaliseOutcome::Ignored("placeholder"));
+        }
         if trimmed.chars().any(char::is_control) {
             return Err(invalid("contains control characters"));
+        }
+        if unicode {
+            check_characters(trimmed).map_err(invalid)?;
         }
         let value = match rule.normaliser {
             NormaliserKind::Trim => trimmed.to_owned(),
@@ -263,6 +293,11 @@ impl IdentifierRules {
                 self.normalise_phone(trimmed).map_err(invalid)?
             }
         };
+        if !value.is_ascii() {
+            // Again on the outcome: a punycode domain decodes to text of its own.
+            check_characters(&value).map_err(invalid)?;
+            check_scripts(&value).map_err(invalid)?;
+        }
         Ok(NormaliseOutcome::Usable(Identifier {
             kind: kind.to_owned(),
             value,
@@ -286,8 +321,61 @@ impl IdentifierRules {
     }
 }
 
-/// Lower-cased and trimmed by the caller; checks the shape only (one `@`, a
-/// local part, a dotted domain, no spaces), since only delivery proves an address.
+/// The NFKC form of `text`; ASCII is its own.
+fn compatible(text: &str) -> Cow<'_, str> {
+    if text.is_ascii() || unicode_normalization::is_nfkc(text) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text.nfkc().collect())
+    }
+}
+
+/// Refuses characters that make a value look like another: invisible ones
+/// (default-ignorable code points such as zero-width spaces and joiners, soft
+/// hyphens, variation selectors and tags, and format characters such as bidi
+/// controls), then any other that the UTS 39 General Security Profile does
+/// not allow in identifiers. ASCII is left to the type's own rules.
+fn check_characters(text: &str) -> Result<(), &'static str> {
+    if text.is_ascii() {
+        return Ok(());
+    }
+    let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+    let categories = CodePointMapData::<GeneralCategory>::new();
+    let mut outcome = Ok(());
+    for c in text.chars().filter(|c| !c.is_ascii()) {
+        if ignorable.contains(c) || categories.get(c) == GeneralCategory::Format {
+            // The more telling reason, whatever else the value holds.
+            return Err("contains invisible characters");
+        }
+        if !c.identifier_allowed() {
+            outcome = Err("contains characters not allowed in identifiers");
+        }
+    }
+    outcome
+}
+
+/// What separates the parts of a value whose scripts are judged apart: an
+/// address may be Cyrillic before the `@` and Latin after it, but `аnna`
+/// (a Cyrillic `а`, Latin `nna`) is a look-alike of `anna`.
+const PART_SEPARATORS: [char; 5] = ['.', '@', '+', '-', '_'];
+
+/// Refuses a part written in more than one script, as UTS 39 resolves them
+/// (digits and punctuation go with any script; Han, Hiragana and Katakana
+/// together are Japanese).
+fn check_scripts(value: &str) -> Result<(), &'static str> {
+    let mixed = value
+        .split(PART_SEPARATORS)
+        .any(|part| !part.is_ascii() && !part.is_single_script());
+    if mixed {
+        Err("mixes scripts in one part")
+    } else {
+        Ok(())
+    }
+}
+
+/// Lower-cased, trimmed and in NFKC from the caller; checks the shape only
+/// (one `@`, a local part, a dotted domain, no spaces), since only delivery
+/// proves an address.
 fn normalise_email(folded: &str) -> Result<String, &'static str> {
     if folded.len() > 254 {
         return Err("is longer than 254 characters");
@@ -302,7 +390,43 @@ fn normalise_email(folded: &str) -> Result<String, &'static str> {
     if folded.chars().any(char::is_whitespace) {
         return Err("contains white space");
     }
-    let labels: Vec<&str> = domain.split('.').collect();
+    match canonical_domain(domain)? {
+        Cow::Borrowed(_) => Ok(folded.to_owned()),
+        Cow::Owned(domain) => Ok(format!("{local}@{domain}")),
+    }
+}
+
+/// An e-mail domain in the one spelling stored: its Unicode form (UTS 46
+/// ToUnicode), so `xn--mnchen-3ya.de` and `münchen.de` are one domain. The
+/// Unicode form rather than punycode because the rest of an address may be
+/// Unicode anyway (the local part), because agents read it, and because
+/// the script rules then judge what the labels say, not their encoding.
+/// The shape (labels of 1 to 63 characters, no hyphen at either end) is
+/// checked on the ASCII form, which is what DNS sees.
+fn canonical_domain(domain: &str) -> Result<Cow<'_, str>, &'static str> {
+    let punycode = |label: &str| label.starts_with("xn--");
+    if domain.is_ascii() && !domain.split('.').any(punycode) {
+        check_domain_shape(domain)?;
+        return Ok(Cow::Borrowed(domain));
+    }
+    let uts46 = Uts46::new();
+    let ascii = uts46
+        .to_ascii(
+            domain.as_bytes(),
+            AsciiDenyList::EMPTY,
+            Hyphens::Allow,
+            DnsLength::Ignore,
+        )
+        .map_err(|_| "has no valid domain")?;
+    check_domain_shape(&ascii)?;
+    let (unicode, outcome) =
+        uts46.to_unicode(ascii.as_bytes(), AsciiDenyList::EMPTY, Hyphens::Allow);
+    outcome.map_err(|_| "has no valid domain")?;
+    Ok(Cow::Owned(unicode.into_owned()))
+}
+
+fn check_domain_shape(ascii: &str) -> Result<(), &'static str> {
+    let labels: Vec<&str> = ascii.split('.').collect();
     if labels.len() < 2
         || labels
             .iter()
@@ -310,7 +434,7 @@ fn normalise_email(folded: &str) -> Result<String, &'static str> {
     {
         return Err("has no valid domain");
     }
-    Ok(folded.to_owned())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -446,6 +570,158 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// The reason an identifier is refused for (asserting it never holds the value).
+    fn refused(kind: &str, raw: &str) -> String {
+        match rules().normalise(kind, raw) {
+            Err(IdentifierError::Invalid { reason, .. }) => {
+                assert!(!reason.contains(raw.trim()), "{reason}");
+                reason
+            }
+            Err(e) => panic!("{raw:?}: refused otherwise: {e}"),
+            Ok(NormaliseOutcome::Usable(id)) => panic!("{raw:?} accepted as {:?}", id.value()),
+            Ok(NormaliseOutcome::Ignored(r)) => panic!("{raw:?} ignored: {r}"),
+        }
+    }
+
+    #[test]
+    fn fullwidth_and_compatibility_spellings_are_the_ascii_identifier() {
+        assert_eq!(
+            usable("email", "ａｎｎａ＠ｅｘａｍｐｌｅ．ｃｏｍ"),
+            "anna@example.com"
+        );
+        assert_eq!(usable("email", "Ａnna@Example.ＣＯＭ"), "anna@example.com");
+        // A decomposed accent is the composed one.
+        assert_eq!(
+            usable("email", "jose\u{301}@example.com"),
+            "josé@example.com"
+        );
+        assert_eq!(usable("account_id", "Ｃ-１２３"), "C-123");
+        assert_eq!(usable("phone", "０６ １２３４ ５６７８"), "+31612345678");
+        assert!(matches!(
+            rules().normalise("email", "ＮＵＬＬ"),
+            Ok(NormaliseOutcome::Ignored(_))
+        ));
+    }
+
+    #[test]
+    fn ascii_takes_the_fast_path() {
+        assert!(matches!(compatible("anna@example.com"), Cow::Borrowed(_)));
+        assert!(matches!(compatible("josé@example.com"), Cow::Borrowed(_)));
+        assert!(matches!(compatible("ａnna"), Cow::Owned(_)));
+    }
+
+    #[test]
+    fn look_alikes_in_another_script_are_refused() {
+        // A Cyrillic `а` in a Latin name, or in a Latin domain.
+        for raw in [
+            "\u{430}nna@example.com",
+            "anna@ex\u{430}mple.com",
+            "\u{3b1}nna@example.com",
+        ] {
+            assert_eq!(refused("email", raw), "mixes scripts in one part", "{raw}");
+        }
+        assert_eq!(
+            refused("account_id", "C-\u{441}ab12"),
+            "mixes scripts in one part"
+        );
+        // Latin with Katakana is two scripts too.
+        assert_eq!(
+            refused("email", "yamada\u{30bf}\u{30ed}\u{30a6}@example.jp"),
+            "mixes scripts in one part"
+        );
+    }
+
+    #[test]
+    fn invisible_characters_are_refused() {
+        for c in [
+            '\u{200b}',  // zero-width space
+            '\u{200c}',  // zero-width non-joiner
+            '\u{200d}',  // zero-width joiner
+            '\u{ad}',    // soft hyphen
+            '\u{2060}',  // word joiner
+            '\u{feff}',  // byte-order mark
+            '\u{fe0f}',  // variation selector 16
+            '\u{e0041}', // tag latin capital letter a
+            '\u{202e}',  // right-to-left override
+            '\u{2066}',  // left-to-right isolate
+            '\u{200f}',  // right-to-left mark
+            '\u{61c}',   // arabic letter mark
+        ] {
+            let raw = format!("an{c}na@example.com");
+            assert_eq!(
+                refused("email", &raw),
+                "contains invisible characters",
+                "U+{:04X}",
+                c as u32
+            );
+            let raw = format!("C-{c}123");
+            assert_eq!(refused("account_id", &raw), "contains invisible characters");
+        }
+    }
+
+    #[test]
+    fn characters_not_allowed_in_identifiers_are_refused() {
+        for raw in ["anna\u{263a}@example.com", "anna@example\u{2013}shop.com"] {
+            assert_eq!(
+                refused("email", raw),
+                "contains characters not allowed in identifiers",
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            refused("loyalty_card", "LC\u{2013}42"),
+            "contains characters not allowed in identifiers"
+        );
+    }
+
+    #[test]
+    fn punycode_and_unicode_domains_are_one_identifier() {
+        let unicode = usable("email", "anna@münchen.de");
+        assert_eq!(unicode, "anna@münchen.de");
+        assert_eq!(usable("email", "anna@xn--mnchen-3ya.de"), unicode);
+        assert_eq!(usable("email", "Anna@XN--MNCHEN-3YA.DE"), unicode);
+        assert_eq!(usable("email", "ANNA@MÜNCHEN.DE"), unicode);
+        let cyrillic = usable("email", "иван@пример.рф");
+        let ascii = idna::domain_to_ascii("пример.рф").unwrap();
+        assert!(ascii.starts_with("xn--"), "{ascii}");
+        assert_eq!(usable("email", &format!("иван@{ascii}")), cyrillic);
+    }
+
+    #[test]
+    fn punycode_cannot_smuggle_a_mixed_label() {
+        // `exаmple` with a Cyrillic `а`, spelled as punycode.
+        let smuggled = idna::domain_to_ascii("ex\u{430}mple.com").unwrap();
+        assert!(smuggled.starts_with("xn--"), "{smuggled}");
+        assert_eq!(
+            refused("email", &format!("anna@{smuggled}")),
+            "mixes scripts in one part"
+        );
+        // Punycode that decodes to nothing valid is no domain.
+        assert_eq!(refused("email", "anna@xn--zz.com"), "has no valid domain");
+    }
+
+    #[test]
+    fn addresses_written_in_one_script_are_accepted() {
+        for (raw, canonical) in [
+            ("Иван@Пример.РФ", "иван@пример.рф"),
+            ("сергей.петров@почта.рф", "сергей.петров@почта.рф"),
+            ("José.García@Café.es", "josé.garcía@café.es"),
+            ("Zoë@example.com", "zoë@example.com"),
+            ("straße@müller.de", "straße@müller.de"),
+            ("JÜRGEN.Größe@Bäckerei.DE", "jürgen.größe@bäckerei.de"),
+            ("Γιώργος@example.gr", "γιώργος@example.gr"),
+            // Han and Katakana together are Japanese: one script set.
+            ("山田タロウ@例え.jp", "山田タロウ@例え.jp"),
+        ] {
+            assert_eq!(usable("email", raw), canonical, "{raw}");
+        }
+        // Latin and Cyrillic parts apart from each other are each one script.
+        assert_eq!(
+            usable("email", "ivan.иван@example.com"),
+            "ivan.иван@example.com"
+        );
     }
 
     #[test]

@@ -180,6 +180,10 @@ pub enum Change {
         claimed: bool,
     },
     RemoveIdentifier(Identifier),
+    /// An identifier's whole record, taken over as it is (first and last
+    /// sighting, channel, claim mark): a stored identifier moving to its
+    /// canonical spelling. Folded into the record already there, if any.
+    AdoptIdentifier(IdentifierRecord),
     Trait {
         name: String,
         value: TraitValue,
@@ -528,6 +532,26 @@ impl Profile {
                 let count = self.identifiers.len();
                 self.identifiers.retain(|r| &r.identifier != identifier);
                 self.identifiers.len() != count
+            }
+            Change::AdoptIdentifier(adopted) => {
+                let find = |p: &Profile| {
+                    p.identifiers
+                        .iter()
+                        .position(|r| r.identifier == adopted.identifier)
+                };
+                let before = find(self).map(|i| self.identifiers[i].clone());
+                match find(self) {
+                    Some(i) => merge_identifier_record(
+                        &mut self.identifiers[i],
+                        &adopted.channel,
+                        adopted.first_seen,
+                        adopted.last_seen,
+                        adopted.claimed,
+                        channels,
+                    ),
+                    None => self.identifiers.push(adopted.clone()),
+                }
+                differs(before, find(self).map(|i| &self.identifiers[i]))
             }
             Change::Trait { name, value } => {
                 let before = self.traits.get(name).cloned();

@@ -10,6 +10,7 @@ pub mod journal;
 pub mod live;
 pub mod profiles;
 mod tail;
+pub mod upgrade;
 pub mod views;
 
 use std::sync::atomic::{AtomicU64, Ordering};

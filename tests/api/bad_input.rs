@@ -200,7 +200,7 @@ fn cases(existing: &str, other: &str) -> Vec<Case> {
                 r#"{{"channel": "chat", "channel": "agent", "identifiers": [{{"type": "web_cookie", "value": "{EXISTING_COOKIE}"}}]}}"#
             ),
         )
-        .expect(422, "invalid_field")
+        .expect(422, "duplicate_key")
         .mentions(&["channel"]),
         Case::raw("json_array", Some("application/json"), "[1, 2, 3]")
             .expect(422, "invalid_field"),

@@ -11,7 +11,7 @@ use anamnesis::auth::Scope;
 
 /// Runs the binary with `args` and `env` (nothing of the caller's
 /// `ANAMNESIS_*` environment leaks in).
-fn anamnesis(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub fn anamnesis(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_anamnesis"));
     for (key, _) in std::env::vars() {
         if key.starts_with("ANAMNESIS") {
@@ -22,7 +22,7 @@ fn anamnesis(args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().expect("the binary runs")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -579,6 +579,7 @@ fn every_command_has_help() {
         "import",
         "export",
         "store-stats",
+        "upgrade-identifiers",
         "healthcheck",
     ];
     let top = anamnesis(&["--help"], &[]);
