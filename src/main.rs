@@ -499,7 +499,7 @@ fn import(
     batch: usize,
     rejects: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     anyhow::ensure!(
         (1..=settings.server.max_batch_signals).contains(&batch),
         "--batch must be 1 to {} (server.max_batch_signals)",
@@ -535,16 +535,7 @@ fn import(
     let summary = actix_web::rt::System::new().block_on(async {
         // Caught from here on, before the store opens: an interrupt stops
         // between batches, and names the line to go on from.
-        let mut interrupt =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-                .context("catching Ctrl-C")?;
-        let interrupted = std::sync::Arc::new(AtomicBool::new(false));
-        let flag = interrupted.clone();
-        actix_web::rt::spawn(async move {
-            if interrupt.recv().await.is_some() {
-                flag.store(true, Ordering::SeqCst);
-            }
-        });
+        let interrupted = catch_interrupt()?;
         let store = anamnesis::startup::open_store(settings, true)?;
         let services = anamnesis::service::Services::new(settings, store)?;
         let reader = std::io::BufReader::new(input);
@@ -610,20 +601,11 @@ fn upgrade_identifiers(
     settings: &Settings,
     options: anamnesis::service::upgrade::UpgradeOptions,
 ) -> anyhow::Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     let started = std::time::Instant::now();
     let summary = actix_web::rt::System::new().block_on(async {
         // Caught from here on: an interrupt stops between profiles.
-        let mut interrupt =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-                .context("catching Ctrl-C")?;
-        let interrupted = std::sync::Arc::new(AtomicBool::new(false));
-        let flag = interrupted.clone();
-        actix_web::rt::spawn(async move {
-            if interrupt.recv().await.is_some() {
-                flag.store(true, Ordering::SeqCst);
-            }
-        });
+        let interrupted = catch_interrupt()?;
         let store = anamnesis::startup::open_store(settings, false)?;
         let services = anamnesis::service::Services::new(settings, store)?;
         if options.dry_run {
@@ -719,4 +701,20 @@ fn healthcheck(addr: &str) -> anyhow::Result<()> {
             response.lines().next().unwrap_or("no answer")
         )
     }
+}
+
+/// Notes Ctrl-C in the flag it returns, for a long command that stops
+/// between steps rather than midway. Must run inside the actix system.
+fn catch_interrupt() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("catching Ctrl-C")?;
+    let interrupted = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    actix_web::rt::spawn(async move {
+        if interrupt.recv().await.is_some() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    Ok(interrupted)
 }

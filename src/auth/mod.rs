@@ -501,23 +501,31 @@ impl Authenticator {
         channel: Option<&str>,
         ttl: Duration,
     ) -> Result<String, KeyError> {
+        let mut claims = self.claims(subject, ttl);
+        claims.scope = scopes
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        claims.channel = channel.map(str::to_owned);
+        self.sign(&claims)
+    }
+
+    /// The claims every minted token carries: valid from now for `ttl`,
+    /// for this service's audience and issuer.
+    fn claims(&self, subject: &str, ttl: Duration) -> Claims {
         let now = jsonwebtoken::get_current_timestamp();
-        let claims = Claims {
+        Claims {
             exp: Some(now + ttl.as_secs()),
             nbf: None,
             iat: Some(now),
             aud: Some(Audience::One(self.settings.audience.clone())),
             iss: self.settings.issuer.clone(),
             sub: subject.to_owned(),
-            scope: scopes
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(" "),
-            channel: channel.map(str::to_owned),
+            scope: String::new(),
+            channel: None,
             customer: None,
-        };
-        self.sign(&claims)
+        }
     }
 
     /// Mints a token bound to the customer who holds the identifier
@@ -530,21 +538,11 @@ impl Authenticator {
         value: &str,
         ttl: Duration,
     ) -> Result<String, KeyError> {
-        let now = jsonwebtoken::get_current_timestamp();
-        let claims = Claims {
-            exp: Some(now + ttl.as_secs()),
-            nbf: None,
-            iat: Some(now),
-            aud: Some(Audience::One(self.settings.audience.clone())),
-            iss: self.settings.issuer.clone(),
-            sub: subject.to_owned(),
-            scope: String::new(),
-            channel: None,
-            customer: Some(CustomerClaim {
-                kind: kind.to_owned(),
-                value: value.to_owned(),
-            }),
-        };
+        let mut claims = self.claims(subject, ttl);
+        claims.customer = Some(CustomerClaim {
+            kind: kind.to_owned(),
+            value: value.to_owned(),
+        });
         self.sign(&claims)
     }
 
