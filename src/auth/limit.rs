@@ -34,7 +34,12 @@ struct Cells {
 }
 
 impl Cells {
-    fn new(interval: u64, burst: u32) -> Cells {
+    /// `rate` units per `period` (0: no limit), `burst` more at once.
+    fn new(rate: u32, period: Duration, burst: u32) -> Cells {
+        let interval = match rate {
+            0 => 0,
+            n => period.as_nanos() as u64 / u64::from(n),
+        };
         Cells {
             interval,
             tolerance: interval.saturating_mul(u64::from(burst)),
@@ -104,14 +109,13 @@ impl Cells {
 
 impl RateLimiter {
     pub fn new(settings: &LimitSettings) -> RateLimiter {
-        let interval = if settings.rate_per_second == 0 {
-            0
-        } else {
-            1_000_000_000 / u64::from(settings.rate_per_second)
-        };
         RateLimiter {
             reject_delay: Duration::from_millis(settings.reject_delay_ms),
-            cells: Cells::new(interval, settings.burst),
+            cells: Cells::new(
+                settings.rate_per_second,
+                Duration::from_secs(1),
+                settings.burst,
+            ),
         }
     }
 
@@ -166,13 +170,12 @@ const AUDIT_EVERY: Duration = Duration::from_secs(60);
 
 impl LookupBudget {
     pub fn new(settings: &LimitSettings) -> LookupBudget {
-        let interval = if settings.lookup_misses_per_hour == 0 {
-            0
-        } else {
-            3_600_000_000_000 / u64::from(settings.lookup_misses_per_hour)
-        };
         LookupBudget {
-            cells: Cells::new(interval, settings.lookup_miss_burst),
+            cells: Cells::new(
+                settings.lookup_misses_per_hour,
+                Duration::from_secs(3600),
+                settings.lookup_miss_burst,
+            ),
             audited: Mutex::new(HashMap::new()),
         }
     }
