@@ -109,6 +109,11 @@ pub struct StorageSettings {
     pub path: PathBuf,
     /// Upper bound on writes applied between two flushes.
     pub max_group_commit: usize,
+    /// A write the committer has not started this many milliseconds after
+    /// it was submitted is withdrawn, unapplied, and answered 503
+    /// `store_busy` with Retry-After; once started it is always answered
+    /// with its result.
+    pub write_deadline_ms: u64,
     /// `false` acknowledges writes before they reach the disk. It exists to
     /// measure what durability costs (benches/load.sh); never in production.
     pub durable: bool,
@@ -173,6 +178,19 @@ pub struct ProfileSettings {
     /// Most identifiers one profile may hold on a claim alone (see
     /// [`TrustSettings`]): a claimant cannot fill a profile to its cap.
     pub max_claimed_identifiers: usize,
+    /// Most traits (names, removed ones included) one profile may hold.
+    pub max_traits: usize,
+    /// Most answers one profile may hold.
+    pub max_answers: usize,
+    /// Most episodes one profile may hold.
+    pub max_episodes: usize,
+    /// Most bytes one profile may take as stored: past it, a signal's
+    /// traits, answers and new episodes are left out (and reported), and
+    /// merges that would exceed it are refused.
+    pub max_profile_bytes: usize,
+    /// Most bytes of `event.properties` one interaction may carry (422
+    /// `properties_too_large` past it).
+    pub max_properties_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -245,6 +263,8 @@ pub struct EventSettings {
     pub heartbeat_secs: u64,
     /// Most event streams open at once; more get 503.
     pub max_streams: usize,
+    /// Most event streams one token subject may hold open; more get 429.
+    pub max_streams_per_subject: usize,
     /// A stream ends after this many seconds (with `stream.closed` and where
     /// to resume), so long-lived connections rebalance across instances.
     pub max_stream_secs: u64,
@@ -256,6 +276,7 @@ impl Default for EventSettings {
             buffer: 256,
             heartbeat_secs: 15,
             max_streams: 10_000,
+            max_streams_per_subject: 1000,
             max_stream_secs: 3600,
         }
     }
@@ -289,6 +310,9 @@ pub struct AuthSettings {
     pub disabled: bool,
     /// Allowed clock difference for `exp` and `nbf`.
     pub leeway_secs: u64,
+    /// Longest a token may be valid: `exp - iat`, or `exp - now` without
+    /// `iat`. Longer tokens are refused (`token_lifetime_too_long`).
+    pub max_token_lifetime_secs: u64,
     /// Keys chosen by a token's `kid`, each pinned to one algorithm.
     #[serde(default)]
     pub keys: Vec<KeySettings>,
@@ -357,12 +381,21 @@ pub struct LimitSettings {
     /// How long a refused request waits before its 429 goes out, so a
     /// client that retries in a tight loop cannot spend the CPU others need.
     pub reject_delay_ms: u64,
+    /// Sustained signals per second for one token subject, over single
+    /// signals and batches alike (a batch of N spends N); 0 turns it off.
+    pub signals_per_second: u32,
+    /// Signals a subject may send at once above the sustained rate; at
+    /// least `server.max_batch_signals`, so the largest batch can pass.
+    pub signal_burst: u32,
     /// Lookups by a person-identifying identifier that find nobody, per
     /// token subject and hour; once spent, every such lookup of the subject
     /// is refused until the budget refills. 0 turns the budget off.
     pub lookup_misses_per_hour: u32,
     /// Misses a subject may make at once above the hourly rate.
     pub lookup_miss_burst: u32,
+    /// Exports (`GET /v1/profiles/{id}/export`) one subject may have in
+    /// progress at once; more get 429.
+    pub exports_per_subject: usize,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -377,6 +410,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("issuer", &self.issuer)
             .field("disabled", &self.disabled)
             .field("leeway_secs", &self.leeway_secs)
+            .field("max_token_lifetime_secs", &self.max_token_lifetime_secs)
             .field("keys", &self.keys)
             .field("jwks_file", &self.jwks_file)
             .field("jwks_poll_ms", &self.jwks_poll_ms)
@@ -951,6 +985,12 @@ impl Settings {
         if self.storage.max_group_commit == 0 {
             return Err(invalid("storage.max_group_commit", "must be at least 1"));
         }
+        if !(100..=600_000).contains(&self.storage.write_deadline_ms) {
+            return Err(invalid(
+                "storage.write_deadline_ms",
+                "must be 100 to 600000",
+            ));
+        }
         if self.profiles.max_merged == 0 {
             return Err(invalid("profiles.max_merged", "must be at least 1"));
         }
@@ -960,6 +1000,28 @@ impl Settings {
                 format!(
                     "must be at least {MAX_IDENTIFIERS_PER_SIGNAL} (the most one signal may carry)"
                 ),
+            ));
+        }
+        let p = &self.profiles;
+        if p.max_traits < crate::domain::MAX_TRAITS_PER_SIGNAL
+            || p.max_answers < crate::domain::MAX_ANSWERS_PER_SIGNAL
+            || p.max_episodes == 0
+        {
+            return Err(invalid(
+                "profiles.max_traits",
+                "max_traits must be at least 100 and max_answers at least 50 (what one signal may carry), max_episodes at least 1",
+            ));
+        }
+        if !(16 * 1024..=64 * 1024 * 1024).contains(&p.max_profile_bytes) {
+            return Err(invalid(
+                "profiles.max_profile_bytes",
+                "must be 16384 (16 KiB) to 67108864 (64 MiB)",
+            ));
+        }
+        if p.max_properties_bytes == 0 || p.max_properties_bytes > self.server.max_body_bytes {
+            return Err(invalid(
+                "profiles.max_properties_bytes",
+                "must be 1 to server.max_body_bytes",
             ));
         }
         if self.profiles.max_claimed_identifiers == 0
@@ -1012,6 +1074,12 @@ impl Settings {
         }
         if !(1..=1_000_000).contains(&self.events.max_streams) {
             return Err(invalid("events.max_streams", "must be 1 to 1000000"));
+        }
+        if !(1..=self.events.max_streams).contains(&self.events.max_streams_per_subject) {
+            return Err(invalid(
+                "events.max_streams_per_subject",
+                "must be 1 to events.max_streams",
+            ));
         }
         if !(1..=3600 * 24 * 3660).contains(&self.changes.retention_secs) {
             return Err(invalid(
@@ -1193,6 +1261,17 @@ impl Settings {
                 return Err(invalid(list, format!("`{bad}` must be 1 to 64 characters")));
             }
         }
+        if self.limits.exports_per_subject == 0 {
+            return Err(invalid("limits.exports_per_subject", "must be at least 1"));
+        }
+        if self.limits.signals_per_second > 0
+            && (self.limits.signal_burst as usize) < self.server.max_batch_signals
+        {
+            return Err(invalid(
+                "limits.signal_burst",
+                "must be at least server.max_batch_signals while limits.signals_per_second is set (else the largest batch never passes)",
+            ));
+        }
         if self.limits.lookup_misses_per_hour > 0 && self.limits.lookup_miss_burst == 0 {
             return Err(invalid(
                 "limits.lookup_miss_burst",
@@ -1206,6 +1285,12 @@ impl Settings {
         let auth = &self.auth;
         if auth.leeway_secs > 300 {
             return Err(invalid("auth.leeway_secs", "must be at most 300"));
+        }
+        if auth.max_token_lifetime_secs == 0 {
+            return Err(invalid(
+                "auth.max_token_lifetime_secs",
+                "must be at least 1 (seconds)",
+            ));
         }
         if !(100..=3_600_000).contains(&auth.jwks_poll_ms) {
             return Err(invalid("auth.jwks_poll_ms", "must be 100 to 3600000"));

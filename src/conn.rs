@@ -11,16 +11,32 @@
 //! body limit (the body arriving and the handler answering). Otherwise the
 //! connection is closed.
 //!
+//! Once a request reached the service, the service answers it in its own
+//! time: the request context marks the connection as [`Held`], and the
+//! body limit stops applying until the response starts. A write waiting for
+//! the committer is withdrawn (503) or answered with its result, never cut
+//! off with no answer after it was applied. The body limit here is then
+//! only the backstop for bodies nobody reads.
+//!
+//! Responses the HTTP layer writes by itself, without the service (a head
+//! too large, a request line that does not parse, a head that stalls), go
+//! out with an empty body and no request id. This layer recognises them
+//! (a 4xx or 5xx with `content-length: 0` and no `x-request-id`) and
+//! writes in their place the service's error envelope with a minted
+//! request id, and logs and counts them.
+//!
 //! A response that streams for a long time (an event stream) is unaffected:
 //! the clock stops when the response starts and restarts only when the
 //! client sends again. Bytes a client pipelines behind a complete request are
 //! timed from its first byte after the response began, which is lenient but
-//! still bounded. An interim `100 Continue` counts as a response begun, so a
-//! body sent after it is timed as a head (the shorter limit).
+//! still bounded. An interim `100 Continue` is not a response begun: the
+//! body sent after it is timed as a body.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,6 +63,34 @@ pub struct DeadlineStream {
     body_limit: Duration,
     phase: Phase,
     timer: Pin<Box<Sleep>>,
+    held: Held,
+    /// Whether nothing was written since the current request began: the
+    /// next write starts its response.
+    response_start: bool,
+    /// A response written in place of the HTTP layer's, and how much of it
+    /// went out.
+    replacement: Vec<u8>,
+    replaced: usize,
+}
+
+/// Set while the service has a request of this connection in hand: the
+/// connection's body limit does not apply until the response starts.
+#[derive(Clone, Default)]
+pub struct Held(Arc<AtomicBool>);
+
+impl Held {
+    /// The service took the request and answers it in its own time.
+    pub fn hold(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn release(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+
+    fn is_held(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl DeadlineStream {
@@ -57,7 +101,16 @@ impl DeadlineStream {
             body_limit,
             phase: Phase::Idle,
             timer: Box::pin(tokio::time::sleep(head_limit)),
+            held: Held::default(),
+            response_start: true,
+            replacement: Vec::new(),
+            replaced: 0,
         }
+    }
+
+    /// The handle the request context holds this connection's clock with.
+    pub fn held(&self) -> Held {
+        self.held.clone()
     }
 
     fn received(&mut self, bytes: &[u8]) {
@@ -67,6 +120,7 @@ impl DeadlineStream {
             Phase::Head { tail } => tail,
             Phase::Idle => {
                 self.timer.as_mut().reset(Instant::now() + self.head_limit);
+                self.response_start = true;
                 0
             }
         };
@@ -84,8 +138,131 @@ impl DeadlineStream {
     fn answered(&mut self, result: &Poll<io::Result<usize>>) {
         if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
             self.phase = Phase::Idle;
+            self.response_start = false;
+            self.held.release();
         }
     }
+
+    /// Sends what is left of a replacement response; `Ready(Ok)` once all
+    /// of it went out.
+    fn drain_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.replaced < self.replacement.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.replacement[self.replaced..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.replaced += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.replacement.clear();
+        self.replaced = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.drain_replacement(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        if self.response_start {
+            if let Some((head_len, replacement)) = envelope_for(buf) {
+                self.replacement = replacement;
+                // Taken whole: it goes out from the replacement buffer.
+                let result = Poll::Ready(Ok(head_len));
+                self.answered(&result);
+                if let Poll::Ready(Err(e)) = self.drain_replacement(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return result;
+            }
+        }
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        // An interim `100 Continue` is not the answer: the body is still
+        // timed as a body, and the request stays held once the service has it.
+        if !(self.response_start && buf.starts_with(b"HTTP/1.1 100 ")) {
+            self.answered(&result);
+        }
+        result
+    }
+}
+
+/// Why the HTTP layer refused a request by itself, as the service would say it.
+fn refusal(status: u16) -> (&'static str, &'static str) {
+    match status {
+        400 => (
+            "malformed_request",
+            "the request line or headers are not valid HTTP/1.1, or the request line is too long",
+        ),
+        408 => (
+            "request_timeout",
+            "the request line and headers did not arrive in time (server.request_head_timeout_ms)",
+        ),
+        413 => (
+            "payload_too_large",
+            "the request is larger than the server accepts",
+        ),
+        431 => (
+            "headers_too_large",
+            "the request line and headers are larger than the server accepts (about 32 KB in all)",
+        ),
+        s if s < 500 => (
+            "malformed_request",
+            "the request could not be read as HTTP/1.1",
+        ),
+        _ => ("internal_error", "an internal error occurred"),
+    }
+}
+
+/// The service's answer in place of an empty error response the HTTP layer
+/// wrote by itself (see the module): how many bytes of `buf` it replaces,
+/// and the bytes to send instead. `None` for any other write.
+fn envelope_for(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
+    let head_len = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..head_len]).ok()?;
+    let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+    let status_line = lines.next()?;
+    let rest = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))?;
+    let status: u16 = rest.get(..3)?.parse().ok()?;
+    if status < 400 {
+        return None;
+    }
+    let mut kept = Vec::new();
+    let mut empty = false;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        let name = name.trim().to_ascii_lowercase();
+        match name.as_str() {
+            "x-request-id" => return None,
+            "content-length" => empty = value.trim() == "0",
+            "content-type" => return None,
+            _ => kept.push(line),
+        }
+    }
+    if !empty {
+        return None;
+    }
+    let request_id = ulid::Ulid::new().to_string();
+    let (code, message) = refusal(status);
+    let body = serde_json::json!({
+        "error": { "code": code, "message": message, "request_id": request_id }
+    })
+    .to_string();
+    tracing::warn!(status, %request_id, code, "request refused before it reached the service");
+    metrics::counter!("anamnesis_http_requests_total", "method" => "OTHER", "route" => "unparsed", "status" => status.to_string()).increment(1);
+    let mut out = format!(
+        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n",
+        body.len()
+    );
+    for line in kept {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    Some((head_len, out.into_bytes()))
 }
 
 impl AsyncRead for DeadlineStream {
@@ -101,6 +278,8 @@ impl AsyncRead for DeadlineStream {
                 this.received(&buf.filled()[before..]);
                 Poll::Ready(Ok(()))
             }
+            // A request the service holds is answered in the service's time.
+            Poll::Pending if this.phase == Phase::Body && this.held.is_held() => Poll::Pending,
             Poll::Pending if this.phase != Phase::Idle => match this.timer.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -119,10 +298,7 @@ impl AsyncWrite for DeadlineStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.answered(&result);
-        result
+        self.get_mut().write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -131,6 +307,14 @@ impl AsyncWrite for DeadlineStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.response_start || !this.replacement.is_empty() {
+            // Looked at one buffer at a time; a shorter write is allowed.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return this.write(cx, first);
+        }
         let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.answered(&result);
         result
@@ -141,10 +325,18 @@ impl AsyncWrite for DeadlineStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        match this.drain_replacement(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_flush(cx),
+            other => other,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        match this.drain_replacement(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_shutdown(cx),
+            other => other,
+        }
     }
 }

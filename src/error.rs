@@ -49,6 +49,13 @@ pub enum ApiError {
     InvalidToken(#[from] TokenError),
     #[error("this token's subject is over its rate limit; retry after {} s", retry_after_secs(*.0))]
     RateLimited(std::time::Duration),
+    #[error("this token's subject is over its budget of signals per second (limits.signals_per_second; a batch spends one per signal, this request {count}); retry after {} s", retry_after_secs(*.wait))]
+    SignalRateLimited {
+        wait: std::time::Duration,
+        count: usize,
+    },
+    #[error("this token's subject has {0} exports in progress, the most one subject may (limits.exports_per_subject); retry once one finished")]
+    TooManyExports(usize),
     #[error("the token lacks the `{0}` scope")]
     InsufficientScope(&'static str),
     #[error("the token is bound to channel `{bound}` and may not write for `{requested}`")]
@@ -133,7 +140,7 @@ fn signal_code(e: &SignalError) -> (StatusCode, &'static str) {
         SignalError::TextTooLong(_) => "text_too_long",
         SignalError::InvalidEventType(_) => "invalid_event_type",
         SignalError::InvalidEpisodeId => "invalid_episode_id",
-        SignalError::PropertiesTooLarge => "properties_too_large",
+        SignalError::PropertiesTooLarge(_) => "properties_too_large",
         SignalError::ValueTooDeep(_) => "value_too_deep",
         SignalError::UnknownJourneyStage(_) => "unknown_journey_stage",
         SignalError::InvalidFeedback(_) => "invalid_feedback",
@@ -166,8 +173,13 @@ fn service_code(e: &ServiceError) -> (StatusCode, &'static str) {
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
         }
         ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        ServiceError::Withdrawn => (StatusCode::SERVICE_UNAVAILABLE, "store_busy"),
         ServiceError::CursorExpired { .. } => (StatusCode::GONE, "cursor_expired"),
         ServiceError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
+        ServiceError::TooManyStreamsForSubject(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams_for_subject",
+        ),
     }
 }
 
@@ -191,7 +203,9 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::MissingToken => (StatusCode::UNAUTHORIZED, "missing_token"),
             ApiError::InvalidToken(e) => (StatusCode::UNAUTHORIZED, e.code()),
-            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::RateLimited(_) | ApiError::SignalRateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            }
             ApiError::InsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::ChannelNotAllowed { .. } => (StatusCode::FORBIDDEN, "channel_not_allowed"),
             ApiError::ScopeNotAllowedForChannel { .. } => {
@@ -208,6 +222,10 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "too_many_signals")
             }
             ApiError::EmptyBatch => (StatusCode::UNPROCESSABLE_ENTITY, "empty_batch"),
+            ApiError::TooManyExports(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_exports_for_subject",
+            ),
             ApiError::Service(e) => service_code(e),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -216,6 +234,11 @@ impl ApiError {
     /// The message shown to the client: never an internal cause.
     fn public_message(&self) -> String {
         match self {
+            ApiError::Service(ServiceError::Store(_))
+                if current_request().is_some_and(|r| r.reads_only) =>
+            {
+                "the store could not be read just now; retry after Retry-After".into()
+            }
             ApiError::Service(ServiceError::Store(_))
             | ApiError::Service(ServiceError::NotDurable) => {
                 "the store could not confirm the write as durable; retry with the same signal_id (or re-read first)".into()
@@ -267,10 +290,19 @@ impl ResponseError for ApiError {
                 builder
                     .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
-            ApiError::RateLimited(wait) | ApiError::LookupBudgetExhausted(wait) => {
+            ApiError::RateLimited(wait)
+            | ApiError::LookupBudgetExhausted(wait)
+            | ApiError::SignalRateLimited { wait, .. } => {
                 builder.insert_header((header::RETRY_AFTER, retry_after_secs(*wait)));
             }
-            ApiError::Service(ServiceError::TooManyStreams) => {
+            ApiError::Service(
+                ServiceError::Withdrawn | ServiceError::Store(_) | ServiceError::NotDurable,
+            ) => {
+                builder.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            ApiError::Service(ServiceError::TooManyStreams)
+            | ApiError::Service(ServiceError::TooManyStreamsForSubject(_))
+            | ApiError::TooManyExports(_) => {
                 builder.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
             _ => {}

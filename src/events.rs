@@ -66,7 +66,20 @@ pub struct Hub {
     buffer: usize,
     open: AtomicUsize,
     max_streams: usize,
+    /// Streams open per token subject, and the most one may hold, so one
+    /// client cannot take every stream from the others.
+    per_subject: Mutex<HashMap<Arc<str>, usize>>,
+    max_per_subject: usize,
     closing: watch::Sender<bool>,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRefusal {
+    /// `events.max_streams` are open on this instance.
+    Full,
+    /// The subject holds `events.max_streams_per_subject` already.
+    SubjectFull(usize),
 }
 
 /// A stream's subscription: events about the profiles it follows arrive on
@@ -74,6 +87,7 @@ pub struct Hub {
 pub struct Subscription {
     hub: Arc<Hub>,
     slot: Arc<Slot>,
+    subject: Arc<str>,
     pub events: mpsc::Receiver<Arc<LiveEvent>>,
     pub closing: watch::Receiver<bool>,
 }
@@ -104,18 +118,28 @@ impl Drop for Subscription {
             }
         }
         drop(listeners);
+        let mut per_subject = lock(&self.hub.per_subject);
+        if let Some(n) = per_subject.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                per_subject.remove(&self.subject);
+            }
+        }
+        drop(per_subject);
         self.hub.open.fetch_sub(1, Ordering::SeqCst);
         metrics::gauge!("anamnesis_event_streams_open").decrement(1.0);
     }
 }
 
 impl Hub {
-    pub fn new(buffer: usize, max_streams: usize) -> Hub {
+    pub fn new(buffer: usize, max_streams: usize, max_per_subject: usize) -> Hub {
         Hub {
             listeners: Mutex::new(HashMap::new()),
             buffer,
             open: AtomicUsize::new(0),
             max_streams,
+            per_subject: Mutex::new(HashMap::new()),
+            max_per_subject,
             closing: watch::channel(false).0,
         }
     }
@@ -124,11 +148,30 @@ impl Hub {
         lock(&self.listeners)
     }
 
-    /// A new stream following `id`, or `None` when `max_streams` are open.
-    pub fn subscribe(self: &Arc<Self>, id: CustomerId) -> Option<Subscription> {
-        if self.open.fetch_add(1, Ordering::SeqCst) >= self.max_streams {
-            self.open.fetch_sub(1, Ordering::SeqCst);
-            return None;
+    /// A new stream following `id` for `subject`, unless `max_streams` are
+    /// open, or the subject holds its share already.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        id: CustomerId,
+        subject: &Arc<str>,
+    ) -> Result<Subscription, StreamRefusal> {
+        {
+            let mut per_subject = lock(&self.per_subject);
+            let held = per_subject.entry(subject.clone()).or_default();
+            if *held >= self.max_per_subject {
+                if *held == 0 {
+                    per_subject.remove(subject);
+                }
+                return Err(StreamRefusal::SubjectFull(self.max_per_subject));
+            }
+            if self.open.fetch_add(1, Ordering::SeqCst) >= self.max_streams {
+                self.open.fetch_sub(1, Ordering::SeqCst);
+                if *held == 0 {
+                    per_subject.remove(subject);
+                }
+                return Err(StreamRefusal::Full);
+            }
+            *held += 1;
         }
         metrics::gauge!("anamnesis_event_streams_open").increment(1.0);
         let (tx, rx) = mpsc::channel(self.buffer);
@@ -140,11 +183,12 @@ impl Hub {
         let mut sub = Subscription {
             hub: self.clone(),
             slot,
+            subject: subject.clone(),
             events: rx,
             closing: self.closing.subscribe(),
         };
         sub.follow(id);
-        Some(sub)
+        Ok(sub)
     }
 
     fn attach(

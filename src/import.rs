@@ -403,9 +403,12 @@ pub async fn import(
         // The operator running an import is the back office: the table's
         // `unbound` row judges what the file asserts.
         let caller = crate::service::Caller::unbound("cli:import");
-        let outcomes = services.ingest_batch(items, caller).await.map_err(|e| {
-            anyhow::anyhow!("the store refused a batch ({e}); {}", resume(&summary))
-        })?;
+        let outcomes = services
+            .ingest_batch_unlimited(items, caller)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("the store refused a batch ({e}); {}", resume(&summary))
+            })?;
         // The store failing is no fault of the line: stop, and resume from
         // this batch (lines with a signal_id replay without harm).
         let store_failed = outcomes.iter().find_map(|o| match o {

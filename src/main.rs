@@ -198,6 +198,14 @@ fn run() -> anyhow::Result<()> {
                 .filter(|s| !s.is_empty())
                 .map(|s| Scope::parse(s).with_context(|| format!("unknown scope `{s}`")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let ttl: std::time::Duration = ttl.into();
+            if ttl.as_secs() > settings.auth.max_token_lifetime_secs {
+                anyhow::bail!(
+                    "--ttl {} is longer than auth.max_token_lifetime_secs ({} s); the service would refuse this token",
+                    humantime::format_duration(ttl),
+                    settings.auth.max_token_lifetime_secs
+                );
+            }
             let (secret, _) = default_secret(&settings.auth, &settings.storage.path)?;
             let mut auth = Authenticator::new(&settings.auth, secret.as_deref())?;
             if let Some(kid) = &kid {
@@ -208,7 +216,7 @@ fn run() -> anyhow::Result<()> {
                     let (kind, value) = named
                         .split_once(':')
                         .context("--customer takes TYPE:VALUE, e.g. account_id:C-1001")?;
-                    auth.mint_for_customer(&subject, kind, value, ttl.into())?
+                    auth.mint_for_customer(&subject, kind, value, ttl)?
                 }
                 None => {
                     if let Some(refused) = auth.refused_scope(&scopes, channel.as_deref()) {
@@ -218,7 +226,7 @@ fn run() -> anyhow::Result<()> {
                             refused.as_str()
                         );
                     }
-                    auth.mint(&subject, &scopes, channel.as_deref(), ttl.into())?
+                    auth.mint(&subject, &scopes, channel.as_deref(), ttl)?
                 }
             };
             println!("{token}");

@@ -17,6 +17,8 @@ pub const CANONICAL_ID_HEADER: &str = "canonical-customer-id";
 pub struct RequestInfo {
     pub request_id: String,
     pub path_and_query: String,
+    /// GET or HEAD: the request changes nothing.
+    pub reads_only: bool,
 }
 
 tokio::task_local! {
@@ -54,6 +56,11 @@ pub async fn request_context(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
+    // From here the service answers this request in its own time; the
+    // connection's body limit no longer cuts it off (see `conn`).
+    if let Some(held) = req.conn_data::<crate::conn::Held>() {
+        held.hold();
+    }
     let request_id = request_id_of(&req);
     // The route pattern, never the raw path: paths and queries can carry PII.
     let route = req
@@ -71,6 +78,7 @@ pub async fn request_context(
         _ => "OTHER",
     };
     let info = RequestInfo {
+        reads_only: matches!(method, "GET" | "HEAD"),
         request_id: request_id.clone(),
         path_and_query: req
             .uri()

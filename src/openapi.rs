@@ -159,7 +159,7 @@ fn restrict(schema: &mut Value, names: &[String]) {
 /// description)`.
 const SHARED_ERRORS: &[(&str, &str, &str)] = &[
     ("BadRequest", "400", "Malformed JSON, query string or path: `malformed_json`, `invalid_query`, `invalid_customer_id`, `invalid_cursor`"),
-    ("Unauthorized", "401", "Missing or refused bearer token, with a code naming the fault: `missing_token`, `invalid_token`, `token_in_query`, `token_algorithm_not_allowed`, `unknown_key_id`, `token_signature_invalid`, `token_expired`, `token_not_yet_valid`, `token_audience_mismatch`, `token_issuer_mismatch`, `token_claim_missing`, `token_claims_invalid`"),
+    ("Unauthorized", "401", "Missing or refused bearer token, with a code naming the fault: `missing_token`, `invalid_token`, `token_in_query`, `token_algorithm_not_allowed`, `unknown_key_id`, `token_signature_invalid`, `token_expired`, `token_not_yet_valid`, `token_audience_mismatch`, `token_issuer_mismatch`, `token_claim_missing`, `token_claims_invalid`, `token_lifetime_too_long`, `token_critical_header`"),
     ("Forbidden", "403", "The token lacks the scope, may not write for this channel, carries a scope its channel is not allowed, or is bound to a customer: `insufficient_scope`, `channel_not_allowed`, `scope_not_allowed_for_channel`, `customer_token_not_allowed`, `customer_token_required`"),
     ("NotFound", "404", "No such profile (or identifier, suggestion, purpose), or no such route"),
     ("MethodNotAllowed", "405", "The path does not support this method; `Allow` lists the ones it does"),
@@ -167,7 +167,7 @@ const SHARED_ERRORS: &[(&str, &str, &str)] = &[
     ("PayloadTooLarge", "413", "The body is larger than the configured limit: `payload_too_large`"),
     ("UnsupportedMediaType", "415", "The body is not declared as JSON: `unsupported_media_type`"),
     ("UnprocessableEntity", "422", "The body is JSON but breaks a rule; the code and message name it"),
-    ("TooManyRequests", "429", "The token's subject is over its rate limit (`rate_limited`), or has spent its budget of lookups that find nobody (`lookup_budget_exhausted`); retry after `Retry-After` seconds"),
+    ("TooManyRequests", "429", "The token's subject is over its rate limit or its signals per second (`rate_limited`; a batch spends one per signal, and nothing of a refused request is applied), or has spent its budget of lookups that find nobody (`lookup_budget_exhausted`), or holds the most event streams (`too_many_streams_for_subject`) or exports (`too_many_exports_for_subject`) one subject may; retry after `Retry-After` seconds"),
     ("Unavailable", "503", "The store could not confirm the write, or the service is shutting down: `store_unavailable`, `shutting_down`"),
 ];
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::future::ready;
 
-use actix_http::{error::DispatchError, HttpService, KeepAlive};
+use actix_http::{error::DispatchError, Extensions, HttpService, KeepAlive};
 use actix_service::{fn_service, map_config, ServiceFactoryExt};
 use actix_web::dev::{AppConfig, Server};
 use actix_web::middleware::{from_fn, Compress};
@@ -17,7 +17,9 @@ use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::auth::{default_secret, Authenticator, LookupBudget, RateLimiter, Scope, SecretSource};
+use crate::auth::{
+    default_secret, Authenticator, Concurrency, LookupBudget, RateLimiter, Scope, SecretSource,
+};
 use crate::config::Backend;
 use crate::config::Settings;
 use crate::conn::DeadlineStream;
@@ -130,14 +132,20 @@ impl Application {
 
         let banner = match &source {
             SecretSource::Generated(path) => {
+                let ttl = BANNER_TOKEN_TTL
+                    .min(Duration::from_secs(settings.auth.max_token_lifetime_secs));
                 let token = authenticator
-                    .mint("bootstrap-admin", &[Scope::Admin], None, BANNER_TOKEN_TTL)
+                    .mint("bootstrap-admin", &[Scope::Admin], None, ttl)
                     .context("minting the first-start token")?;
                 Some(format!(
                     "anamnesis: generated an auth secret in {path}\n\
-                     Admin token (valid 30 days; shown only now):\n\n  {token}\n\n\
+                     Admin token (valid {valid}; shown only now):\n\n  {token}\n\n\
                      Try it:\n\n  curl -H 'Authorization: Bearer {token}' http://{address}/v1/profiles/lookup?type=phone\\&value=0612345678\n",
-                    path = path.display()
+                    path = path.display(),
+                    valid = match ttl.as_secs() {
+                        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+                        _ => humantime::format_duration(ttl).to_string(),
+                    }
                 ))
             }
             SecretSource::Configured | SecretSource::Existing(_) => None,
@@ -146,8 +154,17 @@ impl Application {
         let services =
             web::Data::new(Services::new(&settings, store).context("starting the services")?);
         let authenticator = web::Data::from(authenticator);
-        let limiter = web::Data::new(RateLimiter::new(&settings.limits));
+        // Without authentication there are no subjects to tell apart: no
+        // budgets (the request limit is skipped the same way).
+        let mut limits = settings.limits.clone();
+        if settings.auth.disabled {
+            limits.signals_per_second = 0;
+        }
+        let limiter = web::Data::new(RateLimiter::new(&limits));
         let lookup_budget = web::Data::new(LookupBudget::new(&settings.limits));
+        let exports = web::Data::new(routes::engagement::Exports(Concurrency::new(
+            settings.limits.exports_per_subject,
+        )));
         let prometheus = web::Data::new(metrics_handle());
         let single_limit = settings.server.max_body_bytes;
         let batch_limit = settings.server.max_batch_body_bytes;
@@ -161,6 +178,7 @@ impl Application {
                 .app_data(authenticator.clone())
                 .app_data(limiter.clone())
                 .app_data(lookup_budget.clone())
+                .app_data(exports.clone())
                 .app_data(prometheus.clone())
                 .app_data(BodyLimit(single_limit))
                 .app_data(body_timeout)
@@ -220,6 +238,10 @@ impl Application {
                         secs => KeepAlive::Timeout(Duration::from_secs(secs)),
                     })
                     .local_addr(address)
+                    // The request context holds the connection's clock (see `conn`).
+                    .on_connect_ext(|io: &DeadlineStream, ext: &mut Extensions| {
+                        ext.insert(io.held());
+                    })
                     .h1(map_config(app(), |_| AppConfig::default()));
                 fn_service(move |io: TcpStream| {
                     let peer = io.peer_addr().ok();

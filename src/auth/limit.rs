@@ -18,6 +18,9 @@ pub struct RateLimiter {
     /// Pause before a refusal is answered (see [`RateLimiter::reject_delay`]).
     reject_delay: Duration,
     cells: Cells,
+    /// Signals per subject: a batch of N spends N, so batches cannot carry
+    /// a subject past what its requests alone would be allowed.
+    signals: Cells,
 }
 
 /// Per-subject budgets by the generic cell rate algorithm: `interval`
@@ -89,6 +92,12 @@ impl Cells {
     /// Spends one unit of `subject`'s budget, or says how long until one is
     /// available again.
     fn spend(&self, subject: &Arc<str>) -> Result<(), Duration> {
+        self.spend_many(subject, 1)
+    }
+
+    /// Spends `units` of `subject`'s budget at once, or none and says how
+    /// long until that many are available.
+    fn spend_many(&self, subject: &Arc<str>, units: u64) -> Result<(), Duration> {
         if self.interval == 0 {
             return Ok(());
         }
@@ -98,7 +107,7 @@ impl Cells {
             shard.retain(|_, tat| *tat > now);
         }
         let tat = shard.get(subject).copied().unwrap_or(now).max(now);
-        let next = tat + self.interval;
+        let next = tat.saturating_add(self.interval.saturating_mul(units));
         if next - now > self.tolerance {
             return Err(Duration::from_nanos(next - now - self.tolerance));
         }
@@ -116,6 +125,24 @@ impl RateLimiter {
                 Duration::from_secs(1),
                 settings.burst,
             ),
+            signals: Cells::new(
+                settings.signals_per_second,
+                Duration::from_secs(1),
+                settings.signal_burst,
+            ),
+        }
+    }
+
+    /// Spends `count` signals of the caller's budget, or refuses the whole
+    /// request with 429 `rate_limited` (after the reject delay) and spends
+    /// nothing. A batch spends one per signal it holds.
+    pub async fn spend_signals(&self, principal: &Principal, count: usize) -> Result<(), ApiError> {
+        match self.signals.spend_many(&principal.rate_key, count as u64) {
+            Ok(()) => Ok(()),
+            Err(wait) => {
+                tokio::time::sleep(self.reject_delay()).await;
+                Err(ApiError::SignalRateLimited { wait, count })
+            }
         }
     }
 
@@ -234,18 +261,121 @@ impl LookupBudget {
     }
 }
 
+/// Work one subject may have in progress at once (exports): a slot is held
+/// until its [`Slot`] is dropped, which for a streamed response is when the
+/// stream ends or the client goes away.
+pub struct Concurrency {
+    max: usize,
+    held: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+}
+
+/// One held slot of a [`Concurrency`].
+pub struct Slot {
+    held: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    subject: Arc<str>,
+}
+
+impl Concurrency {
+    /// At most `max` at once per subject.
+    pub fn new(max: usize) -> Concurrency {
+        Concurrency {
+            max,
+            held: Arc::default(),
+        }
+    }
+
+    /// The most one subject may hold.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A slot for `subject`, or `None` when it holds `max` already.
+    pub fn acquire(&self, subject: &Arc<str>) -> Option<Slot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(subject.clone()).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            held: self.held.clone(),
+            subject: subject.clone(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.subject);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every limit off.
+    fn off() -> LimitSettings {
+        LimitSettings {
+            rate_per_second: 0,
+            burst: 0,
+            reject_delay_ms: 0,
+            signals_per_second: 0,
+            signal_burst: 0,
+            lookup_misses_per_hour: 0,
+            lookup_miss_burst: 0,
+            exports_per_subject: 1,
+        }
+    }
+
+    #[test]
+    fn a_batch_spends_one_unit_per_signal() {
+        let limiter = RateLimiter::new(&LimitSettings {
+            signals_per_second: 100,
+            signal_burst: 50,
+            ..off()
+        });
+        let who: Arc<str> = "importer".into();
+        limiter.signals.spend_many(&who, 40).unwrap();
+        // 10 left of the burst: a batch of 20 waits for 10 more (100 ms),
+        // and spends nothing while refused.
+        let wait = limiter.signals.spend_many(&who, 20).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        limiter.signals.spend_many(&who, 10).unwrap();
+        assert!(limiter.signals.spend_many(&who, 1).is_err());
+        // The request budget is another one.
+        assert!(limiter.check(&who).is_ok());
+    }
+
+    #[test]
+    fn a_subject_holds_at_most_its_share_of_slots() {
+        let exports = Concurrency::new(2);
+        let desk: Arc<str> = "desk".into();
+        let a = exports.acquire(&desk).unwrap();
+        let _b = exports.acquire(&desk).unwrap();
+        assert!(exports.acquire(&desk).is_none());
+        assert!(exports.acquire(&"other".into()).is_some());
+        drop(a);
+        assert!(exports.acquire(&desk).is_some());
+    }
 
     #[test]
     fn a_burst_passes_and_the_next_request_waits() {
         let limiter = RateLimiter::new(&LimitSettings {
             rate_per_second: 10,
             burst: 5,
-            reject_delay_ms: 0,
             lookup_misses_per_hour: 0,
             lookup_miss_burst: 0,
+            ..off()
         });
         let who: Arc<str> = "bot".into();
         for i in 0..5 {
@@ -265,9 +395,9 @@ mod tests {
         let limiter = RateLimiter::new(&LimitSettings {
             rate_per_second: 0,
             burst: 0,
-            reject_delay_ms: 0,
             lookup_misses_per_hour: 0,
             lookup_miss_burst: 0,
+            ..off()
         });
         let who: Arc<str> = "bot".into();
         assert!((0..10_000).all(|_| limiter.check(&who).is_ok()));
@@ -278,9 +408,9 @@ mod tests {
         let budget = LookupBudget::new(&LimitSettings {
             rate_per_second: 0,
             burst: 0,
-            reject_delay_ms: 0,
             lookup_misses_per_hour: 3600,
             lookup_miss_burst: 3,
+            ..off()
         });
         let desk: Arc<str> = "desk".into();
         // Hits: spent up front, given back.

@@ -18,7 +18,7 @@ use futures_util::future::{Either, LocalBoxFuture};
 use jsonwebtoken::{EncodingKey, Validation};
 
 pub use keys::KeyError;
-pub use limit::{LookupBudget, RateLimiter};
+pub use limit::{Concurrency, LookupBudget, RateLimiter, Slot};
 pub use secret::{default_secret, load_or_create_secret, SecretSource};
 pub use token::{CustomerClaim, TokenError};
 
@@ -113,6 +113,12 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whose budgets a request spends (rate, lookups, streams, exports):
+    /// the subject, or the token itself when it names none.
+    pub fn budget_key(&self) -> &Arc<str> {
+        &self.rate_key
+    }
+
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes & (scope.bit() | Scope::Admin.bit()) != 0
     }
@@ -452,8 +458,20 @@ impl Authenticator {
             return Err(TokenError::AlgorithmNotAllowed);
         }
         let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, self.validation(key.alg))
-            .map_err(|e| TokenError::from_jwt(&e))?
+            .map_err(|e| match e.kind() {
+                // The signature verified; the claims did not decode.
+                jsonwebtoken::errors::ErrorKind::Json(_) => token::misfit_claim(token),
+                _ => TokenError::from_jwt(&e),
+            })?
             .claims;
+        // `exp` is required, so present after validation.
+        let exp = claims.exp.unwrap_or(0);
+        let lifetime = exp.saturating_sub(claims.iat.unwrap_or(now));
+        if lifetime > self.settings.max_token_lifetime_secs {
+            return Err(TokenError::LifetimeTooLong(Duration::from_secs(
+                self.settings.max_token_lifetime_secs,
+            )));
+        }
         let mut scopes = 0;
         for s in claims.scope.split_whitespace() {
             if let Some(scope) = Scope::parse(s) {
@@ -473,11 +491,7 @@ impl Authenticator {
             (None, true) => token.into(),
             (None, false) => format!("sub:{}", claims.sub).into(),
         };
-        // `exp` is required, so present after validation.
-        let valid_until = claims
-            .exp
-            .unwrap_or(0)
-            .saturating_add(self.settings.leeway_secs);
+        let valid_until = exp.saturating_add(self.settings.leeway_secs);
         let principal = Arc::new(Principal {
             subject: claims.sub,
             scopes,

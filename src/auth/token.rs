@@ -30,8 +30,59 @@ pub enum TokenError {
     WrongIssuer,
     #[error("the token lacks the required `{0}` claim")]
     MissingClaim(&'static str),
-    #[error("the token's claims have the wrong types (exp and nbf must be numbers)")]
+    #[error("the token's `{claim}` claim has the wrong type (it must be {shape})", claim = .0, shape = claim_shape(.0))]
+    BadClaim(&'static str),
+    #[error("the token's claims are not a JSON object of the expected claims")]
     BadClaims,
+    #[error(
+        "the token's header marks extensions as critical (crit), and this service understands none"
+    )]
+    CriticalHeader,
+    #[error("the token is valid for longer than auth.max_token_lifetime ({}) allows; mint tokens with a shorter exp (exp is in seconds)", humantime::format_duration(*.0))]
+    LifetimeTooLong(std::time::Duration),
+}
+
+/// The claims we read, as an error message describes them.
+const CLAIM_SHAPES: &[(&str, &str)] = &[
+    ("exp", "a number of seconds since 1970"),
+    ("nbf", "a number of seconds since 1970"),
+    ("iat", "a number of seconds since 1970"),
+    ("aud", "a string or a list of strings"),
+    ("iss", "a string"),
+    ("sub", "a string"),
+    ("scope", "a string of space-separated scopes"),
+    ("channel", "a string"),
+    ("customer", "an object {\"type\", \"value\"} of two strings"),
+];
+
+fn claim_shape(claim: &str) -> &'static str {
+    CLAIM_SHAPES
+        .iter()
+        .find(|(name, _)| *name == claim)
+        .map_or("see the documentation", |(_, shape)| shape)
+}
+
+/// Which claim of a token's (already verified) payload does not have the
+/// type it must: the payload is read again, this time naming the field.
+pub fn misfit_claim(token: &str) -> TokenError {
+    use base64::Engine;
+    let Some(payload) = token.split('.').nth(1) else {
+        return TokenError::Malformed;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
+        return TokenError::Malformed;
+    };
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    match serde_path_to_error::deserialize::<_, Claims>(&mut de) {
+        Ok(_) => TokenError::BadClaims,
+        Err(e) => {
+            let first = e.path().iter().next().map(|s| s.to_string());
+            match first.and_then(|f| CLAIM_SHAPES.iter().find(|(n, _)| *n == f)) {
+                Some((name, _)) => TokenError::BadClaim(name),
+                None => TokenError::BadClaims,
+            }
+        }
+    }
 }
 
 impl TokenError {
@@ -48,7 +99,9 @@ impl TokenError {
             TokenError::WrongAudience => "token_audience_mismatch",
             TokenError::WrongIssuer => "token_issuer_mismatch",
             TokenError::MissingClaim(_) => "token_claim_missing",
-            TokenError::BadClaims => "token_claims_invalid",
+            TokenError::BadClaim(_) | TokenError::BadClaims => "token_claims_invalid",
+            TokenError::CriticalHeader => "token_critical_header",
+            TokenError::LifetimeTooLong(_) => "token_lifetime_too_long",
         }
     }
 
@@ -70,9 +123,13 @@ impl TokenError {
                     _ => "required",
                 })
             }
-            ErrorKind::InvalidClaimFormat(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                TokenError::BadClaims
-            }
+            ErrorKind::InvalidClaimFormat(claim) => CLAIM_SHAPES
+                .iter()
+                .find(|(name, _)| name == claim)
+                .map_or(TokenError::BadClaims, |(name, _)| {
+                    TokenError::BadClaim(name)
+                }),
+            ErrorKind::Json(_) | ErrorKind::Utf8(_) => TokenError::BadClaims,
             ErrorKind::InvalidSignature => TokenError::BadSignature,
             ErrorKind::InvalidAlgorithm
             | ErrorKind::MissingAlgorithm
@@ -97,6 +154,10 @@ pub struct Header {
     #[serde(default)]
     #[allow(dead_code)]
     cty: Option<String>,
+    /// Extensions the issuer says must be understood (RFC 7515 4.1.11).
+    /// This service understands none, so any `crit` refuses the token.
+    #[serde(default)]
+    pub crit: Option<serde_json::Value>,
 }
 
 impl Header {
@@ -111,7 +172,11 @@ impl Header {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(header)
             .map_err(|_| TokenError::Malformed)?;
-        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)
+        let header: Header = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+        if header.crit.is_some() {
+            return Err(TokenError::CriticalHeader);
+        }
+        Ok(header)
     }
 }
 
@@ -190,6 +255,40 @@ mod tests {
         assert_eq!(
             Header::parse("!!.e30.x").unwrap_err(),
             TokenError::Malformed
+        );
+        // {"alg":"HS256","crit":["b64"],"b64":false}
+        let crit = "eyJhbGciOiJIUzI1NiIsImNyaXQiOlsiYjY0Il0sImI2NCI6ZmFsc2V9.e30.x";
+        assert_eq!(Header::parse(crit).unwrap_err(), TokenError::CriticalHeader);
+    }
+
+    #[test]
+    fn a_misfit_claim_is_named() {
+        use base64::Engine;
+        let token = |claims: &str| {
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+            format!("e30.{payload}.x")
+        };
+        assert_eq!(
+            misfit_claim(&token(r#"{"exp":1,"sub":42}"#)),
+            TokenError::BadClaim("sub")
+        );
+        assert_eq!(
+            misfit_claim(&token(r#"{"scope":["a"]}"#)),
+            TokenError::BadClaim("scope")
+        );
+        assert_eq!(
+            misfit_claim(&token(r#"{"channel":{}}"#)),
+            TokenError::BadClaim("channel")
+        );
+        assert_eq!(
+            misfit_claim(&token(r#"{"customer":{"type":"email"}}"#)),
+            TokenError::BadClaim("customer")
+        );
+        assert_eq!(misfit_claim(&token("[]")), TokenError::BadClaims);
+        let message = TokenError::BadClaim("sub").to_string();
+        assert!(
+            message.contains("`sub`") && message.contains("a string"),
+            "{message}"
         );
     }
 

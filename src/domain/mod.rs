@@ -27,10 +27,10 @@ pub use resolve::{
 };
 pub use segment::{JourneyRules, Offer, Personalization, RuleError};
 pub use signal::{
-    check_answers, check_signal_id, check_traits, non_null_value_schema, trait_map_schema,
-    AnswerInput, Caps, ChannelRules, EpisodeInput, EventInput, FeedbackInput, IdentifierInput,
-    Signal, SignalError, SignalInput, SignalRules, ValidAnswer, ValidEvent, ValidFeedback,
-    MAX_IDENTIFIERS,
+    check_answers, check_signal_id, check_traits, json_size, non_null_value_schema,
+    trait_map_schema, AnswerInput, Caps, ChannelRules, EpisodeInput, EventInput, FeedbackInput,
+    IdentifierInput, Signal, SignalError, SignalInput, SignalRules, ValidAnswer, ValidEvent,
+    ValidFeedback, MAX_ANSWERS_PER_SIGNAL, MAX_IDENTIFIERS, MAX_TRAITS_PER_SIGNAL,
 };
 pub use trust::{Trust, TrustRules};
 

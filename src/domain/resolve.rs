@@ -23,6 +23,8 @@ pub struct Owner {
     pub claimed: usize,
     /// Profiles it absorbed (directly or through chains).
     pub merged: usize,
+    /// Bytes it takes as stored.
+    pub bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -184,6 +186,7 @@ pub fn plan_resolution(
     let mut total: usize = counts.values().sum();
     let mut held_claimed = summary(target).map_or(0, |p| p.claimed);
     let mut merged = summary(target).map_or(0, |p| p.merged);
+    let mut bytes = summary(target).map_or(0, |p| p.bytes);
     let mut absorb = Vec::new();
     let mut conflicts = Vec::new();
     for candidate in candidates.iter().copied().filter(|c| Some(*c) != target) {
@@ -221,10 +224,12 @@ pub fn plan_resolution(
         if merged + theirs.merged + 1 > caps.max_merged
             || total + their_total > caps.max_identifiers
             || held_claimed + theirs.claimed > caps.max_claimed_identifiers
+            || bytes + theirs.bytes > caps.max_profile_bytes
         {
             conflict(ConflictReason::ProfileCap);
             continue;
         }
+        bytes += theirs.bytes;
         for (kind, n) in &theirs.counts {
             *counts.entry(kind.clone()).or_default() += n;
         }
@@ -298,11 +303,7 @@ mod tests {
         }
     }
 
-    const CAPS: Caps = Caps {
-        max_merged: 100,
-        max_identifiers: 1000,
-        max_claimed_identifiers: 10,
-    };
+    const CAPS: Caps = Caps::DEFAULT;
 
     fn owner(id: CustomerId, kinds: &[&str]) -> Owner {
         let mut counts = BTreeMap::new();
@@ -315,6 +316,7 @@ mod tests {
             counts,
             claimed: 0,
             merged: 0,
+            bytes: 1000,
         }
     }
 

@@ -20,9 +20,11 @@ use super::{is_valid_name, is_valid_trait_name};
 pub const MAX_IDENTIFIERS: usize = 50;
 pub const MAX_TRAITS: usize = 100;
 pub const MAX_ANSWERS: usize = 50;
+/// What one signal may carry, which a profile's caps must at least allow.
+pub const MAX_TRAITS_PER_SIGNAL: usize = MAX_TRAITS;
+pub const MAX_ANSWERS_PER_SIGNAL: usize = MAX_ANSWERS;
 /// Serialized size limit of one trait or answer value.
 pub const MAX_VALUE_BYTES: usize = 4096;
-pub const MAX_PROPERTIES_BYTES: usize = 16 * 1024;
 pub const MAX_SIGNAL_ID_CHARS: usize = 128;
 pub const MAX_TEXT_CHARS: usize = 2000;
 /// Deepest nesting of arrays and objects in a trait, answer or property value.
@@ -236,13 +238,34 @@ pub struct SignalRules {
     pub follow_up_delay: chrono::Duration,
 }
 
-/// Per-profile caps: the most absorbed profiles and identifiers one holds.
+/// Per-profile caps: the most absorbed profiles, identifiers, traits,
+/// answers and episodes one holds, and the most bytes it takes as stored;
+/// and the most bytes of properties one interaction carries.
 #[derive(Debug, Clone, Copy)]
 pub struct Caps {
     pub max_merged: usize,
     pub max_identifiers: usize,
     /// Of the identifiers, the most held on a claim alone.
     pub max_claimed_identifiers: usize,
+    pub max_traits: usize,
+    pub max_answers: usize,
+    pub max_episodes: usize,
+    pub max_profile_bytes: usize,
+    pub max_properties_bytes: usize,
+}
+
+impl Caps {
+    /// The built-in defaults (`config/default.toml`).
+    pub const DEFAULT: Caps = Caps {
+        max_merged: 100,
+        max_identifiers: 1000,
+        max_claimed_identifiers: 10,
+        max_traits: 500,
+        max_answers: 200,
+        max_episodes: 500,
+        max_profile_bytes: 256 * 1024,
+        max_properties_bytes: 16 * 1024,
+    };
 }
 
 impl SignalRules {
@@ -269,6 +292,11 @@ impl SignalRules {
                 max_merged: settings.profiles.max_merged,
                 max_identifiers: settings.profiles.max_identifiers,
                 max_claimed_identifiers: settings.profiles.max_claimed_identifiers,
+                max_traits: settings.profiles.max_traits,
+                max_answers: settings.profiles.max_answers,
+                max_episodes: settings.profiles.max_episodes,
+                max_profile_bytes: settings.profiles.max_profile_bytes,
+                max_properties_bytes: settings.profiles.max_properties_bytes,
             },
             trust: super::trust::TrustRules::new(&settings.trust),
             personalization: Personalization::compile(
@@ -333,8 +361,8 @@ pub enum SignalError {
     InvalidEventType(String),
     #[error("event.episode.id must be 1 to 128 printable characters")]
     InvalidEpisodeId,
-    #[error("event.properties are larger than {MAX_PROPERTIES_BYTES} bytes")]
-    PropertiesTooLarge,
+    #[error("event.properties are larger than {0} bytes (profiles.max_properties_bytes)")]
+    PropertiesTooLarge(usize),
     #[error("{0} nests arrays and objects deeper than {MAX_VALUE_DEPTH} levels")]
     ValueTooDeep(String),
     #[error("journey stage `{0}` is not configured")]
@@ -734,8 +762,9 @@ fn check_feedback(f: &FeedbackInput) -> Result<ValidFeedback, SignalError> {
 
 fn validate_event(e: EventInput, rules: &SignalRules) -> Result<ValidEvent, SignalError> {
     check_event_shape(&e, rules)?;
-    if json_size(&Value::Object(e.properties.clone())) > MAX_PROPERTIES_BYTES {
-        return Err(SignalError::PropertiesTooLarge);
+    let max = rules.caps.max_properties_bytes;
+    if json_size(&Value::Object(e.properties.clone())) > max {
+        return Err(SignalError::PropertiesTooLarge(max));
     }
     if e.properties
         .values()

@@ -155,7 +155,12 @@ pub async fn events(
         Some(raw) => Some(parse_decimal(&raw).ok_or(ServiceError::InvalidCursor)?),
         None => None,
     };
-    let stream = services.open_stream(id, last_event_id, auth.principal.access())?;
+    let stream = services.open_stream(
+        id,
+        last_event_id,
+        auth.principal.access(),
+        auth.principal.budget_key(),
+    )?;
     let heartbeat = services.heartbeat();
     // The stream lives as long as its token, at most `events.max_stream_secs`.
     let now = std::time::SystemTime::now()

@@ -9,7 +9,9 @@ use utoipa::IntoParams;
 use super::profiles::{customer_id, LookupQuery};
 use super::resource;
 use crate::audit::{self, Action, Detail};
-use crate::auth::{Authorized, CustomerToken, ExportProfiles, LookupBudget, ReadProfiles, Scope};
+use crate::auth::{
+    Authorized, Concurrency, CustomerToken, ExportProfiles, LookupBudget, ReadProfiles, Scope,
+};
 use crate::domain::{CustomerId, EpisodeStatus};
 use crate::error::{ApiError, ErrorBody};
 use crate::service::engagement::{EpisodesPage, FollowUpPage, OwnEpisodesPage};
@@ -215,6 +217,9 @@ pub async fn personalization_by_identifier(
     Ok(web::Json(found?))
 }
 
+/// Exports in progress per token subject (`limits.exports_per_subject`).
+pub struct Exports(pub Concurrency);
+
 /// Everything held about a customer as one JSON document, streamed: the
 /// profile, segments, merge suggestions, the whole timeline and every
 /// identity ledger entry of the profile and the ids it absorbed. Needs
@@ -231,9 +236,15 @@ pub async fn personalization_by_identifier(
 pub async fn export(
     auth: Authorized<ExportProfiles>,
     services: web::Data<Services>,
+    exports: web::Data<Exports>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = customer_id(&path)?;
+    // Held until the document is sent, or the client went away.
+    let slot = exports
+        .0
+        .acquire(auth.principal.budget_key())
+        .ok_or(ApiError::TooManyExports(exports.0.max()))?;
     let result = if auth.principal.has(Scope::ProfilesRead) {
         services.into_inner().export(id).map_err(ApiError::from)
     } else {
@@ -248,8 +259,8 @@ pub async fn export(
     );
     let export = result?;
     // Each piece reads the store: off the server's threads.
-    let body = futures_util::stream::unfold(Some(export), |state| async move {
-        let mut export = state?;
+    let body = futures_util::stream::unfold(Some((export, slot)), |state| async move {
+        let (mut export, slot) = state?;
         let read = web::block(move || {
             let chunk = export.next_chunk();
             (chunk, export)
@@ -267,7 +278,9 @@ pub async fn export(
         };
         match read {
             Ok((None, _)) => None,
-            Ok((Some(Ok(chunk)), export)) => Some((Ok(web::Bytes::from(chunk)), Some(export))),
+            Ok((Some(Ok(chunk)), export)) => {
+                Some((Ok(web::Bytes::from(chunk)), Some((export, slot))))
+            }
             Ok((Some(Err(e)), _)) => failed(e.to_string()),
             Err(e) => failed(e.to_string()),
         }

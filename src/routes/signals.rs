@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::extract::{BodyLimit, JsonBody};
 use super::resource;
-use crate::auth::{Authorized, WriteSignals};
+use crate::auth::{Authorized, RateLimiter, WriteSignals};
 use crate::domain::SignalInput;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::middleware::note_customer;
@@ -54,8 +54,10 @@ fn status_of(result: &IngestResult) -> StatusCode {
 pub async fn ingest(
     auth: Authorized<WriteSignals>,
     services: web::Data<Services>,
+    limiter: web::Data<RateLimiter>,
     JsonBody(input): JsonBody<SignalInput>,
 ) -> Result<HttpResponse, ApiError> {
+    limiter.spend_signals(&auth.principal, 1).await?;
     auth.principal.check_channel(&input.channel)?;
     auth.principal.check_verified(&input)?;
     let result = services
@@ -130,6 +132,7 @@ fn item_error(e: &ApiError) -> BatchItemResult {
 pub async fn ingest_batch(
     auth: Authorized<WriteSignals>,
     services: web::Data<Services>,
+    limiter: web::Data<RateLimiter>,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<web::Json<BatchResponse>, ApiError> {
     let count = batch.signals.len();
@@ -143,6 +146,9 @@ pub async fn ingest_batch(
         });
     }
     services.check_batch_shape(&batch.signals)?;
+    // One per signal, after the checks that refuse the batch whole (those
+    // cost the caller nothing but the request).
+    limiter.spend_signals(&auth.principal, count).await?;
     let items: Vec<BatchItem<ApiError>> = batch
         .signals
         .into_iter()

@@ -39,9 +39,18 @@ pub trait AfterCommit: Send + Sync + 'static {
 /// Jobs waiting beyond this make callers wait for a slot (back-pressure).
 const QUEUE_DEPTH: usize = 16 * 1024;
 
+/// A group stops taking more writes once it has run this long: the writes
+/// already applied are acknowledged only after its flush, so this bounds
+/// how long a busy queue can keep them waiting for their answer.
+const MAX_GROUP_TIME: Duration = Duration::from_millis(100);
+
+/// One write that held the committer at least this long is logged.
+const SLOW_WRITE: Duration = Duration::from_millis(500);
+
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
+    deadline: Duration,
 }
 
 /// How the committer groups, flushes and prunes.
@@ -52,6 +61,30 @@ pub struct CommitPolicy {
     pub durable_writes: bool,
     /// How long the change log keeps a change.
     pub retention: Duration,
+    /// A write not started this long after it was submitted is withdrawn,
+    /// unapplied, and answered [`ServiceError::Withdrawn`].
+    pub deadline: Duration,
+}
+
+thread_local! {
+    /// Writes the committer thread withdrew in the current group.
+    static WITHDRAWN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs one job, and notes (histogram, and a log line when slow) how long it
+/// held the committer.
+fn timed(job: Job, writer: &Writer<'_>) -> Completion {
+    let started = Instant::now();
+    let completion = job(writer);
+    let took = started.elapsed();
+    metrics::histogram!("anamnesis_write_apply_seconds").record(took.as_secs_f64());
+    if took >= SLOW_WRITE {
+        tracing::warn!(
+            elapsed_ms = took.as_millis() as u64,
+            "one write held the committer for a long time"
+        );
+    }
+    completion
 }
 
 impl Committer {
@@ -70,6 +103,7 @@ impl Committer {
             max_group,
             durable_writes,
             retention,
+            deadline,
         } = policy;
         // Old changes are removed between groups, at most this often.
         let prune_every = (retention / 2).min(Duration::from_secs(60));
@@ -97,12 +131,23 @@ impl Committer {
                             Err(e) => tracing::warn!(error = %e, "pruning old changes failed"),
                         }
                     }
-                    completions.push(first(&writer));
-                    while completions.len() < max_group {
+                    let group_started = Instant::now();
+                    completions.push(timed(first, &writer));
+                    while completions.len() < max_group && group_started.elapsed() < MAX_GROUP_TIME
+                    {
                         match rx.try_recv() {
-                            Ok(job) => completions.push(job(&writer)),
+                            Ok(job) => completions.push(timed(job, &writer)),
                             Err(_) => break,
                         }
+                    }
+                    let withdrawn = WITHDRAWN.with(|w| w.replace(0));
+                    if withdrawn > 0 {
+                        metrics::counter!("anamnesis_writes_withdrawn_total")
+                            .increment(withdrawn);
+                        tracing::warn!(
+                            writes = withdrawn,
+                            "withdrew writes that waited for the committer past their deadline (storage.write_deadline_ms); each was answered 503 store_busy, unapplied"
+                        );
                     }
                     let started = Instant::now();
                     let flushed = if durable_writes {
@@ -148,7 +193,7 @@ impl Committer {
                 }
             })
             .expect("the committer thread starts");
-        Committer { tx }
+        Committer { tx, deadline }
     }
 
     /// Runs `job` on the committer thread and answers once its changes are durable.
@@ -157,8 +202,16 @@ impl Committer {
         T: Send + 'static,
         F: FnOnce(&Writer<'_>) -> Result<T, ServiceError> + Send + 'static,
     {
+        let deadline = Instant::now() + self.deadline;
         let (reply, answer) = oneshot::channel();
         let wrapped: Job = Box::new(move |writer: &Writer<'_>| {
+            if Instant::now() > deadline {
+                // Not started in time: withdrawn, nothing of it applied, so
+                // the caller may retry without doubt about its fate.
+                WITHDRAWN.with(|w| w.set(w.get() + 1));
+                let _ = reply.send(Err(ServiceError::Withdrawn));
+                return Box::new(|_| {});
+            }
             let result = job(writer);
             Box::new(move |flushed: Result<(), ()>| {
                 let result = match flushed {
@@ -169,10 +222,13 @@ impl Committer {
                 let _ = reply.send(result);
             })
         });
-        self.tx
-            .send(wrapped)
-            .await
-            .map_err(|_| ServiceError::ShuttingDown)?;
+        match tokio::time::timeout_at(deadline.into(), self.tx.send(wrapped)).await {
+            Ok(sent) => sent.map_err(|_| ServiceError::ShuttingDown)?,
+            Err(_) => {
+                metrics::counter!("anamnesis_writes_withdrawn_total").increment(1);
+                return Err(ServiceError::Withdrawn);
+            }
+        }
         answer.await.map_err(|_| ServiceError::ShuttingDown)?
     }
 

@@ -6,14 +6,21 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::views::{ignored_view, ConflictView, IngestResult};
+use super::views::{ignored_view, ConflictView, IngestResult, NotStoredView};
 use super::{atomically, Caller, ServiceError, Services, Writer};
 use crate::domain::{
-    fnv1a, plan_resolution, Answer, Assertion, Change, ChannelRules, ConflictReason, Contribution,
-    CustomerId, Feedback, Hit, Identifier, IdentityEvent, IdentityEventKind, Interaction, Journey,
-    Link, Owner, Profile, Signal, SignalInput, SignalRules, Suggestion, TraitValue, Trust,
+    fnv1a, json_size, plan_resolution, Answer, Assertion, Caps, Change, ChannelRules,
+    ConflictReason, Contribution, CustomerId, Feedback, Hit, Identifier, IdentityEvent,
+    IdentityEventKind, Interaction, Journey, Link, Owner, Profile, Signal, SignalInput,
+    SignalRules, Suggestion, TraitValue, Trust,
 };
 use crate::store::{StoreError, StoreTx, TimelinePosition};
+
+/// The longest one batch may hold the committer: the signals it has not
+/// reached by then are answered 503 `store_busy` each, unapplied (a client
+/// sends them again), so no batch, however heavy its profiles, keeps every
+/// other writer waiting for long.
+const MAX_BATCH_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the store keeps per `signal_id`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -136,10 +143,32 @@ impl Services {
 
     /// Resolves a batch in order, each signal on its own: one failing signal
     /// does not stop the others. All are acknowledged after one flush.
+    /// Signals the batch has not reached after [`MAX_BATCH_TIME`] on the
+    /// committer are withdrawn (see there).
     pub async fn ingest_batch<E: Send + 'static>(
         &self,
         items: Vec<BatchItem<E>>,
         caller: Caller,
+    ) -> Result<Vec<Result<IngestResult, Result<E, ServiceError>>>, ServiceError> {
+        self.ingest_batch_within(items, caller, Some(MAX_BATCH_TIME))
+            .await
+    }
+
+    /// [`Services::ingest_batch`] with no time limit on the committer: for
+    /// the command-line import, the only writer while it runs.
+    pub async fn ingest_batch_unlimited<E: Send + 'static>(
+        &self,
+        items: Vec<BatchItem<E>>,
+        caller: Caller,
+    ) -> Result<Vec<Result<IngestResult, Result<E, ServiceError>>>, ServiceError> {
+        self.ingest_batch_within(items, caller, None).await
+    }
+
+    async fn ingest_batch_within<E: Send + 'static>(
+        &self,
+        items: Vec<BatchItem<E>>,
+        caller: Caller,
+        limit: Option<std::time::Duration>,
     ) -> Result<Vec<Result<IngestResult, Result<E, ServiceError>>>, ServiceError> {
         let now = Services::now();
         let prepared: Vec<Result<Signal, Result<E, ServiceError>>> = items
@@ -155,9 +184,15 @@ impl Services {
         let results = self
             .committer
             .run(move |store| {
+                let started = std::time::Instant::now();
                 Ok(prepared
                     .into_iter()
                     .map(|p| match p {
+                        // Past its share of the committer, the rest of a
+                        // batch is withdrawn, unapplied, item by item.
+                        Ok(_) if limit.is_some_and(|l| started.elapsed() > l) => {
+                            Err(Err(ServiceError::Withdrawn))
+                        }
                         Ok(signal) => apply_signal(store, &signal, &rules, now, &who).map_err(Err),
                         Err(e) => Err(e),
                     })
@@ -271,25 +306,22 @@ fn resolve(
         }
         owners.push(owner);
     }
-    let summaries: BTreeMap<CustomerId, Owner> = profiles
-        .iter()
-        .map(|(id, p)| {
-            let mut counts = BTreeMap::new();
-            for r in &p.identifiers {
-                *counts.entry(r.identifier.kind().to_owned()).or_default() += 1;
-            }
-            (
-                *id,
-                Owner {
-                    customer_id: *id,
-                    created_at: p.created_at,
-                    counts,
-                    claimed: p.identifiers.iter().filter(|r| r.claimed).count(),
-                    merged: p.merged_ids.len(),
-                },
-            )
-        })
-        .collect();
+    let mut summaries: BTreeMap<CustomerId, Owner> = BTreeMap::new();
+    for (id, p) in &profiles {
+        let mut counts = BTreeMap::new();
+        for r in &p.identifiers {
+            *counts.entry(r.identifier.kind().to_owned()).or_default() += 1;
+        }
+        let owner = Owner {
+            customer_id: *id,
+            created_at: p.created_at,
+            counts,
+            claimed: p.identifiers.iter().filter(|r| r.claimed).count(),
+            merged: p.merged_ids.len(),
+            bytes: tx.profile_bytes(*id)?,
+        };
+        summaries.insert(*id, owner);
+    }
     // A verified (even vouched-for) identifier that its owner holds on a
     // claim alone links no better than a claim: whoever typed it first gains
     // nothing by it, least of all a merge with the customer who verifies
@@ -562,6 +594,18 @@ fn resolve(
             }));
         }
     }
+    let stored_bytes = if created {
+        0
+    } else {
+        summaries.get(&id).map_or(0, |o| o.bytes)
+            + plan
+                .absorb
+                .iter()
+                .filter_map(|a| summaries.get(a))
+                .map(|o| o.bytes)
+                .sum::<usize>()
+    };
+    let (changes, not_stored) = within_caps(&target, changes, stored_bytes, &rules.caps);
     for change in &changes {
         target.apply(member, change, channels);
     }
@@ -587,6 +631,7 @@ fn resolve(
             .collect(),
         version: target.version,
         ignored_identifiers: signal.ignored.iter().map(ignored_view).collect(),
+        not_stored,
     };
     if let (Some(signal_id), Some(fingerprint)) = (&signal.signal_id, fingerprint) {
         let record = SignalRecord {
@@ -601,6 +646,93 @@ fn resolve(
         result,
         fresh: true,
     })
+}
+
+/// The changes of a signal that fit the profile's caps, and a note of each
+/// one left out: a new trait, answer or episode past its count
+/// (`profiles.max_traits`, `max_answers`, `max_episodes`), or a trait,
+/// answer or episode write whose bytes no longer fit under
+/// `profiles.max_profile_bytes` (the profile takes `stored_bytes` now; each
+/// write is counted at the size of what it stores, twice once the profile
+/// holds members' contributions). Removing a trait, and what does not grow
+/// with traffic (identifiers, channel counts, the journey, consents,
+/// segment counters, each bounded by configuration), always goes through:
+/// a full profile still records who the customer is and that they came by.
+pub(super) fn within_caps(
+    profile: &Profile,
+    changes: Vec<Change>,
+    stored_bytes: usize,
+    caps: &Caps,
+) -> (Vec<Change>, Vec<NotStoredView>) {
+    // What a stored entry costs beyond its name and value (times, channel).
+    const ENTRY: usize = 120;
+    let copies = if profile.facets.is_empty() { 1 } else { 2 };
+    let mut room = caps.max_profile_bytes.saturating_sub(stored_bytes);
+    let (mut traits, mut answers, mut episodes) = (
+        profile.traits.len(),
+        profile.answers.len(),
+        profile.episodes.len(),
+    );
+    let mut not_stored = Vec::new();
+    let mut kept = Vec::with_capacity(changes.len());
+    for change in changes {
+        let (item, known, count, max, what, cost) = match &change {
+            Change::Trait { name, value } => (
+                format!("traits.{name}"),
+                profile.traits.contains_key(name),
+                &mut traits,
+                caps.max_traits,
+                "max_traits",
+                value
+                    .value
+                    .as_ref()
+                    .map_or(0, |v| name.len() + json_size(v) + ENTRY),
+            ),
+            Change::Answer { key, answer } => (
+                format!("answers.{key}"),
+                profile.answers.contains_key(key),
+                &mut answers,
+                caps.max_answers,
+                "max_answers",
+                key.len()
+                    + json_size(&answer.value)
+                    + answer.question.as_ref().map_or(0, String::len)
+                    + ENTRY,
+            ),
+            Change::Episode { id, title, .. } => (
+                format!("episodes.{id}"),
+                profile.episodes.contains_key(id),
+                &mut episodes,
+                caps.max_episodes,
+                "max_episodes",
+                id.len() + title.as_ref().map_or(0, String::len) + 2 * ENTRY,
+            ),
+            _ => {
+                kept.push(change);
+                continue;
+            }
+        };
+        let cost = cost * copies;
+        let reason = if !known && *count >= max {
+            Some(what)
+        } else if cost > room {
+            Some("max_profile_bytes")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => not_stored.push(NotStoredView {
+                item,
+                reason: reason.to_owned(),
+            }),
+            None => {
+                *count += usize::from(!known);
+                room -= cost;
+                kept.push(change);
+            }
+        }
+    }
+    (kept, not_stored)
 }
 
 /// The identifiers through which a signal reached the two sides of a merge

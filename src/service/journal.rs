@@ -610,6 +610,10 @@ impl StoreTx for Recording<'_> {
         Ok(p)
     }
 
+    fn profile_bytes(&mut self, id: CustomerId) -> Result<usize, StoreError> {
+        self.inner.profile_bytes(id)
+    }
+
     fn put_profile(&mut self, profile: &Profile) -> Result<(), StoreError> {
         self.note_before(profile.customer_id)?;
         self.inner.put_profile(profile)?;

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::journal::{pruned_through, Change, ChangeKind, LiveEvent, Payload};
 use super::{views, Access, ServiceError, Services};
 use crate::domain::CustomerId;
-use crate::events::Subscription;
+use crate::events::{StreamRefusal, Subscription};
 use crate::store::{Store, StoreError, TimelinePosition};
 
 /// Most entries one page of the change feed may ask for.
@@ -139,6 +139,7 @@ impl Services {
         id: CustomerId,
         last_event_id: Option<u64>,
         access: Access,
+        subject: &Arc<str>,
     ) -> Result<EventStream, ServiceError> {
         if let Some(after) = last_event_id {
             let oldest = pruned_through(&*self.store)?;
@@ -146,7 +147,10 @@ impl Services {
                 return Err(ServiceError::CursorExpired { oldest });
             }
         }
-        let mut subscription = self.hub.subscribe(id).ok_or(ServiceError::TooManyStreams)?;
+        let mut subscription = self.hub.subscribe(id, subject).map_err(|r| match r {
+            StreamRefusal::Full => ServiceError::TooManyStreams,
+            StreamRefusal::SubjectFull(max) => ServiceError::TooManyStreamsForSubject(max),
+        })?;
         if *subscription.closing.borrow() {
             return Err(ServiceError::ShuttingDown);
         }

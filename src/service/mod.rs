@@ -84,10 +84,16 @@ pub enum ServiceError {
     NotDurable,
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// The write waited for the committer past its deadline and was
+    /// withdrawn before anything of it was applied.
+    #[error("the store was too busy to start this write in time (storage.write_deadline_ms); nothing of it was applied; retry after Retry-After")]
+    Withdrawn,
     #[error("changes up to {oldest} are no longer kept; read the feed again from its start")]
     CursorExpired { oldest: u64 },
     #[error("too many event streams are open; try again later")]
     TooManyStreams,
+    #[error("this token's subject has {0} event streams open, the most one subject may hold (events.max_streams_per_subject); close one first")]
+    TooManyStreamsForSubject(usize),
 }
 
 impl ServiceError {
@@ -227,6 +233,7 @@ impl Services {
         let hub = Arc::new(Hub::new(
             settings.events.buffer,
             settings.events.max_streams,
+            settings.events.max_streams_per_subject,
         ));
         // Positions are never reused, even when retention emptied the log.
         let last_change = store.last_change()?.max(journal::pruned_through(&*store)?);
@@ -288,6 +295,7 @@ impl Services {
                 max_group: settings.storage.max_group_commit,
                 durable_writes: settings.storage.durable,
                 retention: Duration::from_secs(settings.changes.retention_secs),
+                deadline: Duration::from_millis(settings.storage.write_deadline_ms),
             },
             last_change,
             durable.clone(),

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::ingest::{absorb, detach, event, Cause, Linking, SignalRecord};
+use super::ingest::{absorb, detach, event, within_caps, Cause, Linking, SignalRecord};
 use super::views::{
     self, Access, ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage,
 };
@@ -510,8 +510,22 @@ impl Services {
         let p = self
             .committer
             .run(move |store| {
-                update(store, &rules, id, now, Attribution::Own, |_, p| {
-                    apply_own(p, &changes, &rules.channels);
+                update(store, &rules, id, now, Attribution::Own, |tx, p| {
+                    // A direct write is one change: all of it fits, or none
+                    // of it is made.
+                    let stored = tx.profile_bytes(p.customer_id)?;
+                    let (kept, refused) = within_caps(p, changes.clone(), stored, &rules.caps);
+                    if let Some(first) = refused.first() {
+                        let caps = &rules.caps;
+                        let (what, cap) = match first.reason.as_str() {
+                            "max_traits" => ("traits", caps.max_traits),
+                            "max_answers" => ("answers", caps.max_answers),
+                            "max_episodes" => ("episodes", caps.max_episodes),
+                            _ => ("bytes", caps.max_profile_bytes),
+                        };
+                        return Err(ServiceError::CapExceeded { what, cap });
+                    }
+                    apply_own(p, &kept, &rules.channels);
                     Ok(())
                 })
             })
@@ -559,7 +573,9 @@ impl Services {
                             ));
                         }
                     }
-                    check_caps(t, &s, &rules.caps)?;
+                    let bytes =
+                        tx.profile_bytes(t.customer_id)? + tx.profile_bytes(s.customer_id)?;
+                    check_caps(t, &s, bytes, &rules.caps)?;
                     let cause = Cause::request(&caller);
                     absorb(tx, t, s, Linking::default(), &cause, now, &rules.channels)?;
                     Ok(())
@@ -919,9 +935,20 @@ pub fn valid_channel_filter(c: &str) -> bool {
 }
 
 /// Refuses a manual merge that would make a profile hold more merged
-/// profiles or identifiers than the configured caps. (A signal's merges are
+/// profiles or identifiers, or take more bytes, than the configured caps. (A signal's merges are
 /// held to the same caps by the planner, which stores what fits instead.)
-fn check_caps(target: &Profile, absorbed: &Profile, caps: &Caps) -> Result<(), ServiceError> {
+fn check_caps(
+    target: &Profile,
+    absorbed: &Profile,
+    bytes: usize,
+    caps: &Caps,
+) -> Result<(), ServiceError> {
+    if bytes > caps.max_profile_bytes {
+        return Err(ServiceError::CapExceeded {
+            what: "bytes",
+            cap: caps.max_profile_bytes,
+        });
+    }
     let merged = target.merged_ids.len() + absorbed.merged_ids.len() + 1;
     if merged > caps.max_merged {
         return Err(ServiceError::CapExceeded {

@@ -426,6 +426,23 @@ pub struct IngestResult {
     pub version: u64,
     /// Placeholder identifiers that were left out.
     pub ignored_identifiers: Vec<IgnoredView>,
+    /// Traits, answers and episodes of the signal that were not stored
+    /// because the profile is at one of its caps; everything else of the
+    /// signal was.
+    #[serde(default)]
+    pub not_stored: Vec<NotStoredView>,
+}
+
+/// A part of a signal left out because the profile is full.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct NotStoredView {
+    /// `traits.<name>`, `answers.<key>` or `episodes.<id>`.
+    #[schema(example = "traits.favourite_colour")]
+    pub item: String,
+    /// The cap it met: `max_traits`, `max_answers`, `max_episodes` or
+    /// `max_profile_bytes` (see `profiles.*` in the configuration).
+    #[schema(example = "max_traits")]
+    pub reason: String,
 }
 
 impl IngestResult {

@@ -124,6 +124,9 @@ impl FollowUpKey {
 /// The changes of one use case, applied all together or not at all.
 pub trait StoreTx {
     fn profile(&mut self, id: CustomerId) -> Result<Option<Profile>, StoreError>;
+    /// The bytes `id`'s profile takes as stored (0: none): what the
+    /// per-profile size cap is judged on.
+    fn profile_bytes(&mut self, id: CustomerId) -> Result<usize, StoreError>;
     fn put_profile(&mut self, profile: &Profile) -> Result<(), StoreError>;
     fn delete_profile(&mut self, id: CustomerId);
 

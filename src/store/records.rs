@@ -452,6 +452,12 @@ impl<S: Staging> StoreTx for S {
         self.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
+    fn profile_bytes(&mut self, id: CustomerId) -> Result<usize, StoreError> {
+        Ok(self
+            .get(&key(PROFILE, &id.to_key()))?
+            .map_or(0, |v| v.len()))
+    }
+
     fn put_profile(&mut self, profile: &Profile) -> Result<(), StoreError> {
         let v = encode(profile)?;
         self.put(key(PROFILE, &profile.customer_id.to_key()), v);

@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod console;
 mod contract;
+mod fairness;
 mod hardening;
 mod journeys;
 mod live;

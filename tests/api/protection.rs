@@ -267,6 +267,72 @@ async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
     );
 }
 
+/// Refusals the HTTP layer makes before a request reaches the service carry
+/// the envelope and a request id like every other answer (src/conn.rs).
+#[tokio::test]
+async fn refusals_below_the_router_carry_the_envelope_and_a_request_id() {
+    let app = spawn_app_with(|s| s.server.request_head_timeout_ms = 500).await;
+    let port = app.port;
+    // actix-http reads at most 128 KiB of head.
+    let big = "a".repeat(200 * 1024);
+    let cases = [
+        (
+            "a 200 KB token",
+            format!("GET /v1/profiles/x HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {big}\r\n\r\n"),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "a 200 KB URL",
+            format!("GET /v1/profiles/{big} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "a request line that is not HTTP",
+            "GET / HTTP/1.1 extra\r\nHost: 127.0.0.1\r\n\r\n".to_owned(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a head that stops part-way",
+            "GET /healthz HTTP/1.1\r\nHost: 12".to_owned(),
+            408,
+            "request_timeout",
+        ),
+    ];
+    for (what, request, status, code) in cases {
+        let answer = blocking(move || {
+            let mut stream = connect(port);
+            // The server may answer and close before it read everything.
+            let _ = stream.write_all(request.as_bytes());
+            read_response(&mut stream)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{what}: closed without an answer"));
+        assert_eq!(answer.status, status, "{what}: {}", answer.body);
+        assert_eq!(
+            answer.body["error"]["code"], code,
+            "{what}: {}",
+            answer.body
+        );
+        assert_eq!(
+            answer.body["error"]["request_id"], answer.request_id,
+            "{what}: the id in the body is the header's"
+        );
+        assert_eq!(answer.request_id.len(), 26, "{what}: a minted ULID");
+        assert!(
+            answer.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {}",
+            answer.body
+        );
+    }
+    // The service is none the worse for it.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
 #[tokio::test]
 async fn a_client_that_stalls_in_its_next_request_head_is_cut_off() {
     // The keep-alive timeout is longer than the head timeout but far shorter

@@ -387,6 +387,107 @@ async fn forged_confused_and_stale_tokens_are_refused_with_the_fault_named() {
     assert_accepted(app.get_as(&good, &path).await, "good RS256 again").await;
 }
 
+/// The refusal's message, after checking its code.
+async fn refusal_message(resp: Response, code: &str, what: &str) -> String {
+    assert_eq!(resp.status(), 401, "{what}");
+    assert!(resp.headers().contains_key("x-request-id"), "{what}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "{what}: {body}");
+    body["error"]["message"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn long_lived_critical_and_misshapen_tokens_are_refused_naming_the_fault() {
+    let app = spawn_app_with(|s| s.auth.max_token_lifetime_secs = 7 * 86_400).await;
+    let path = profile_path(&app, &app.admin).await;
+    let day = 86_400;
+    let sign = |claims: &Value| hs256(SECRET.as_bytes(), None, claims);
+    // Within the lifetime, with and without iat.
+    let week = claims_with(|c| {
+        c["exp"] = json!(now() + 7 * day - 60);
+    });
+    assert_accepted(app.get_as(&sign(&week), &path).await, "a week, with iat").await;
+    let week_no_iat = claims_with(|c| {
+        c["exp"] = json!(now() + 7 * day - 60);
+        c.as_object_mut().unwrap().remove("iat");
+    });
+    assert_accepted(
+        app.get_as(&sign(&week_no_iat), &path).await,
+        "a week, no iat",
+    )
+    .await;
+
+    // exp in milliseconds: valid for tens of thousands of years.
+    let millis = claims_with(|c| c["exp"] = json!(now() * 1000));
+    let message = refusal_message(
+        app.get_as(&sign(&millis), &path).await,
+        "token_lifetime_too_long",
+        "exp in milliseconds",
+    )
+    .await;
+    assert!(message.contains("7days"), "{message}");
+    // exp - iat over the maximum, though little of it is left.
+    let old_long = claims_with(|c| {
+        c["iat"] = json!(now() - 30 * day);
+        c["exp"] = json!(now() + 600);
+    });
+    assert_refused(
+        app.get_as(&sign(&old_long), &path).await,
+        "token_lifetime_too_long",
+        "exp - iat over the maximum",
+    )
+    .await;
+    // Without iat, what is left counts.
+    let no_iat_long = claims_with(|c| {
+        c["exp"] = json!(now() + 8 * day);
+        c.as_object_mut().unwrap().remove("iat");
+    });
+    assert_refused(
+        app.get_as(&sign(&no_iat_long), &path).await,
+        "token_lifetime_too_long",
+        "exp - now over the maximum",
+    )
+    .await;
+
+    // A critical extension nobody here understands (RFC 7515 4.1.11).
+    let header = json!({ "alg": "HS256", "typ": "JWT", "crit": ["exp2"], "exp2": 1 });
+    let part = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let signing_input = format!("{}.{}", part(&header), part(&claims()));
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    let crit = format!("{signing_input}.{signature}");
+    assert_refused(
+        app.get_as(&crit, &path).await,
+        "token_critical_header",
+        "a crit header",
+    )
+    .await;
+
+    // Wrongly typed claims are named in the message.
+    for (claim, value) in [
+        ("sub", json!(42)),
+        ("scope", json!(["admin"])),
+        ("channel", json!(7)),
+        ("exp", json!("9999999999")),
+    ] {
+        let bad = claims_with(|c| c[claim] = value.clone());
+        let message = refusal_message(
+            app.get_as(&sign(&bad), &path).await,
+            "token_claims_invalid",
+            claim,
+        )
+        .await;
+        assert!(
+            message.contains(&format!("`{claim}`")),
+            "{claim}: {message}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_configured_issuer_is_required_and_checked() {
     const ISSUER: &str = "https://login.example.com";
