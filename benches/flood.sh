@@ -8,6 +8,13 @@
 #   bash benches/flood.sh                 # 3 rounds of 20 s per phase
 #   DURATION=20s RATE=1000 bash benches/flood.sh
 #   REJECT_DELAY_MS=0 bash benches/flood.sh   # 429s at once: what the pause buys
+#   MODE=batch bash benches/flood.sh      # writes: single signals vs batch floods
+#
+# MODE=batch: the well-behaved client ("writer") posts single signals (4
+# paced connections, its own subject); the flooder posts 1,000-signal
+# batches on 4 connections without pause. The request limit counts a batch
+# as one request: limits.signals_per_second (SIGNALS, default 2000) is what
+# holds the flooder back. SIGNALS=0 shows the flood without it.
 #
 # Prints both runs of the desk, the flooder's own figures (mostly 429s) and
 # the ratio of the desk's p99 under flood to its quiet p99. Server, both load
@@ -19,29 +26,68 @@ DURATION=${DURATION:-20s}
 RATE=${RATE:-1000}
 BURST=${BURST:-100}
 REJECT_DELAY_MS=${REJECT_DELAY_MS:-250}
+MODE=${MODE:-reads}
+SIGNALS=${SIGNALS:-2000}
 
 export ANAMNESIS__LIMITS__RATE_PER_SECOND=$RATE
 export ANAMNESIS__LIMITS__BURST=$BURST
 export ANAMNESIS__LIMITS__REJECT_DELAY_MS=$REJECT_DELAY_MS
+export ANAMNESIS__LIMITS__SIGNALS_PER_SECOND=$SIGNALS
 # shellcheck source=benches/server.sh
 source benches/server.sh
 ADMIN=$("$BIN" token --scope admin --subject setup --ttl 1h)
-DESK=$("$BIN" token --scope profiles:read --subject desk --ttl 1h)
-FLOODER=$("$BIN" token --scope profiles:read --subject flooder --ttl 1h)
+if [ "$MODE" = batch ]; then
+    DESK=$("$BIN" token --scope signals:write --subject writer --ttl 1h)
+    FLOODER=$("$BIN" token --scope signals:write --subject flooder --ttl 1h)
+else
+    DESK=$("$BIN" token --scope profiles:read --subject desk --ttl 1h)
+    FLOODER=$("$BIN" token --scope profiles:read --subject flooder --ttl 1h)
+fi
 
 ID=$(curl -fsS -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
     -d '{"channel":"ivr","identifiers":[{"type":"phone","value":"0612345678"}],"traits":{"tier":"gold"},"event":{"type":"call_started"}}' \
     "$BASE/v1/signals" | python3 -c 'import json,sys; print(json.load(sys.stdin)["customer_id"])')
 URL="$BASE/v1/profiles/$ID/context"
+FLOOD_URL=$URL
 
 LUA=$DATA/lua
 mkdir "$LUA"
-cat >"$LUA/flood.lua" <<'LUA'
+if [ "$MODE" = batch ]; then
+    URL="$BASE/v1/signals"
+    FLOOD_URL="$BASE/v1/signals/batch"
+    # 1,000 signals about 1,000 customers of the flooder's own.
+    python3 - "$LUA/batch.json" <<'PY'
+import json, sys
+signals = [{"channel": "web", "identifiers": [{"type": "phone", "value": "+3162%07d" % i}],
+            "traits": {"visits": i}, "event": {"type": "page_viewed"}} for i in range(1000)]
+json.dump({"signals": signals}, open(sys.argv[1], "w"))
+PY
+    cat >"$LUA/flood.lua" <<LUA
+local f = io.open("$LUA/batch.json"); local body = f:read("*a"); f:close()
+request = function()
+  return wrk.format("POST", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN"),
+    ["Content-Type"] = "application/json"}, body)
+end
+LUA
+    cat >"$LUA/paced.lua" <<'LUA'
+local body = '{"channel":"ivr","identifiers":[{"type":"phone","value":"0612345678"}],"event":{"type":"call_started"}}'
+request = function()
+  return wrk.format("POST", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN"),
+    ["Content-Type"] = "application/json"}, body)
+end
+-- A pause before each request: the client stays well within its budget.
+local pause = tonumber(os.getenv("DESK_DELAY_MS"))
+delay = function()
+  return pause
+end
+LUA
+else
+    cat >"$LUA/flood.lua" <<'LUA'
 request = function()
   return wrk.format("GET", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN")})
 end
 LUA
-cat >"$LUA/paced.lua" <<'LUA'
+    cat >"$LUA/paced.lua" <<'LUA'
 request = function()
   return wrk.format("GET", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN")})
 end
@@ -51,9 +97,16 @@ delay = function()
   return pause
 end
 LUA
+fi
 
-# Four connections at half the subject's rate.
-export DESK_DELAY_MS=$(( 8000 / RATE ))
+# Four connections at half the subject's rate (writes: 100 a second).
+if [ "$MODE" = batch ]; then
+    export DESK_DELAY_MS=40
+    FLOOD_CONNECTIONS=4
+else
+    export DESK_DELAY_MS=$(( 8000 / RATE ))
+    FLOOD_CONNECTIONS=64
+fi
 desk() {
     TOKEN=$DESK wrk --latency -t1 -c4 -d"$DURATION" -s "$LUA/paced.lua" "$URL"
 }
@@ -76,8 +129,8 @@ for round in $(seq "$ROUNDS"); do
     QUIET=$(desk)
     echo "$QUIET" | grep -E 'Requests/sec|50%|99%|Non-2xx'
 
-    printf '### desk while the flooder hammers with 64 connections\n'
-    TOKEN=$FLOODER wrk --latency -t1 -c64 -d"$(( ${DURATION%s} + 4 ))s" -s "$LUA/flood.lua" "$URL" >"$DATA/flood.txt" &
+    printf '### desk while the flooder hammers with %s connections (%s)\n' "$FLOOD_CONNECTIONS" "$MODE"
+    TOKEN=$FLOODER wrk --latency -t1 -c"$FLOOD_CONNECTIONS" -d"$(( ${DURATION%s} + 4 ))s" -s "$LUA/flood.lua" "$FLOOD_URL" >"$DATA/flood.txt" &
     FLOOD=$!
     sleep 2
     LOUD=$(desk)

@@ -61,6 +61,8 @@ pub struct Settings {
     pub events: EventSettings,
     #[serde(default)]
     pub changes: ChangeSettings,
+    #[serde(default)]
+    pub idempotency: IdempotencySettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
     pub telemetry: TelemetrySettings,
@@ -278,6 +280,22 @@ impl Default for EventSettings {
             max_streams: 10_000,
             max_streams_per_subject: 1000,
             max_stream_secs: 3600,
+        }
+    }
+}
+
+/// `Idempotency-Key` on writes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencySettings {
+    /// How long a key (and the reply kept for it) is remembered, in seconds.
+    pub retention_secs: u64,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> IdempotencySettings {
+        IdempotencySettings {
+            retention_secs: 24 * 3600,
         }
     }
 }
@@ -1079,6 +1097,12 @@ impl Settings {
             return Err(invalid(
                 "events.max_streams_per_subject",
                 "must be 1 to events.max_streams",
+            ));
+        }
+        if !(60..=3600 * 24 * 366).contains(&self.idempotency.retention_secs) {
+            return Err(invalid(
+                "idempotency.retention_secs",
+                "must be 60 to 31622400 (a year)",
             ));
         }
         if !(1..=3600 * 24 * 3660).contains(&self.changes.retention_secs) {

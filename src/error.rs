@@ -56,6 +56,14 @@ pub enum ApiError {
     },
     #[error("this token's subject has {0} exports in progress, the most one subject may (limits.exports_per_subject); retry once one finished")]
     TooManyExports(usize),
+    #[error("the Idempotency-Key header must be 1 to 255 printable ASCII characters (a UUID or a ULID, say)")]
+    InvalidIdempotencyKey,
+    #[error("this Idempotency-Key was used with another request (method, path or body differ); use a new key for a new request")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is being served, or was applied and its answer lost in a restart; retry later, or read the resource to see its effect")]
+    IdempotencyKeyInFlight,
+    #[error("the request with this Idempotency-Key was applied, and the customer it spoke of has since been erased: its answer is gone")]
+    IdempotentReplyErased,
     #[error("the token lacks the `{0}` scope")]
     InsufficientScope(&'static str),
     #[error("the token is bound to channel `{bound}` and may not write for `{requested}`")]
@@ -174,6 +182,7 @@ fn service_code(e: &ServiceError) -> (StatusCode, &'static str) {
         }
         ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         ServiceError::Withdrawn => (StatusCode::SERVICE_UNAVAILABLE, "store_busy"),
+        ServiceError::KeyUsed(_) => (StatusCode::CONFLICT, "idempotency_key_in_flight"),
         ServiceError::CursorExpired { .. } => (StatusCode::GONE, "cursor_expired"),
         ServiceError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
         ServiceError::TooManyStreamsForSubject(_) => (
@@ -222,6 +231,12 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "too_many_signals")
             }
             ApiError::EmptyBatch => (StatusCode::UNPROCESSABLE_ENTITY, "empty_batch"),
+            ApiError::InvalidIdempotencyKey => (StatusCode::BAD_REQUEST, "invalid_idempotency_key"),
+            ApiError::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            ApiError::IdempotencyKeyInFlight => (StatusCode::CONFLICT, "idempotency_key_in_flight"),
+            ApiError::IdempotentReplyErased => (StatusCode::GONE, "profile_erased"),
             ApiError::TooManyExports(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_exports_for_subject",

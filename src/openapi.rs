@@ -236,9 +236,28 @@ fn complete_responses(doc: &mut Value) {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
-        for operation in item.values_mut() {
+        for (method, operation) in item.iter_mut() {
+            if matches!(method.as_str(), "post" | "put" | "patch" | "delete") {
+                add_idempotency_key(operation);
+            }
             complete_operation(path, operation);
         }
+    }
+}
+
+/// Every write takes an `Idempotency-Key` (see `routes::keyed`).
+fn add_idempotency_key(operation: &mut Value) {
+    let parameter = json!({
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": false,
+        "description": "Makes a retry safe: the same key (per token subject, kept `idempotency.retention_secs`, a day by default) with the same request answers the first answer again, with `idempotent-replayed: true`, and applies nothing; with another request `422 idempotency_key_reused`; while the first is still being served `409 idempotency_key_in_flight`; once the customer it spoke of is erased `410 profile_erased`. A malformed key is `400 invalid_idempotency_key`.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": crate::domain::names::IDEMPOTENCY_KEY_PATTERN},
+        "example": "01JD5V6X8QK4Q6M9W1E7T3C2ZB"
+    });
+    match operation["parameters"].as_array_mut() {
+        Some(list) => list.push(parameter),
+        None => operation["parameters"] = json!([parameter]),
     }
 }
 
@@ -343,6 +362,7 @@ mod tests {
             names::HISTORY_CURSOR_PATTERN,
             names::FOLLOW_UP_CURSOR_PATTERN,
             names::STREAM_EVENT_PATTERN,
+            names::IDEMPOTENCY_KEY_PATTERN,
         ];
         let mut found = Vec::new();
         patterns(&api_doc(&Settings::defaults()), &mut found);

@@ -24,6 +24,8 @@ pub const KEY_PATTERN: &str = "^[a-z][a-z0-9_]{0,63}$";
 pub const TRAIT_NAME_PATTERN: &str = "^[a-z][a-z0-9_.]{0,63}$";
 /// `signal_id` and episode ids: printable ASCII without spaces.
 pub const SIGNAL_ID_PATTERN: &str = "^[!-~]{1,128}$";
+/// An `Idempotency-Key`: printable ASCII without spaces.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
 /// A customer id: `cus_` and the 26 upper-case Crockford base32 characters of
 /// a ULID (whose first character is at most 7: 128 bits).
 pub const CUSTOMER_ID_PATTERN: &str = "^cus_[0-7][0-9A-HJKMNP-TV-Z]{25}$";
@@ -187,6 +189,8 @@ mod tests {
         texts.push(format!("{}-{id}-6f", "9".repeat(20)));
         texts.push(format!("-{id}-6f"));
         texts.push("12-cus_81M83EDRV0FKRY1XCBH0BNP572-6f".to_owned());
+        texts.push("k".repeat(255));
+        texts.push("k".repeat(256));
         texts
     }
 
@@ -195,7 +199,7 @@ mod tests {
         let decimal = |t: &str| crate::store::parse_decimal(t).is_some();
         let cursor = |t: &str| crate::store::TimelinePosition::from_id(t).is_some();
         let follow_up = |t: &str| crate::store::FollowUpKey::from_cursor(t).is_some();
-        let checks: [(&str, &Check); 8] = [
+        let checks: [(&str, &Check); 9] = [
             (CHANNEL_PATTERN, &|t| is_valid_name(t, 32)),
             (KEY_PATTERN, &|t| is_valid_name(t, 64)),
             (TRAIT_NAME_PATTERN, &is_valid_trait_name),
@@ -204,6 +208,10 @@ mod tests {
             (TIMELINE_CURSOR_PATTERN, &cursor),
             (HISTORY_CURSOR_PATTERN, &decimal),
             (FOLLOW_UP_CURSOR_PATTERN, &follow_up),
+            (
+                IDEMPOTENCY_KEY_PATTERN,
+                &crate::service::idempotency::valid_key,
+            ),
         ];
         for (pattern, check) in checks {
             for text in samples() {

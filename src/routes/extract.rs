@@ -7,7 +7,7 @@ use std::fmt;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde::de::{
@@ -53,6 +53,11 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             .app_data::<BodyTimeout>()
             .map_or(std::time::Duration::from_secs(10), |t| t.0);
         let mut payload = payload.take();
+        // Only a keyed write needs its body's digest (see `routes::keyed`).
+        let keyed = req
+            .headers()
+            .contains_key(super::keyed::HEADER)
+            .then(|| req.clone());
         Box::pin(async move {
             if !is_json {
                 return Err(ApiError::UnsupportedMediaType);
@@ -76,6 +81,12 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             let body = tokio::time::timeout(timeout, read)
                 .await
                 .map_err(|_| ApiError::BodyTimeout(timeout))??;
+            if let Some(req) = keyed {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(&body).into();
+                req.extensions_mut()
+                    .insert(super::keyed::BodyDigest(digest));
+            }
             parse_json(&body).map(JsonBody)
         })
     }

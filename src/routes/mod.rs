@@ -5,6 +5,7 @@ pub mod changes;
 pub mod console;
 pub mod engagement;
 pub mod extract;
+pub mod keyed;
 pub mod ops;
 pub mod profiles;
 pub mod signals;

@@ -2,11 +2,12 @@
 //! manual merge, erasure.
 
 use crate::audit::{self, Action, Detail};
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::extract::JsonBody;
+use super::keyed::idempotent;
 use super::resource;
 use crate::auth::{
     Authorized, DismissSuggestions, EraseProfiles, LookupBudget, MergeProfiles, ReadIdentity,
@@ -291,18 +292,22 @@ pub async fn timeline(
     security(("bearer" = []))
 )]
 pub async fn patch_traits(
+    req: HttpRequest,
     auth: Authorized<WriteProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
     JsonBody(patch): JsonBody<TraitsPatch>,
-) -> Result<web::Json<ProfileView>, ApiError> {
-    let id = customer_id(&path)?;
-    auth.principal.check_channel(&patch.channel)?;
-    Ok(web::Json(
-        services
-            .patch_traits(id, patch, auth.principal.access())
-            .await?,
-    ))
+) -> Result<HttpResponse, ApiError> {
+    idempotent(&req, &auth.principal, &services, async {
+        let id = customer_id(&path)?;
+        auth.principal.check_channel(&patch.channel)?;
+        Ok(web::Json(
+            services
+                .patch_traits(id, patch, auth.principal.access())
+                .await?,
+        ))
+    })
+    .await
 }
 
 /// Record answers the customer gave.
@@ -317,18 +322,22 @@ pub async fn patch_traits(
     security(("bearer" = []))
 )]
 pub async fn add_answers(
+    req: HttpRequest,
     auth: Authorized<WriteProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
     JsonBody(input): JsonBody<AnswersInput>,
-) -> Result<web::Json<ProfileView>, ApiError> {
-    let id = customer_id(&path)?;
-    auth.principal.check_channel(&input.channel)?;
-    Ok(web::Json(
-        services
-            .add_answers(id, input, auth.principal.access())
-            .await?,
-    ))
+) -> Result<HttpResponse, ApiError> {
+    idempotent(&req, &auth.principal, &services, async {
+        let id = customer_id(&path)?;
+        auth.principal.check_channel(&input.channel)?;
+        Ok(web::Json(
+            services
+                .add_answers(id, input, auth.principal.access())
+                .await?,
+        ))
+    })
+    .await
 }
 
 /// Confirmed manual merge of `source_id` into the target.
@@ -344,29 +353,33 @@ pub async fn add_answers(
     security(("bearer" = []))
 )]
 pub async fn merge(
+    req: HttpRequest,
     auth: Authorized<MergeProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
     JsonBody(input): JsonBody<MergeInput>,
-) -> Result<web::Json<ProfileView>, ApiError> {
-    let target = customer_id(&path)?;
-    let source = CustomerId::parse(&input.source_id)
-        .map_err(|e| ApiError::InvalidField(format!("source_id: {e}")))?;
-    let result = services
-        .merge(
-            target,
-            source,
-            super::caller(&auth.principal),
-            auth.principal.access(),
-        )
-        .await
-        .map_err(ApiError::from);
-    let detail = Detail {
-        other_id: Some(source),
-        ..Detail::default()
-    };
-    audit::record(&auth.principal, Action::Merge, target, detail, &result);
-    Ok(web::Json(result?))
+) -> Result<HttpResponse, ApiError> {
+    idempotent(&req, &auth.principal, &services, async {
+        let target = customer_id(&path)?;
+        let source = CustomerId::parse(&input.source_id)
+            .map_err(|e| ApiError::InvalidField(format!("source_id: {e}")))?;
+        let result = services
+            .merge(
+                target,
+                source,
+                super::caller(&auth.principal),
+                auth.principal.access(),
+            )
+            .await
+            .map_err(ApiError::from);
+        let detail = Detail {
+            other_id: Some(source),
+            ..Detail::default()
+        };
+        audit::record(&auth.principal, Action::Merge, target, detail, &result);
+        Ok(web::Json(result?))
+    })
+    .await
 }
 
 /// Erase a profile: identifiers, traits, answers, timeline, aliases.
@@ -380,24 +393,28 @@ pub async fn merge(
     security(("bearer" = []))
 )]
 pub async fn erase(
+    req: HttpRequest,
     auth: Authorized<EraseProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = customer_id(&path)?;
-    let result = services
-        .erase(id, super::caller(&auth.principal))
-        .await
-        .map_err(ApiError::from);
-    audit::record(
-        &auth.principal,
-        Action::Erase,
-        id,
-        Detail::default(),
-        &result,
-    );
-    result?;
-    Ok(HttpResponse::NoContent().finish())
+    idempotent(&req, &auth.principal, &services, async {
+        let id = customer_id(&path)?;
+        let result = services
+            .erase(id, super::caller(&auth.principal))
+            .await
+            .map_err(ApiError::from);
+        audit::record(
+            &auth.principal,
+            Action::Erase,
+            id,
+            Detail::default(),
+            &result,
+        );
+        result?;
+        Ok(HttpResponse::NoContent().finish())
+    })
+    .await
 }
 
 /// Undo a merge: restore an absorbed profile under its own id.
@@ -413,30 +430,34 @@ pub async fn erase(
     security(("bearer" = []))
 )]
 pub async fn unmerge(
+    req: HttpRequest,
     auth: Authorized<UnmergeProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
     JsonBody(input): JsonBody<UnmergeInput>,
-) -> Result<web::Json<UnmergeResult>, ApiError> {
-    let id = customer_id(&path)?;
-    let merged = CustomerId::parse(&input.merged_id)
-        .map_err(|e| ApiError::InvalidField(format!("merged_id: {e}")))?;
-    let result = services
-        .unmerge(
-            id,
-            merged,
-            super::caller(&auth.principal),
-            auth.principal.access(),
-        )
-        .await
-        .map_err(ApiError::from);
-    let detail = Detail {
-        other_id: Some(merged),
-        ..Detail::default()
-    };
-    audit::record(&auth.principal, Action::Unmerge, id, detail, &result);
-    let (survivor, restored) = result?;
-    Ok(web::Json(UnmergeResult { survivor, restored }))
+) -> Result<HttpResponse, ApiError> {
+    idempotent(&req, &auth.principal, &services, async {
+        let id = customer_id(&path)?;
+        let merged = CustomerId::parse(&input.merged_id)
+            .map_err(|e| ApiError::InvalidField(format!("merged_id: {e}")))?;
+        let result = services
+            .unmerge(
+                id,
+                merged,
+                super::caller(&auth.principal),
+                auth.principal.access(),
+            )
+            .await
+            .map_err(ApiError::from);
+        let detail = Detail {
+            other_id: Some(merged),
+            ..Detail::default()
+        };
+        audit::record(&auth.principal, Action::Unmerge, id, detail, &result);
+        let (survivor, restored) = result?;
+        Ok(web::Json(UnmergeResult { survivor, restored }))
+    })
+    .await
 }
 
 /// A profile's identity ledger: created, identifiers added and removed,
@@ -484,37 +505,41 @@ pub async fn history(
     security(("bearer" = []))
 )]
 pub async fn remove_identifier(
+    req: HttpRequest,
     auth: Authorized<RemoveIdentifiers>,
     services: web::Data<Services>,
     path: web::Path<(String, String, String)>,
-) -> Result<web::Json<ProfileView>, ApiError> {
-    let (raw_id, kind, value) = path.into_inner();
-    let id = customer_id(&raw_id)?;
-    let result = services
-        .remove_identifier(
+) -> Result<HttpResponse, ApiError> {
+    idempotent(&req, &auth.principal, &services, async {
+        let (raw_id, kind, value) = path.into_inner();
+        let id = customer_id(&raw_id)?;
+        let result = services
+            .remove_identifier(
+                id,
+                kind.clone(),
+                value,
+                super::caller(&auth.principal),
+                auth.principal.access(),
+            )
+            .await
+            .map_err(ApiError::from);
+        // A path segment in the type's place may be anything, even a value:
+        // only a configured type name reaches the audit log.
+        let configured = services.rules().identifiers.is_configured(&kind);
+        let detail = Detail {
+            identifier_type: Some(if configured { &kind } else { "unconfigured" }),
+            ..Detail::default()
+        };
+        audit::record(
+            &auth.principal,
+            Action::RemoveIdentifier,
             id,
-            kind.clone(),
-            value,
-            super::caller(&auth.principal),
-            auth.principal.access(),
-        )
-        .await
-        .map_err(ApiError::from);
-    // A path segment in the type's place may be anything, even a value:
-    // only a configured type name reaches the audit log.
-    let configured = services.rules().identifiers.is_configured(&kind);
-    let detail = Detail {
-        identifier_type: Some(if configured { &kind } else { "unconfigured" }),
-        ..Detail::default()
-    };
-    audit::record(
-        &auth.principal,
-        Action::RemoveIdentifier,
-        id,
-        detail,
-        &result,
-    );
-    Ok(web::Json(result?))
+            detail,
+            &result,
+        );
+        Ok(web::Json(result?))
+    })
+    .await
 }
 
 /// Open merge suggestions: profiles that share a `suggest`-type identifier
@@ -557,17 +582,21 @@ pub async fn suggestions(
     security(("bearer" = []))
 )]
 pub async fn dismiss_suggestion(
+    req: HttpRequest,
     auth: Authorized<DismissSuggestions>,
     services: web::Data<Services>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (raw_id, raw_other) = path.into_inner();
-    let id = customer_id(&raw_id)?;
-    let other = CustomerId::parse(&raw_other)?;
-    services
-        .dismiss_suggestion(id, other, super::caller(&auth.principal))
-        .await?;
-    Ok(HttpResponse::NoContent().finish())
+    idempotent(&req, &auth.principal, &services, async {
+        let (raw_id, raw_other) = path.into_inner();
+        let id = customer_id(&raw_id)?;
+        let other = CustomerId::parse(&raw_other)?;
+        services
+            .dismiss_suggestion(id, other, super::caller(&auth.principal))
+            .await?;
+        Ok(HttpResponse::NoContent().finish())
+    })
+    .await
 }
 
 /// Record a consent decision (granted or denied) for a purpose.
@@ -586,17 +615,21 @@ pub async fn dismiss_suggestion(
     security(("bearer" = []))
 )]
 pub async fn set_consent(
+    req: HttpRequest,
     auth: Authorized<WriteProfiles>,
     services: web::Data<Services>,
     path: web::Path<(String, String)>,
     JsonBody(input): JsonBody<ConsentInput>,
-) -> Result<web::Json<ProfileView>, ApiError> {
-    let (raw_id, purpose) = path.into_inner();
-    let id = customer_id(&raw_id)?;
-    auth.principal.check_channel(&input.channel)?;
-    Ok(web::Json(
-        services
-            .set_consent(id, purpose, input, auth.principal.access())
-            .await?,
-    ))
+) -> Result<HttpResponse, ApiError> {
+    idempotent(&req, &auth.principal, &services, async {
+        let (raw_id, purpose) = path.into_inner();
+        let id = customer_id(&raw_id)?;
+        auth.principal.check_channel(&input.channel)?;
+        Ok(web::Json(
+            services
+                .set_consent(id, purpose, input, auth.principal.access())
+                .await?,
+        ))
+    })
+    .await
 }

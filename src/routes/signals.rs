@@ -1,11 +1,12 @@
 //! `POST /v1/signals` and `POST /v1/signals/batch`.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{BodyLimit, JsonBody};
+use super::keyed::idempotent;
 use super::resource;
 use crate::auth::{Authorized, RateLimiter, WriteSignals};
 use crate::domain::SignalInput;
@@ -52,20 +53,24 @@ fn status_of(result: &IngestResult) -> StatusCode {
     security(("bearer" = []))
 )]
 pub async fn ingest(
+    req: HttpRequest,
     auth: Authorized<WriteSignals>,
     services: web::Data<Services>,
     limiter: web::Data<RateLimiter>,
     JsonBody(input): JsonBody<SignalInput>,
 ) -> Result<HttpResponse, ApiError> {
-    limiter.spend_signals(&auth.principal, 1).await?;
-    auth.principal.check_channel(&input.channel)?;
-    auth.principal.check_verified(&input)?;
-    let result = services
-        .ingest(input, super::caller(&auth.principal))
-        .await?;
-    note_customer(&result.customer_id);
-    let masked = result.masked(&services.masking(auth.principal.access()));
-    Ok(HttpResponse::build(status_of(&masked)).json(masked))
+    idempotent(&req, &auth.principal, &services, async {
+        limiter.spend_signals(&auth.principal, 1).await?;
+        auth.principal.check_channel(&input.channel)?;
+        auth.principal.check_verified(&input)?;
+        let result = services
+            .ingest(input, super::caller(&auth.principal))
+            .await?;
+        note_customer(&result.customer_id);
+        let masked = result.masked(&services.masking(auth.principal.access()));
+        Ok(HttpResponse::build(status_of(&masked)).json(masked))
+    })
+    .await
 }
 
 /// Body of `POST /v1/signals/batch`.
@@ -130,56 +135,60 @@ fn item_error(e: &ApiError) -> BatchItemResult {
     security(("bearer" = []))
 )]
 pub async fn ingest_batch(
+    req: HttpRequest,
     auth: Authorized<WriteSignals>,
     services: web::Data<Services>,
     limiter: web::Data<RateLimiter>,
     JsonBody(batch): JsonBody<BatchRequest>,
-) -> Result<web::Json<BatchResponse>, ApiError> {
-    let count = batch.signals.len();
-    if count == 0 {
-        return Err(ApiError::EmptyBatch);
-    }
-    if count > services.max_batch() {
-        return Err(ApiError::TooManySignals {
-            count,
-            max: services.max_batch(),
-        });
-    }
-    services.check_batch_shape(&batch.signals)?;
-    // One per signal, after the checks that refuse the batch whole (those
-    // cost the caller nothing but the request).
-    limiter.spend_signals(&auth.principal, count).await?;
-    let items: Vec<BatchItem<ApiError>> = batch
-        .signals
-        .into_iter()
-        .map(|input| {
-            match auth
-                .principal
-                .check_channel(&input.channel)
-                .and_then(|()| auth.principal.check_verified(&input))
-            {
-                Ok(()) => BatchItem::Signal(Box::new(input)),
-                Err(e) => BatchItem::Rejected(e),
-            }
-        })
-        .collect();
-    let outcomes = services
-        .ingest_batch(items, super::caller(&auth.principal))
-        .await?;
-    let masking = services.masking(auth.principal.access());
-    let results = outcomes
-        .into_iter()
-        .map(|outcome| match outcome {
-            Ok(result) => {
-                let result = result.masked(&masking);
-                BatchItemResult::Ok {
-                    status: status_of(&result).as_u16(),
-                    result,
+) -> Result<HttpResponse, ApiError> {
+    idempotent(&req, &auth.principal, &services, async {
+        let count = batch.signals.len();
+        if count == 0 {
+            return Err(ApiError::EmptyBatch);
+        }
+        if count > services.max_batch() {
+            return Err(ApiError::TooManySignals {
+                count,
+                max: services.max_batch(),
+            });
+        }
+        services.check_batch_shape(&batch.signals)?;
+        // One per signal, after the checks that refuse the batch whole (those
+        // cost the caller nothing but the request).
+        limiter.spend_signals(&auth.principal, count).await?;
+        let items: Vec<BatchItem<ApiError>> = batch
+            .signals
+            .into_iter()
+            .map(|input| {
+                match auth
+                    .principal
+                    .check_channel(&input.channel)
+                    .and_then(|()| auth.principal.check_verified(&input))
+                {
+                    Ok(()) => BatchItem::Signal(Box::new(input)),
+                    Err(e) => BatchItem::Rejected(e),
                 }
-            }
-            Err(Ok(api)) => item_error(&api),
-            Err(Err(service)) => item_error(&ApiError::Service(service)),
-        })
-        .collect();
-    Ok(web::Json(BatchResponse { results }))
+            })
+            .collect();
+        let outcomes = services
+            .ingest_batch(items, super::caller(&auth.principal))
+            .await?;
+        let masking = services.masking(auth.principal.access());
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(result) => {
+                    let result = result.masked(&masking);
+                    BatchItemResult::Ok {
+                        status: status_of(&result).as_u16(),
+                        result,
+                    }
+                }
+                Err(Ok(api)) => item_error(&api),
+                Err(Err(service)) => item_error(&ApiError::Service(service)),
+            })
+            .collect();
+        Ok(web::Json(BatchResponse { results }))
+    })
+    .await
 }

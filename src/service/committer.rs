@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::hot::HotCards;
+use super::idempotency::{self, Keyed, KEYED};
 use super::journal::{prune, Committed, Journal};
 use super::ServiceError;
 use crate::store::Store;
@@ -26,6 +27,9 @@ type Job = Box<dyn FnOnce(&Writer<'_>) -> Completion + Send>;
 pub struct Writer<'a> {
     pub store: &'a dyn Store,
     pub journal: &'a Journal,
+    /// The `Idempotency-Key` of the job running now, if it carries one:
+    /// every write of the job records it (see [`super::idempotency`]).
+    pub keyed: std::cell::RefCell<Option<Keyed>>,
 }
 
 /// What happens once a group of writes is durable, before the writers hear
@@ -64,6 +68,8 @@ pub struct CommitPolicy {
     /// A write not started this long after it was submitted is withdrawn,
     /// unapplied, and answered [`ServiceError::Withdrawn`].
     pub deadline: Duration,
+    /// How long an `Idempotency-Key` is remembered.
+    pub key_retention: Duration,
 }
 
 thread_local! {
@@ -104,6 +110,7 @@ impl Committer {
             durable_writes,
             retention,
             deadline,
+            key_retention,
         } = policy;
         // Old changes are removed between groups, at most this often.
         let prune_every = (retention / 2).min(Duration::from_secs(60));
@@ -116,6 +123,7 @@ impl Committer {
                 let writer = Writer {
                     store: &*store,
                     journal: &journal,
+                    keyed: std::cell::RefCell::new(None),
                 };
                 let mut completions: Vec<Completion> = Vec::with_capacity(max_group);
                 let mut pruned_at = Instant::now();
@@ -129,6 +137,19 @@ impl Committer {
                                     .increment(n as u64);
                             }
                             Err(e) => tracing::warn!(error = %e, "pruning old changes failed"),
+                        }
+                        let cutoff = chrono::Utc::now()
+                            .timestamp_millis()
+                            .saturating_sub(key_retention.as_millis() as i64);
+                        match idempotency::prune(&writer, cutoff.max(0) as u64, 10_000) {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                metrics::counter!("anamnesis_idempotency_keys_pruned_total")
+                                    .increment(n as u64);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "pruning old idempotency keys failed")
+                            }
                         }
                     }
                     let group_started = Instant::now();
@@ -203,6 +224,7 @@ impl Committer {
         F: FnOnce(&Writer<'_>) -> Result<T, ServiceError> + Send + 'static,
     {
         let deadline = Instant::now() + self.deadline;
+        let keyed = KEYED.try_with(Clone::clone).ok();
         let (reply, answer) = oneshot::channel();
         let wrapped: Job = Box::new(move |writer: &Writer<'_>| {
             if Instant::now() > deadline {
@@ -212,7 +234,21 @@ impl Committer {
                 let _ = reply.send(Err(ServiceError::Withdrawn));
                 return Box::new(|_| {});
             }
-            let result = job(writer);
+            let result = match &keyed {
+                None => job(writer),
+                // A key already used: the job does nothing, and the caller
+                // hears what the key's record says.
+                Some(key) => match idempotency::recorded(writer, key) {
+                    Ok(Some(record)) => Err(ServiceError::KeyUsed(record)),
+                    Err(e) => Err(e),
+                    Ok(None) => {
+                        writer.keyed.replace(Some(key.clone()));
+                        let result = job(writer);
+                        writer.keyed.replace(None);
+                        result
+                    }
+                },
+            };
             Box::new(move |flushed: Result<(), ()>| {
                 let result = match flushed {
                     Ok(()) => result,

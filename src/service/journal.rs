@@ -763,6 +763,30 @@ impl StoreTx for Recording<'_> {
     fn delete_follow_up(&mut self, entry: &FollowUpKey) {
         self.inner.delete_follow_up(entry)
     }
+
+    fn key_record(&mut self, key_id: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.key_record(key_id)
+    }
+
+    fn put_key_record(&mut self, key_id: &[u8], created_millis: u64, record: Vec<u8>) {
+        self.inner.put_key_record(key_id, created_millis, record)
+    }
+
+    fn delete_key_record(&mut self, key_id: &[u8], created_millis: u64) {
+        self.inner.delete_key_record(key_id, created_millis)
+    }
+
+    fn index_key_record(&mut self, customer: CustomerId, key_id: &[u8]) {
+        self.inner.index_key_record(customer, key_id)
+    }
+
+    fn unindex_key_record(&mut self, customer: CustomerId, key_id: &[u8]) {
+        self.inner.unindex_key_record(customer, key_id)
+    }
+
+    fn key_records_of(&mut self, customer: CustomerId) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.inner.key_records_of(customer)
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod committer;
 pub mod engagement;
 mod hot;
+pub mod idempotency;
 mod ingest;
 pub mod journal;
 pub mod live;
@@ -88,6 +89,10 @@ pub enum ServiceError {
     /// withdrawn before anything of it was applied.
     #[error("the store was too busy to start this write in time (storage.write_deadline_ms); nothing of it was applied; retry after Retry-After")]
     Withdrawn,
+    /// The job's `Idempotency-Key` was used already: its record, as stored.
+    /// The HTTP layer answers it (a replay, or why not).
+    #[error("this Idempotency-Key was used already")]
+    KeyUsed(Vec<u8>),
     #[error("changes up to {oldest} are no longer kept; read the feed again from its start")]
     CursorExpired { oldest: u64 },
     #[error("too many event streams are open; try again later")]
@@ -148,6 +153,8 @@ pub struct Services {
     _tail: Option<Arc<Tail>>,
     /// The cache and event bus, when Redis is configured.
     redis: Option<Arc<RedisLink>>,
+    /// `Idempotency-Key`s whose first request is being served here.
+    keys_in_flight: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
     /// Decoded cards and owners in front of Redis.
     hot: Option<Arc<HotCards>>,
     /// The highest change-log position that is on disk: a cache fill notes
@@ -296,6 +303,7 @@ impl Services {
                 durable_writes: settings.storage.durable,
                 retention: Duration::from_secs(settings.changes.retention_secs),
                 deadline: Duration::from_millis(settings.storage.write_deadline_ms),
+                key_retention: Duration::from_secs(settings.idempotency.retention_secs),
             },
             last_change,
             durable.clone(),
@@ -319,6 +327,7 @@ impl Services {
             hub,
             _tail: tail,
             redis,
+            keys_in_flight: Default::default(),
             hot,
             durable,
             published,
@@ -422,6 +431,11 @@ fn atomically<T>(
             (Ok(_), Err(e)) => Err(e.into()),
         };
         let commit = result.is_ok();
+        if commit {
+            if let Some(key) = w.keyed.borrow().as_ref() {
+                idempotency::mark(tx, key);
+            }
+        }
         outcome = Some(result);
         commit
     })?;

@@ -865,6 +865,7 @@ fn erase_in(
     }
     .encode()?;
     for member in p.members() {
+        super::idempotency::forget_replies(tx, member)?;
         tx.delete_timeline(member)?;
         for signal_id in tx.signal_ids_of(member)? {
             tx.put_signal_record(&signal_id, member, tombstone.clone());

@@ -198,6 +198,19 @@ pub trait StoreTx {
 
     fn put_follow_up(&mut self, entry: &FollowUpKey);
     fn delete_follow_up(&mut self, entry: &FollowUpKey);
+
+    /// The record of an `Idempotency-Key` (by the key's id, see
+    /// `service::idempotency`), in the service's encoding.
+    fn key_record(&mut self, key_id: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores it, indexed by when it was first made (for retention).
+    fn put_key_record(&mut self, key_id: &[u8], created_millis: u64, record: Vec<u8>);
+    fn delete_key_record(&mut self, key_id: &[u8], created_millis: u64);
+    /// Notes that the stored reply of `key_id` speaks of `customer` (so an
+    /// erasure finds it).
+    fn index_key_record(&mut self, customer: CustomerId, key_id: &[u8]);
+    fn unindex_key_record(&mut self, customer: CustomerId, key_id: &[u8]);
+    /// The keys whose replies speak of `customer`, taken out of that index.
+    fn key_records_of(&mut self, customer: CustomerId) -> Result<Vec<Vec<u8>>, StoreError>;
 }
 
 /// A use case run by [`Store::write`]. Returning `false` discards every change it made.
@@ -270,6 +283,17 @@ pub trait Store: Send + Sync + 'static {
         resolved_before: u64,
         limit: usize,
     ) -> Result<Vec<FollowUpKey>, StoreError>;
+
+    /// The record of an `Idempotency-Key`, as last applied.
+    fn key_record(&self, key_id: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` key records made before `created_before`
+    /// (milliseconds), oldest first: (when made, key id).
+    fn key_records_before(
+        &self,
+        created_before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
     /// Runs `op` and stages its changes if it returns `true` (all of them,
     /// or none). Later writes see them; readers see them after

@@ -27,6 +27,9 @@ pub(super) const CHANGE: u8 = b'x';
 pub(super) const CHANGES_OF: u8 = b'y';
 pub(super) const META: u8 = b'm';
 pub(super) const FOLLOW_UP: u8 = b'f';
+pub(super) const KEY_RECORD: u8 = b'k';
+pub(super) const KEYS_BY_TIME: u8 = b'e';
+pub(super) const KEYS_OF: u8 = b'r';
 
 /// One line of a store's record statistics (`anamnesis store-stats`).
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -51,6 +54,9 @@ pub(super) fn kind_name(prefix: u8) -> &'static str {
         CHANGES_OF => "change index",
         META => "bookkeeping",
         FOLLOW_UP => "follow-ups due",
+        KEY_RECORD => "idempotency keys",
+        KEYS_BY_TIME => "idempotency key index",
+        KEYS_OF => "idempotency keys per customer",
         _ => "unknown",
     }
 }
@@ -132,6 +138,18 @@ pub(super) fn change_seq(k: &[u8]) -> Result<u64, StoreError> {
         .and_then(|at| <[u8; 8]>::try_from(&k[at..]).ok())
         .map(u64::from_be_bytes)
         .ok_or_else(|| corrupt(k, "change key without a position"))
+}
+
+fn keys_by_time_key(created_millis: u64, key_id: &[u8]) -> Vec<u8> {
+    let mut k = key(KEYS_BY_TIME, &created_millis.to_be_bytes());
+    k.extend_from_slice(key_id);
+    k
+}
+
+fn keys_of_key(customer: CustomerId, key_id: &[u8]) -> Vec<u8> {
+    let mut k = key(KEYS_OF, &customer.to_key());
+    k.extend_from_slice(key_id);
+    k
 }
 
 fn suggestion_key(a: CustomerId, b: CustomerId) -> Vec<u8> {
@@ -406,6 +424,30 @@ impl<E: Engine> Store for E {
         Ok(out)
     }
 
+    fn key_record(&self, key_id: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&key(KEY_RECORD, key_id))
+    }
+
+    fn key_records_before(
+        &self,
+        created_before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let start = key(KEYS_BY_TIME, &[]);
+        let end = key(KEYS_BY_TIME, &created_before.to_be_bytes());
+        let mut out = Vec::new();
+        for entry in self.range(&start, &end, false).take(limit) {
+            let (k, _) = entry?;
+            let millis = k
+                .get(1..9)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| corrupt(&k, "not an idempotency key index entry"))?;
+            out.push((millis, k[9..].to_vec()));
+        }
+        Ok(out)
+    }
+
     fn last_change(&self) -> Result<u64, StoreError> {
         match self.last_in(&key(CHANGE, &[]), &key(CHANGE + 1, &[]))? {
             Some(k) => change_seq(&k),
@@ -619,6 +661,40 @@ impl<S: Staging> StoreTx for S {
 
     fn put_follow_up(&mut self, entry: &FollowUpKey) {
         self.put(key(FOLLOW_UP, &entry.to_bytes()), Vec::new());
+    }
+
+    fn key_record(&mut self, key_id: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(&key(KEY_RECORD, key_id))
+    }
+
+    fn put_key_record(&mut self, key_id: &[u8], created_millis: u64, record: Vec<u8>) {
+        self.put(key(KEY_RECORD, key_id), record);
+        self.put(keys_by_time_key(created_millis, key_id), Vec::new());
+    }
+
+    fn delete_key_record(&mut self, key_id: &[u8], created_millis: u64) {
+        self.remove(key(KEY_RECORD, key_id));
+        self.remove(keys_by_time_key(created_millis, key_id));
+    }
+
+    fn index_key_record(&mut self, customer: CustomerId, key_id: &[u8]) {
+        self.put(keys_of_key(customer, key_id), Vec::new());
+    }
+
+    fn key_records_of(&mut self, customer: CustomerId) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = key(KEYS_OF, &customer.to_key());
+        let keys = self.keys_with_prefix(&prefix)?;
+        for k in &keys {
+            self.remove(k.clone());
+        }
+        Ok(keys
+            .into_iter()
+            .map(|k| k[prefix.len()..].to_vec())
+            .collect())
+    }
+
+    fn unindex_key_record(&mut self, customer: CustomerId, key_id: &[u8]) {
+        self.remove(keys_of_key(customer, key_id));
     }
 
     fn delete_follow_up(&mut self, entry: &FollowUpKey) {

@@ -11,6 +11,7 @@ mod console;
 mod contract;
 mod fairness;
 mod hardening;
+mod idempotency;
 mod journeys;
 mod live;
 mod lookalikes;
