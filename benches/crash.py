@@ -55,6 +55,7 @@ class Service:
                "ANAMNESIS__STORAGE__PATH": data,
                "ANAMNESIS__SERVER__LISTEN": f"127.0.0.1:{self.port}",
                "ANAMNESIS__LIMITS__RATE_PER_SECOND": "0",
+               "ANAMNESIS__LIMITS__SIGNALS_PER_SECOND": "0",
                "ANAMNESIS__TELEMETRY__LEVEL": "warn"}
         started = time.monotonic()
         self.proc = subprocess.Popen([BIN, "serve"], env=env,

@@ -13,7 +13,7 @@
 # MODE=batch: the well-behaved client ("writer") posts single signals (4
 # paced connections, its own subject); the flooder posts 1,000-signal
 # batches on 4 connections without pause. The request limit counts a batch
-# as one request: limits.signals_per_second (SIGNALS, default 2000) is what
+# as one request: limits.signals_per_second (SIGNALS, default 1000) is what
 # holds the flooder back. SIGNALS=0 shows the flood without it.
 #
 # Prints both runs of the desk, the flooder's own figures (mostly 429s) and
@@ -27,7 +27,7 @@ RATE=${RATE:-1000}
 BURST=${BURST:-100}
 REJECT_DELAY_MS=${REJECT_DELAY_MS:-250}
 MODE=${MODE:-reads}
-SIGNALS=${SIGNALS:-2000}
+SIGNALS=${SIGNALS:-1000}
 
 export ANAMNESIS__LIMITS__RATE_PER_SECOND=$RATE
 export ANAMNESIS__LIMITS__BURST=$BURST

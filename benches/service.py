@@ -69,6 +69,7 @@ class Anamnesis:
             "ANAMNESIS__TELEMETRY__LEVEL": os.environ.get("ANAMNESIS__TELEMETRY__LEVEL", "warn"),
             # One token drives all load: measure the service, not the per-subject limit.
             "ANAMNESIS__LIMITS__RATE_PER_SECOND": "0",
+            "ANAMNESIS__LIMITS__SIGNALS_PER_SECOND": "0",
         }
         self.log_path = os.path.join(data, f"server-{self.port}.log")
         self.log = open(self.log_path, "w")

@@ -49,11 +49,8 @@ pub enum ApiError {
     InvalidToken(#[from] TokenError),
     #[error("this token's subject is over its rate limit; retry after {} s", retry_after_secs(*.0))]
     RateLimited(std::time::Duration),
-    #[error("this token's subject is over its budget of signals per second (limits.signals_per_second; a batch spends one per signal, this request {count}); retry after {} s", retry_after_secs(*.wait))]
-    SignalRateLimited {
-        wait: std::time::Duration,
-        count: usize,
-    },
+    #[error("this token's subject is over its budget of signals per second (limits.signals_per_second; a batch spends one per signal); retry after {} s", retry_after_secs(*.wait))]
+    SignalRateLimited { wait: std::time::Duration },
     #[error("this token's subject has {0} exports in progress, the most one subject may (limits.exports_per_subject); retry once one finished")]
     TooManyExports(usize),
     #[error("the Idempotency-Key header must be 1 to 255 printable ASCII characters (a UUID or a ULID, say)")]

@@ -627,6 +627,10 @@ def benches():
          'REDIS=cluster POPULATION=500 DURATION=1s INSTANCES="1 2" bash benches/fleet.sh',
          "postgres, 2 instances: durable single signal"),
         ("bash benches/flood.sh", "DURATION=1s ROUNDS=1 bash benches/flood.sh", "p99"),
+        ("MODE=batch bash benches/flood.sh",
+         "MODE=batch DURATION=1s ROUNDS=1 bash benches/flood.sh", "p99"),
+        ("bash benches/heavy.sh", "BATCH=100 SINGLES=10 bash benches/heavy.sh",
+         "innocent writer"),
         ("bash benches/export.sh", "INTERACTIONS=2000 bash benches/export.sh", "MiB"),
         # The criterion benchmarks build with the dev-dependencies, a third
         # full build of the crate in release (about 5 minutes on 2 cores):

@@ -141,7 +141,7 @@ impl RateLimiter {
             Ok(()) => Ok(()),
             Err(wait) => {
                 tokio::time::sleep(self.reject_delay()).await;
-                Err(ApiError::SignalRateLimited { wait, count })
+                Err(ApiError::SignalRateLimited { wait })
             }
         }
     }

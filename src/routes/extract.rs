@@ -28,7 +28,12 @@ pub struct BodyTimeout(pub std::time::Duration);
 /// fields refused).
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+/// Bodies larger than this are parsed on the blocking pool, not on the
+/// server thread: a 1,000-signal batch takes milliseconds to parse, and
+/// every other connection of that thread would wait for it.
+const PARSE_ASIDE_BYTES: usize = 16 * 1024;
+
+impl<T: DeserializeOwned + Send + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
@@ -86,6 +91,11 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 let digest = sha2::Sha256::digest(&body).into();
                 req.extensions_mut()
                     .insert(super::keyed::BodyDigest(digest));
+            }
+            if body.len() > PARSE_ASIDE_BYTES {
+                return tokio::task::spawn_blocking(move || parse_json(&body).map(JsonBody))
+                    .await
+                    .map_err(|_| ApiError::Internal("parsing a body failed"))?;
             }
             parse_json(&body).map(JsonBody)
         })

@@ -66,6 +66,7 @@ pub async fn idempotent<R: Responder>(
         id,
         fingerprint: fingerprint.clone(),
         created_millis: u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0),
+        continuing: false,
     };
     let outcome = KEYED.scope(keyed.clone(), write).await;
     let response = match outcome {

@@ -152,7 +152,16 @@ pub async fn ingest_batch(
                 max: services.max_batch(),
             });
         }
-        services.check_batch_shape(&batch.signals)?;
+        // A large batch off the server thread, as its parse was (see `extract`).
+        let batch = if count > 16 {
+            let services = services.clone();
+            web::block(move || services.check_batch_shape(&batch.signals).map(|()| batch))
+                .await
+                .map_err(|_| ApiError::Internal("checking a batch failed"))??
+        } else {
+            services.check_batch_shape(&batch.signals)?;
+            batch
+        };
         // One per signal, after the checks that refuse the batch whole (those
         // cost the caller nothing but the request).
         limiter.spend_signals(&auth.principal, count).await?;

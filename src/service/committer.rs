@@ -238,6 +238,12 @@ impl Committer {
                 None => job(writer),
                 // A key already used: the job does nothing, and the caller
                 // hears what the key's record says.
+                Some(key) if key.continuing => {
+                    writer.keyed.replace(Some(key.clone()));
+                    let result = job(writer);
+                    writer.keyed.replace(None);
+                    result
+                }
                 Some(key) => match idempotency::recorded(writer, key) {
                     Ok(Some(record)) => Err(ServiceError::KeyUsed(record)),
                     Err(e) => Err(e),

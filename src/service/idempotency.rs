@@ -39,6 +39,9 @@ pub struct Keyed {
     pub fingerprint: String,
     /// When the key was first used, in milliseconds.
     pub created_millis: u64,
+    /// A later job of the same request (a batch goes in chunks): the key
+    /// was recorded by its first job, and is recorded again, not checked.
+    pub continuing: bool,
 }
 
 tokio::task_local! {

@@ -2,10 +2,13 @@
 //! committer thread.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::idempotency::{Keyed, KEYED};
 use super::views::{ignored_view, ConflictView, IngestResult, NotStoredView};
 use super::{atomically, Caller, ServiceError, Services, Writer};
 use crate::domain::{
@@ -16,10 +19,10 @@ use crate::domain::{
 };
 use crate::store::{StoreError, StoreTx, TimelinePosition};
 
-/// The longest one batch may hold the committer: the signals it has not
-/// reached by then are answered 503 `store_busy` each, unapplied (a client
-/// sends them again), so no batch, however heavy its profiles, keeps every
-/// other writer waiting for long.
+/// The most of the committer's time one batch may use: the signals it has
+/// not reached by then are answered 503 `store_busy` each, unapplied (a
+/// client sends them again), so no batch, however heavy its profiles, takes
+/// the committer from everyone else for long.
 const MAX_BATCH_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the store keeps per `signal_id`.
@@ -142,9 +145,10 @@ impl Services {
     }
 
     /// Resolves a batch in order, each signal on its own: one failing signal
-    /// does not stop the others. All are acknowledged after one flush.
-    /// Signals the batch has not reached after [`MAX_BATCH_TIME`] on the
-    /// committer are withdrawn (see there).
+    /// does not stop the others. The batch goes to the committer in chunks
+    /// of [`BATCH_CHUNK`], and is answered once every chunk is durable.
+    /// Signals the batch has not reached after [`MAX_BATCH_TIME`] of the
+    /// committer's time are withdrawn (see there).
     pub async fn ingest_batch<E: Send + 'static>(
         &self,
         items: Vec<BatchItem<E>>,
@@ -171,34 +175,86 @@ impl Services {
         limit: Option<std::time::Duration>,
     ) -> Result<Vec<Result<IngestResult, Result<E, ServiceError>>>, ServiceError> {
         let now = Services::now();
-        let prepared: Vec<Result<Signal, Result<E, ServiceError>>> = items
-            .into_iter()
-            .map(|item| match item {
-                BatchItem::Rejected(e) => Err(Ok(e)),
-                BatchItem::Signal(input) => Signal::parse(*input, &self.rules, now)
-                    .map_err(|e| Err(ServiceError::Signal(e))),
-            })
-            .collect();
         let rules = self.rules.clone();
-        let who = caller.clone();
-        let results = self
-            .committer
-            .run(move |store| {
+        let large = items.len() > BATCH_CHUNK;
+        let parse = move || -> Vec<Result<Signal, Result<E, ServiceError>>> {
+            items
+                .into_iter()
+                .map(|item| match item {
+                    BatchItem::Rejected(e) => Err(Ok(e)),
+                    BatchItem::Signal(input) => {
+                        Signal::parse(*input, &rules, now).map_err(|e| Err(ServiceError::Signal(e)))
+                    }
+                })
+                .collect()
+        };
+        // Normalising a large batch's identifiers takes milliseconds: on
+        // the blocking pool, so the server thread keeps serving others.
+        let prepared = match limit {
+            Some(_) if large => tokio::task::spawn_blocking(parse)
+                .await
+                .map_err(|_| ServiceError::ShuttingDown)?,
+            _ => parse(),
+        };
+        // A batch goes to the committer in chunks, each a job of its own,
+        // so another writer's job waits for one chunk, not for the whole
+        // batch. (The import, alone on its store, sends each batch whole.)
+        let chunk = match limit {
+            Some(_) => BATCH_CHUNK,
+            None => prepared.len().max(1),
+        };
+        let keyed = KEYED.try_with(Clone::clone).ok();
+        // Committer time the batch has used so far, in nanoseconds.
+        let used = Arc::new(AtomicU64::new(0));
+        let mut results = Vec::with_capacity(prepared.len());
+        let mut rest = prepared.into_iter();
+        loop {
+            let part: Vec<_> = rest.by_ref().take(chunk).collect();
+            if part.is_empty() {
+                break;
+            }
+            let first = results.is_empty();
+            let count = part.len();
+            let rules = self.rules.clone();
+            let who = caller.clone();
+            let spent = used.clone();
+            let job = move |store: &Writer<'_>| {
                 let started = std::time::Instant::now();
-                Ok(prepared
+                let over = |started: std::time::Instant| {
+                    let used = std::time::Duration::from_nanos(spent.load(Ordering::Relaxed));
+                    limit.is_some_and(|l| used + started.elapsed() > l)
+                };
+                let out = part
                     .into_iter()
                     .map(|p| match p {
                         // Past its share of the committer, the rest of a
                         // batch is withdrawn, unapplied, item by item.
-                        Ok(_) if limit.is_some_and(|l| started.elapsed() > l) => {
-                            Err(Err(ServiceError::Withdrawn))
-                        }
+                        Ok(_) if over(started) => Err(Err(ServiceError::Withdrawn)),
                         Ok(signal) => apply_signal(store, &signal, &rules, now, &who).map_err(Err),
                         Err(e) => Err(e),
                     })
-                    .collect::<Vec<_>>())
-            })
-            .await?;
+                    .collect::<Vec<_>>();
+                spent.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                Ok(out)
+            };
+            // Later chunks carry the key on (it was recorded by the first).
+            let outcome = match (&keyed, first) {
+                (Some(k), false) => {
+                    let going_on = Keyed {
+                        continuing: true,
+                        ..k.clone()
+                    };
+                    KEYED.scope(going_on, self.committer.run(job)).await
+                }
+                _ => self.committer.run(job).await,
+            };
+            match outcome {
+                Ok(out) => results.extend(out),
+                Err(e) if first => return Err(e),
+                // What befell a later chunk befalls each of its items.
+                Err(e) => results.extend((0..count).map(|_| Err(Err(per_item(&e))))),
+            }
+        }
         Ok(results
             .into_iter()
             .map(|r| match r {
@@ -210,6 +266,19 @@ impl Services {
                 }
             })
             .collect())
+    }
+}
+
+/// Signals per committer job of a batch: about 3 ms of the committer's time
+/// each on two cores.
+const BATCH_CHUNK: usize = 16;
+
+/// The answer for each item of a chunk whose job failed as a whole.
+fn per_item(e: &ServiceError) -> ServiceError {
+    match e {
+        ServiceError::Withdrawn => ServiceError::Withdrawn,
+        ServiceError::ShuttingDown => ServiceError::ShuttingDown,
+        _ => ServiceError::NotDurable,
     }
 }
 

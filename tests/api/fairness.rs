@@ -54,11 +54,9 @@ async fn a_batch_spends_one_unit_of_the_signal_budget_per_signal() {
         .unwrap()
         .parse()
         .unwrap();
-    // 20 signals at one a second, less what came back meanwhile.
-    assert!(
-        (15..=20).contains(&retry_after),
-        "Retry-After {retry_after}"
-    );
+    // Refused before its body is read, on what its size says it holds at
+    // least (one signal per 128 bytes): some seconds at one a second.
+    assert!((5..=20).contains(&retry_after), "Retry-After {retry_after}");
     let refusal = assert_error(resp, 429, "rate_limited").await;
     assert!(
         refusal["error"]["message"]

@@ -369,7 +369,12 @@ async fn streams_refuse_bad_requests_clearly() {
 async fn a_stuck_consumer_is_dropped_without_slowing_anyone() {
     // Room for one batch's events (an interaction and an update per signal),
     // so that only a consumer that stops reading falls behind.
-    let app = spawn_app_with(|s| s.events.buffer = 600).await;
+    // One writer sends 4,000 signals as fast as it can: no signal budget.
+    let app = spawn_app_with(|s| {
+        s.events.buffer = 600;
+        s.limits.signals_per_second = 0;
+    })
+    .await;
     let id = new_customer(&app, "+31612345007").await;
     // Opened, then never read while the writes go on.
     let mut stuck = EventClient::open(&app, &id, None).await;
