@@ -217,6 +217,11 @@ impl ApiError {
     fn public_message(&self) -> String {
         match self {
             ApiError::Service(ServiceError::Store(_))
+                if current_request().is_some_and(|r| r.reads_only) =>
+            {
+                "the store could not be read just now; retry after Retry-After".into()
+            }
+            ApiError::Service(ServiceError::Store(_))
             | ApiError::Service(ServiceError::NotDurable) => {
                 "the store could not confirm the write as durable; retry with the same signal_id (or re-read first)".into()
             }
@@ -269,6 +274,9 @@ impl ResponseError for ApiError {
             }
             ApiError::RateLimited(wait) | ApiError::LookupBudgetExhausted(wait) => {
                 builder.insert_header((header::RETRY_AFTER, retry_after_secs(*wait)));
+            }
+            ApiError::Service(ServiceError::Store(_) | ServiceError::NotDurable) => {
+                builder.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             ApiError::Service(ServiceError::TooManyStreams) => {
                 builder.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));

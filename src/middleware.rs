@@ -17,6 +17,8 @@ pub const CANONICAL_ID_HEADER: &str = "canonical-customer-id";
 pub struct RequestInfo {
     pub request_id: String,
     pub path_and_query: String,
+    /// GET or HEAD: the request changes nothing.
+    pub reads_only: bool,
 }
 
 tokio::task_local! {
@@ -71,6 +73,7 @@ pub async fn request_context(
         _ => "OTHER",
     };
     let info = RequestInfo {
+        reads_only: matches!(method, "GET" | "HEAD"),
         request_id: request_id.clone(),
         path_and_query: req
             .uri()
