@@ -319,6 +319,15 @@ impl Services {
         })
     }
 
+    /// The in-process layer, emptied first when the store replaced its
+    /// database since it was last asked: it may hold what a reader saw of
+    /// writes that never reached the disk (see `Store::generation`).
+    fn hot_layer(&self) -> Option<&HotCards> {
+        let hot = self.hot.as_deref()?;
+        hot.follow(self.store.generation());
+        Some(hot)
+    }
+
     /// The highest change-log position on disk: what a reader may have seen.
     fn durable_position(&self) -> u64 {
         self.durable.load(Ordering::SeqCst)

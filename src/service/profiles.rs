@@ -230,7 +230,7 @@ impl Services {
             return self.read_source(id, limit).map(Arc::new);
         }
         // Noted before anything is read (see `hot`).
-        let noted = match self.hot.as_ref().map(|hot| hot.card(id)) {
+        let noted = match self.hot_layer().map(|hot| hot.card(id)) {
             Some(Ok(card)) => {
                 metrics::counter!("anamnesis_cache_requests_total", "kind" => "card", "result" => "local")
                     .increment(1);
@@ -332,7 +332,7 @@ impl Services {
     ) -> Result<Arc<CardSource>, ServiceError> {
         let identifier = identifier.clone();
         if self.redis.is_some() || self.hot.is_some() {
-            let noted = match self.hot.as_ref().map(|hot| hot.owner(&identifier)) {
+            let noted = match self.hot_layer().map(|hot| hot.owner(&identifier)) {
                 Some(Ok(owner)) => {
                     metrics::counter!("anamnesis_cache_requests_total", "kind" => "owner", "result" => "local")
                         .increment(1);

@@ -282,8 +282,16 @@ pub trait Store: Send + Sync + 'static {
     /// returns the bytes written.
     fn flush(&self) -> Result<usize, StoreError>;
 
-    /// A cheap check that the engine answers (for `/readyz`).
+    /// A cheap check that the engine answers and takes writes (for
+    /// `/readyz`); the error says why not.
     fn ping(&self) -> Result<(), StoreError>;
+
+    /// Moves on each time the engine replaced its open database after a
+    /// failure (see [`sled`](self::sled)): writes it had applied but not made
+    /// durable may be gone, so whatever was read before (caches, changes
+    /// kept for the next group) is not to be trusted. Always 0 for an engine
+    /// that never replaces itself.
+    fn generation(&self) -> u64;
 
     /// What the store holds, per kind of record: how many, and the bytes of
     /// their keys and values (reads every record: seconds per million).

@@ -169,6 +169,10 @@ pub(super) trait Engine: Send + Sync + 'static {
     fn make_durable(&self) -> Result<usize, StoreError>;
     fn check(&self) -> Result<(), StoreError>;
     fn disk_bytes(&self) -> Result<u64, StoreError>;
+    /// See [`Store::generation`].
+    fn generation(&self) -> u64 {
+        0
+    }
 
     /// The highest key below `end` and at or above `start`.
     fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -439,6 +443,10 @@ impl<E: Engine> Store for E {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.disk_bytes()
+    }
+
+    fn generation(&self) -> u64 {
+        Engine::generation(self)
     }
 }
 

@@ -10,10 +10,43 @@
 //! changes underneath. One batch per group rather than per write halved the
 //! engine's share of the committer's time (each batch costs a lock, a log
 //! reservation and a wake-up of its own).
+//!
+//! # Healing after a failed write
+//!
+//! sled 0.34 remembers the first IO error (a full disk, say) as a "global
+//! error" and fails every later operation of that open database, reads
+//! included, until it is opened again. So the open database sits behind a
+//! swappable handle, and a failure of the engine (a batch, a flush, or a
+//! read) starts a healer thread that:
+//!
+//! 1. marks the store not writable, with the error (`/readyz` shows it), and
+//!    drops what was staged: those writes' group is answered 503 "could not
+//!    confirm", and a client retries with its `signal_id`;
+//! 2. drops the failed database (reads answer a store error from here on:
+//!    it may hold writes it never made durable) and opens it again at the
+//!    same path, retrying: sled holds a lock on its file until every handle,
+//!    iterators included, is gone, and it cannot open on a disk with no
+//!    room at all. The reopened database serves reads, with exactly what
+//!    reached the disk: a write sled had applied in memory but never made
+//!    durable is gone, which is why the store's
+//!    [`generation`](Engine::generation) moves on and the layers above
+//!    forget what they read (see `service::committer`, `service::hot`);
+//! 3. waits until a probe file of [`PROBE_BYTES`] can be written and synced
+//!    beside the database (probing with sled itself would poison the
+//!    database that now serves reads when the disk is still full), then
+//!    writes and flushes a probe record through sled, and marks the store
+//!    writable again.
+//!
+//! Retries back off from [`FIRST_RETRY`] to [`LAST_RETRY`]. Writes that
+//! arrive meanwhile are refused at once rather than queued.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
 
 use super::records::{merge_keys, past_prefix, Changes, Engine, Entries, Staging};
 use super::{StoreError, WriteFn};
@@ -28,15 +61,91 @@ use super::{StoreError, WriteFn};
 /// the page cache fills, as before).
 const MAX_STAGED: usize = 1024;
 
+/// Free space the healer wants to see before it lets sled write again: a
+/// flush writes at most a couple of sled's 512 KiB log segments, so with
+/// this much free the probe through sled (and the first groups) succeed
+/// rather than poisoning the reopened database.
+pub const PROBE_BYTES: usize = 1 << 20;
+
+/// The healer's first retry comes this soon after a failure...
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// ...and the wait doubles up to this: a reopen reads sled's log, which on
+/// a large store takes a while, so a disk that stays full for hours is not
+/// reopened several times a second.
+const LAST_RETRY: Duration = Duration::from_secs(4);
+
+/// The key of the healer's probe record, in sled's default tree: never one
+/// of the records (those live in the tree named [`TREE`]).
+const PROBE_KEY: &[u8] = b"anamnesis.probe";
+
+/// The tree holding every record.
+const TREE: &str = "anamnesis";
+
 pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+/// One open database.
+struct Open {
     db: sled::Db,
     tree: sled::Tree,
-    /// Writes made since the last flush, not yet in the tree.
+    /// An operation on this database failed: it is replaced, never written again.
+    poisoned: AtomicBool,
+}
+
+struct Inner {
+    path: PathBuf,
+    cache_bytes: u64,
+    /// The open database; `None` while the healer has dropped a failed one
+    /// and not yet opened it again.
+    open: ArcSwapOption<Open>,
+    /// Writes made since the last flush, not yet in the tree. Also held by
+    /// the healer while it marks the store writable, so that no write runs
+    /// half before and half after.
     staged: Mutex<Changes>,
+    /// Writes are taken (no failure since the last successful probe).
+    writable: AtomicBool,
+    /// Why writes are not taken, and since when (for `/readyz` and the log).
+    failure: Mutex<Option<Failure>>,
+    /// Moves on each time another database replaced the open one.
+    generation: AtomicU64,
+    /// A healer thread runs.
+    healing: AtomicBool,
+}
+
+#[derive(Clone)]
+struct Failure {
+    reason: String,
+    since: Instant,
 }
 
 fn engine(e: sled::Error) -> StoreError {
     StoreError::Engine(e.to_string())
+}
+
+/// The engine's own words, without the "storage engine failed" of the
+/// error's display (the store's messages say that themselves).
+fn reason_of(e: &StoreError) -> String {
+    match e {
+        StoreError::Engine(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn open_db(path: &Path, cache_bytes: u64) -> Result<Open, StoreError> {
+    let db = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        // Durability comes from the committer's explicit flush, not a timer.
+        .flush_every_ms(None)
+        .open()
+        .map_err(engine)?;
+    let tree = db.open_tree(TREE).map_err(engine)?;
+    Ok(Open {
+        db,
+        tree,
+        poisoned: AtomicBool::new(false),
+    })
 }
 
 impl SledStore {
@@ -48,48 +157,251 @@ impl SledStore {
     /// Opens (or creates) the store keeping at most about `cache_bytes` of
     /// decoded pages in memory.
     pub fn open_with(path: &Path, cache_bytes: u64) -> Result<SledStore, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            // Durability comes from the committer's explicit flush, not a timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(engine)?;
-        let tree = db.open_tree("anamnesis").map_err(engine)?;
+        let open = open_db(path, cache_bytes)?;
+        metrics::gauge!("anamnesis_store_writable").set(1.0);
         Ok(SledStore {
-            db,
-            tree,
-            staged: Mutex::default(),
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                cache_bytes,
+                open: ArcSwapOption::from_pointee(open),
+                staged: Mutex::default(),
+                writable: AtomicBool::new(true),
+                failure: Mutex::default(),
+                generation: AtomicU64::new(0),
+                healing: AtomicBool::new(false),
+            }),
         })
     }
 
-    fn staged(&self) -> MutexGuard<'_, Changes> {
-        self.staged.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl SledStore {
     /// How many records the store holds (counts them: about a second per
     /// million).
     pub fn record_count(&self) -> usize {
-        self.tree.len()
+        self.inner.current().map_or(0, |open| open.tree.len())
     }
 
     /// A number above every one [`Staging::next_sequence`] handed out.
     pub fn next_position(&self) -> Result<u64, StoreError> {
-        self.db.generate_id().map_err(engine)
+        let open = self.inner.current()?;
+        open.db
+            .generate_id()
+            .map_err(|e| self.inner.failed(&open, e))
+    }
+}
+
+impl Inner {
+    fn staged(&self) -> MutexGuard<'_, Changes> {
+        self.staged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failure(&self) -> MutexGuard<'_, Option<Failure>> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open database, or why there is none just now.
+    fn current(&self) -> Result<Arc<Open>, StoreError> {
+        // A database that failed is not read either: it may hold writes it
+        // never made durable, which its replacement will not have.
+        let open = self
+            .open
+            .load_full()
+            .filter(|open| !open.poisoned.load(Ordering::SeqCst));
+        open.ok_or_else(|| {
+            let reason = self.failure().as_ref().map(|f| f.reason.clone());
+            StoreError::Engine(format!(
+                "the store is being reopened after a failure: {}",
+                reason.as_deref().unwrap_or("unknown")
+            ))
+        })
+    }
+
+    /// Writes are refused with this while the store heals; `staged` (the
+    /// guard the caller holds) is emptied then: those writes never happened.
+    fn check_writable(&self, staged: &mut Changes) -> Result<(), StoreError> {
+        if self.writable.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        staged.clear();
+        let failure = self.failure().clone();
+        Err(StoreError::Engine(match failure {
+            Some(f) => format!(
+                "the store takes no writes since a failure {} s ago ({}); it reopens by itself",
+                f.since.elapsed().as_secs(),
+                f.reason
+            ),
+            None => "the store takes no writes until it is reopened".into(),
+        }))
+    }
+
+    /// Notes that `open` failed with `e`: it is not written again, writes
+    /// are refused, and the healer replaces it. Returns the error to report.
+    fn failed(self: &Arc<Self>, open: &Open, e: sled::Error) -> StoreError {
+        let error = engine(e);
+        if open.poisoned.swap(true, Ordering::SeqCst) {
+            // Known already (a reader of a database since replaced, say).
+            return error;
+        }
+        let was_writable = self.writable.swap(false, Ordering::SeqCst);
+        if was_writable {
+            *self.failure() = Some(Failure {
+                reason: reason_of(&error),
+                since: Instant::now(),
+            });
+            metrics::gauge!("anamnesis_store_writable").set(0.0);
+            metrics::counter!("anamnesis_store_failures_total").increment(1);
+            tracing::error!(
+                error = %error,
+                "the store failed and takes no writes until it is reopened; reopening by itself"
+            );
+        } else {
+            tracing::warn!(error = %error, "the reopened store failed too; reopening again");
+        }
+        self.start_healer();
+        error
+    }
+
+    /// Starts the healer thread unless one runs.
+    fn start_healer(self: &Arc<Self>) {
+        if self.healing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let started = std::thread::Builder::new()
+            .name("anamnesis-store-healer".into())
+            .spawn(move || heal(weak));
+        if let Err(e) = started {
+            self.healing.store(false, Ordering::SeqCst);
+            tracing::error!(error = %e, "the store's healer thread did not start");
+        }
+    }
+
+    /// One step of healing; `Ok(true)` once the store is writable again.
+    fn heal_step(&self) -> Result<bool, StoreError> {
+        // 1. A database that never failed, for readers.
+        let current = self.open.load_full();
+        let open = match current {
+            Some(open) if !open.poisoned.load(Ordering::SeqCst) => open,
+            stale => {
+                // Every handle must go before sled lets go of its file lock:
+                // ours first, then readers finish theirs.
+                self.open.store(None);
+                drop(stale);
+                let open = Arc::new(open_db(&self.path, self.cache_bytes)?);
+                self.open.store(Some(open.clone()));
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                metrics::counter!("anamnesis_store_reopens_total").increment(1);
+                tracing::info!(
+                    "the store was reopened; reads are served again, writes wait for a probe"
+                );
+                open
+            }
+        };
+        // 2. Room to write, without touching sled.
+        self.probe_file()?;
+        // 3. A write through sled, with no other write in between.
+        let mut staged = self.staged();
+        // Whatever a failed group left staged never happened.
+        staged.clear();
+        if open.poisoned.load(Ordering::SeqCst) {
+            return Err(StoreError::Engine(
+                "the reopened store failed a read; reopening again".into(),
+            ));
+        }
+        let probe = open
+            .db
+            .insert(
+                PROBE_KEY,
+                &chrono::Utc::now().timestamp_millis().to_be_bytes(),
+            )
+            .and_then(|_| open.db.flush());
+        if let Err(e) = probe {
+            open.poisoned.store(true, Ordering::SeqCst);
+            return Err(engine(e));
+        }
+        let failed_for = self.failure().take().map(|f| f.since.elapsed());
+        self.writable.store(true, Ordering::SeqCst);
+        drop(staged);
+        metrics::gauge!("anamnesis_store_writable").set(1.0);
+        tracing::info!(
+            unavailable_ms = failed_for.map_or(0, |d| d.as_millis() as u64),
+            "the store takes writes again"
+        );
+        Ok(true)
+    }
+
+    /// Writes and syncs [`PROBE_BYTES`] beside the database, then removes them.
+    fn probe_file(&self) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.path.with_extension("probe");
+        let result = std::fs::File::create(&path).and_then(|mut f| {
+            f.write_all(&vec![0u8; PROBE_BYTES])?;
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&path);
+        result.map_err(|e| {
+            StoreError::Engine(format!(
+                "no room to write beside the store ({} bytes): {e}",
+                PROBE_BYTES
+            ))
+        })
+    }
+}
+
+/// The healer thread: steps until the store is writable again, backing
+/// off; ends early when the store is dropped.
+fn heal(weak: Weak<Inner>) {
+    let mut wait = FIRST_RETRY;
+    let mut last_logged: Option<Instant> = None;
+    loop {
+        std::thread::sleep(wait);
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        match inner.heal_step() {
+            Ok(_) => {
+                inner.healing.store(false, Ordering::SeqCst);
+                // A failure may have come in just before the flag went down.
+                if !inner.writable.load(Ordering::SeqCst) {
+                    inner.start_healer();
+                }
+                return;
+            }
+            Err(e) => {
+                if let Some(f) = inner.failure().as_mut() {
+                    f.reason = reason_of(&e);
+                }
+                // One line a minute at most, after the first.
+                if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    last_logged = Some(Instant::now());
+                    tracing::warn!(error = %e, "the store is not writable yet; retrying");
+                }
+            }
+        }
+        drop(inner);
+        wait = (wait * 2).min(LAST_RETRY);
     }
 }
 
 impl Engine for SledStore {
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(k).map_err(engine)?.map(|v| v.to_vec()))
+        let open = self.inner.current()?;
+        match open.tree.get(k) {
+            Ok(v) => Ok(v.map(|v| v.to_vec())),
+            Err(e) => Err(self.inner.failed(&open, e)),
+        }
     }
 
     fn range(&self, start: &[u8], end: &[u8], descending: bool) -> Entries<'_> {
-        let entries = self.tree.range(start.to_vec()..end.to_vec());
-        let convert = |e: sled::Result<(sled::IVec, sled::IVec)>| {
-            e.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine)
+        let open = match self.inner.current() {
+            Ok(open) => open,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        // The iterator owns its handle on the tree: a reopen never pulls the
+        // database from under it (and waits for it to end).
+        let entries = open.tree.range(start.to_vec()..end.to_vec());
+        let inner = self.inner.clone();
+        let convert = move |e: sled::Result<(sled::IVec, sled::IVec)>| {
+            e.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(|e| inner.failed(&open, e))
         };
         if descending {
             Box::new(entries.rev().map(convert))
@@ -99,15 +411,17 @@ impl Engine for SledStore {
     }
 
     fn run_write(&self, op: &mut WriteFn<'_>) -> Result<(), StoreError> {
-        let mut staged = self.staged();
+        let mut staged = self.inner.staged();
+        self.inner.check_writable(&mut staged)?;
+        let open = self.inner.current()?;
         // Applied before this write runs, not after it is staged: should the
-        // batch fail, this write has not happened (and says so), and what was
-        // staged before stays staged for the flush, which then fails its group.
+        // batch fail, this write has not happened (and says so).
         if staged.len() >= MAX_STAGED {
-            self.apply_batch(&mut staged)?;
+            self.apply_batch(&open, &mut staged)?;
         }
         let mut tx = SledTx {
             store: self,
+            open: &open,
             staged: &staged,
             overlay: BTreeMap::new(),
         };
@@ -119,26 +433,44 @@ impl Engine for SledStore {
     }
 
     fn apply_staged(&self) -> Result<(), StoreError> {
-        self.apply_batch(&mut self.staged())
+        let mut staged = self.inner.staged();
+        self.inner.check_writable(&mut staged)?;
+        let open = self.inner.current()?;
+        self.apply_batch(&open, &mut staged)
     }
 
     fn make_durable(&self) -> Result<usize, StoreError> {
-        self.apply_staged()?;
-        self.db.flush().map_err(engine)
+        let mut staged = self.inner.staged();
+        self.inner.check_writable(&mut staged)?;
+        let open = self.inner.current()?;
+        self.apply_batch(&open, &mut staged)?;
+        match open.db.flush() {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => Err(self.inner.failed(&open, e)),
+        }
     }
 
+    /// Ready means writable: a store that only reads is not ready.
     fn check(&self) -> Result<(), StoreError> {
-        self.tree.get(b"ping").map(|_| ()).map_err(engine)
+        self.inner.check_writable(&mut Changes::new())?;
+        self.get(b"ping").map(|_| ())
     }
 
     fn disk_bytes(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(engine)
+        let open = self.inner.current()?;
+        open.db.size_on_disk().map_err(engine)
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::SeqCst)
     }
 }
 
 impl SledStore {
-    /// Applies everything staged in one batch; on failure it stays staged.
-    fn apply_batch(&self, staged: &mut Changes) -> Result<(), StoreError> {
+    /// Applies everything staged in one batch. On failure the staged writes
+    /// are dropped: the database is replaced (see the module doc), and what
+    /// sled had not made durable goes with it.
+    fn apply_batch(&self, open: &Open, staged: &mut Changes) -> Result<(), StoreError> {
         if staged.is_empty() {
             return Ok(());
         }
@@ -150,18 +482,17 @@ impl SledStore {
                 None => batch.remove(k.as_slice()),
             }
         }
-        if let Err(e) = self.tree.apply_batch(batch) {
-            // Kept for the next attempt, as if never taken.
-            *staged = changes;
-            return Err(engine(e));
-        }
-        Ok(())
+        open.tree
+            .apply_batch(batch)
+            .map_err(|e| self.inner.failed(open, e))
     }
 }
 
 /// The write in progress: changes are collected here and staged at the end.
 struct SledTx<'s> {
     store: &'s SledStore,
+    /// The database this write reads and numbers from.
+    open: &'s Arc<Open>,
     /// Earlier writes of this group, not yet in the tree.
     staged: &'s Changes,
     /// `None` marks a removal.
@@ -172,7 +503,10 @@ impl Staging for SledTx<'_> {
     fn get(&mut self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.overlay.get(k).or_else(|| self.staged.get(k)) {
             Some(v) => Ok(v.clone()),
-            None => self.store.get(k),
+            None => match self.open.tree.get(k) {
+                Ok(v) => Ok(v.map(|v| v.to_vec())),
+                Err(e) => Err(self.store.inner.failed(self.open, e)),
+            },
         }
     }
 
@@ -185,15 +519,23 @@ impl Staging for SledTx<'_> {
     }
 
     fn keys_with_prefix(&mut self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
-        let stored = self
-            .store
-            .range(prefix, &past_prefix(prefix), false)
-            .map(|e| e.map(|(k, _)| k));
+        let store = self.store;
+        let open = self.open;
+        let stored = open
+            .tree
+            .range(prefix.to_vec()..past_prefix(prefix))
+            .map(|e| {
+                e.map(|(k, _)| k.to_vec())
+                    .map_err(|e| store.inner.failed(open, e))
+            });
         merge_keys(stored, &[self.staged, &self.overlay], prefix)
     }
 
     fn next_sequence(&mut self) -> Result<u64, StoreError> {
-        self.store.db.generate_id().map_err(engine)
+        self.open
+            .db
+            .generate_id()
+            .map_err(|e| self.store.inner.failed(self.open, e))
     }
 
     /// The committer, the only writer, numbers changes itself.

@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod console;
 mod contract;
+mod disk_full;
 mod hardening;
 mod journeys;
 mod live;
