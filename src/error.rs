@@ -168,6 +168,8 @@ fn service_code(e: &ServiceError) -> (StatusCode, &'static str) {
         ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         ServiceError::CursorExpired { .. } => (StatusCode::GONE, "cursor_expired"),
         ServiceError::TooManyStreams => (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams"),
+        ServiceError::BackupUnsupported => (StatusCode::CONFLICT, "backup_not_supported"),
+        ServiceError::BackupInProgress => (StatusCode::CONFLICT, "backup_in_progress"),
     }
 }
 

@@ -201,6 +201,11 @@ impl Journal {
         Ok(seq)
     }
 
+    /// The highest position handed out so far (0: none).
+    pub fn last_position(&self) -> u64 {
+        self.next_seq.get() - 1
+    }
+
     /// What was written since the last call (called once a flush succeeded;
     /// after a failed flush the writes stay pending for the next one).
     pub fn take(&self) -> Committed {
@@ -285,6 +290,19 @@ impl Journal {
 
 /// Where the bookkeeping keeps the highest position removed by retention.
 const PRUNED_THROUGH: &str = "changes.pruned_through";
+
+/// Where the bookkeeping keeps a position below which none is handed out
+/// again: a restore sets it past every position the store it came from may
+/// have handed out after its backup point (see `service::backup`).
+pub const POSITIONS_FLOOR: &str = "changes.positions_floor";
+
+/// The position the next one handed out must exceed (0: none set).
+pub fn positions_floor(store: &dyn Store) -> Result<u64, StoreError> {
+    Ok(store
+        .meta(POSITIONS_FLOOR)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
 
 /// The highest change-log position removed by retention (0: none): a feed
 /// cursor below it has missed changes.

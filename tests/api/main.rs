@@ -2,6 +2,7 @@ mod helpers;
 
 mod access;
 mod auth;
+mod backup;
 mod bad_input;
 mod binary;
 mod cache;
