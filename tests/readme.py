@@ -688,6 +688,7 @@ def benches():
          "postgres, 2 instances: durable single signal"),
         ("bash benches/flood.sh", "DURATION=1s ROUNDS=1 bash benches/flood.sh", "p99"),
         ("bash benches/export.sh", "INTERACTIONS=2000 bash benches/export.sh", "MiB"),
+        ("bash benches/backup.sh", "PROFILES=2000 bash benches/backup.sh", "committer pause"),
         # The criterion benchmarks build with the dev-dependencies, a third
         # full build of the crate in release (about 5 minutes on 2 cores):
         # CI runs the same code through `cargo test --bench`, which reuses
