@@ -27,6 +27,8 @@ pub enum Action {
     /// Lookups by identifier refused once the subject's budget of misses
     /// was spent (at most one line a minute per subject).
     Lookup,
+    /// A backup of the whole store was taken (or refused).
+    Backup,
 }
 
 impl Action {
@@ -39,6 +41,7 @@ impl Action {
             Action::Export => "export",
             Action::SignalMerge => "merge_by_signal",
             Action::Lookup => "lookup",
+            Action::Backup => "backup",
         }
     }
 }
@@ -61,6 +64,11 @@ pub fn record<T>(
     outcome: &Result<T, ApiError>,
 ) {
     write(who, action, Some(customer_id), detail, outcome);
+}
+
+/// Records an action on the whole store (no one customer) and how it ended.
+pub fn record_store_action<T>(who: &Principal, action: Action, outcome: &Result<T, ApiError>) {
+    write(who, action, None, Detail::default(), outcome);
 }
 
 /// Records an action refused before it started (the token lacks its scope).

@@ -123,7 +123,22 @@ pub struct StorageSettings {
     /// store's memory grows with its number of records (BENCHMARKS.md, the
     /// scale run).
     pub cache_bytes: u64,
+    /// Where erasures are logged (embedded store); empty: `erasures.log`
+    /// in `path`. See [`StorageSettings::erasure_log_path`].
+    pub erasure_log: PathBuf,
     pub postgres: PostgresSettings,
+}
+
+impl StorageSettings {
+    /// The erasure log: one line per erasure (customer ids and a time), so
+    /// that a restore of an older backup erases again whoever was erased
+    /// since. Kept beside the store unless configured elsewhere.
+    pub fn erasure_log_path(&self) -> PathBuf {
+        match self.erasure_log.as_os_str().is_empty() {
+            true => self.path.join("erasures.log"),
+            false => self.erasure_log.clone(),
+        }
+    }
 }
 
 /// Which engine keeps the profiles.

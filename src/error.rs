@@ -186,6 +186,8 @@ fn service_code(e: &ServiceError) -> (StatusCode, &'static str) {
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_streams_for_subject",
         ),
+        ServiceError::BackupUnsupported => (StatusCode::CONFLICT, "backup_not_supported"),
+        ServiceError::BackupInProgress => (StatusCode::CONFLICT, "backup_in_progress"),
     }
 }
 

@@ -27,9 +27,11 @@
 //! - [`cache`]: Redis, when configured: the hot-profile cache and the event bus between instances.
 //! - [`events`]: live event streams in process: subscriptions and bounded fan-out.
 //! - [`import`]: `anamnesis import`: NDJSON signals through the API's validation and resolution.
+//! - [`backup`]: `anamnesis backup`, `restore` and `verify` of the embedded store.
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod cache;
 pub mod config;
 pub mod conn;

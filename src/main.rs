@@ -156,6 +156,45 @@ enum Command {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         batch: u64,
     },
+    /// Copy every record of the embedded store into DIR (a new or empty
+    /// directory): records.bin and a manifest with the backup point, the
+    /// counts and a SHA-256. By default the running service sends the copy
+    /// (GET /v1/admin/backup, as of the moment it was asked) while it goes
+    /// on serving and writing; --offline reads a stopped store instead. The
+    /// auth secret is not included (see the README, Backup and restore).
+    Backup {
+        /// The directory to write the backup into.
+        #[arg(long)]
+        to: PathBuf,
+        /// Read the store directly (stop the service first).
+        #[arg(long)]
+        offline: bool,
+        /// The running service, http://HOST:PORT (default: server.listen).
+        #[arg(long)]
+        url: Option<String>,
+        /// A token with the admin scope (default: one minted from the
+        /// configured or generated secret).
+        #[arg(long, env = "ANAMNESIS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Bring a backup back into storage.path (stop the service first): the
+    /// whole backup is checked against its manifest while it loads into a
+    /// new store, which then replaces the old one; every customer the
+    /// erasure log lists is erased again; the result is verified. Refuses a
+    /// store that holds records unless --force (which keeps the replaced
+    /// store beside it).
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace a store that holds records.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check the stopped store: every record decodes, every index entry
+    /// points at a live record, identifiers and merged ids agree with the
+    /// profiles. Exits non-zero naming each problem (the first 50).
+    Verify,
     /// Exit 0 when the service at the configured address answers /healthz
     /// (for container health checks: no curl needed).
     Healthcheck {
@@ -276,6 +315,14 @@ fn run() -> anyhow::Result<()> {
             schema,
             batch,
         } => migrate_store(&settings, &from, &to, schema, batch as usize),
+        Command::Backup {
+            to,
+            offline,
+            url,
+            token,
+        } => backup(&settings, &to, offline, url, token),
+        Command::Restore { from, force } => restore(&settings, &from, force),
+        Command::Verify => verify(&settings),
         Command::Healthcheck { addr } => {
             healthcheck(addr.as_deref().unwrap_or(&settings.server.listen))
         }
@@ -687,6 +734,102 @@ fn store_stats(settings: &Settings) -> anyhow::Result<()> {
         disk as f64 / live.max(1) as f64
     );
     Ok(())
+}
+
+fn backup(
+    settings: &Settings,
+    to: &std::path::Path,
+    offline: bool,
+    url: Option<String>,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let manifest = if offline {
+        anamnesis::backup::offline(settings, to)?
+    } else {
+        let token = match token {
+            Some(token) => token,
+            None => {
+                let (secret, _) = default_secret(&settings.auth, &settings.storage.path)?;
+                Authenticator::new(&settings.auth, secret.as_deref())?
+                    .mint(
+                        "cli:backup",
+                        &[Scope::Admin],
+                        None,
+                        Duration::from_secs(3600),
+                    )
+                    .context("minting an admin token (or give one with --token)")?
+            }
+        };
+        let url = url.unwrap_or_else(|| format!("http://{}", settings.server.listen));
+        anamnesis::backup::from_service(&url, &token, to)?
+    };
+    println!(
+        "backed up {} records ({} bytes) into {} in {:.1} s; backup point: change {} at {}",
+        manifest.records,
+        manifest.bytes,
+        to.display(),
+        started.elapsed().as_secs_f64(),
+        manifest.point.last_change,
+        manifest.point.at.to_rfc3339(),
+    );
+    Ok(())
+}
+
+fn restore(settings: &Settings, from: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let r = anamnesis::backup::restore(settings, from, force)?;
+    println!(
+        "restored {} records from {} (backup point: change {} at {}) in {:.1} s",
+        r.manifest.records,
+        from.display(),
+        r.manifest.point.last_change,
+        r.manifest.point.at.to_rfc3339(),
+        r.elapsed.as_secs_f64()
+    );
+    if let Some(aside) = &r.replaced {
+        println!(
+            "the store it replaced is in {}; remove it once the restore is checked",
+            aside.display()
+        );
+    }
+    let e = &r.erasures;
+    println!(
+        "erasure log {}: {} profiles erased again, {} already gone, {} split off a merge and erased",
+        settings.storage.erasure_log_path().display(),
+        e.erased,
+        e.gone,
+        e.split_off
+    );
+    for (id, whole) in &e.whole {
+        println!(
+            "erased {whole} whole: it holds {id}, which was erased and could not be split off"
+        );
+    }
+    report_verified(&r.verified)
+}
+
+fn verify(settings: &Settings) -> anyhow::Result<()> {
+    report_verified(&anamnesis::backup::verify(settings)?)
+}
+
+fn report_verified(v: &anamnesis::service::backup::Verified) -> anyhow::Result<()> {
+    for problem in &v.problems {
+        println!("problem: {problem}");
+    }
+    if v.problem_count == 0 {
+        println!("verified {} records: no problems", v.records);
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} problems in {} records{}",
+        v.problem_count,
+        v.records,
+        if v.problem_count as usize > v.problems.len() {
+            format!(" (the first {} listed)", v.problems.len())
+        } else {
+            String::new()
+        }
+    )
 }
 
 fn healthcheck(addr: &str) -> anyhow::Result<()> {

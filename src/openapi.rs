@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
 use crate::config::Settings;
 use crate::domain::names::{ChannelName, ConsentPurpose, IdentifierType, JourneyStage};
 use crate::domain::CustomerId;
-use crate::routes::{changes, engagement, ops, profiles, signals};
+use crate::routes::{admin, changes, engagement, ops, profiles, signals};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,6 +54,7 @@ use crate::routes::{changes, engagement, ops, profiles, signals};
         ops::healthz,
         ops::readyz,
         ops::metrics,
+        admin::backup,
     ),
     components(schemas(
         crate::error::ErrorBody,

@@ -187,6 +187,7 @@ impl Application {
                 .wrap(Compress::default())
                 .wrap(from_fn(request_context))
                 .configure(routes::ops::configure)
+                .configure(routes::admin::configure)
                 .configure(|cfg| routes::signals::configure(cfg, single_limit, batch_limit))
                 .configure(routes::profiles::configure)
                 .configure(routes::changes::configure)

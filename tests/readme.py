@@ -393,6 +393,10 @@ def main():
                          r"0 merged, 0 collisions, 0 refused", out):
             fail(f"upgrade-identifiers found something to do in a canonical store:\n{out}")
 
+    # ---- Backup and restore -----------------------------------------------
+    step("backup and restore: the README's routine over this store")
+    backup_routine(env, base, data)
+
     # ---- Configuration: the production example --------------------------
     step("config/production.example.toml: check-config, then serve it with Redis and its keys")
     production_check(env)
@@ -413,6 +417,62 @@ def main():
         fail("README commands no step ran:\n  " + "\n  ".join(missing))
     print(f"\nREADME: every command ran as shown ({len(COVERED)} commands, "
           f"{time.monotonic() - STARTED:.0f} s)")
+
+
+def backup_routine(env, base, data):
+    """The README's backup routine, as it shows it, over the store in
+    `data` (run from the directory above it): a backup from the running
+    service while a signal goes in, the restore drill into a scratch
+    directory, verify, and a restore over the store with --force."""
+    block = split_commands(block_after("## Backup and restore"))
+    if [c.split()[0:2] for c in block] != [
+        ["anamnesis", "backup"],
+        ["ANAMNESIS__STORAGE__PATH=restore-drill", "ANAMNESIS__STORAGE__ERASURE_LOG=data/erasures.log"],
+        ["anamnesis", "verify"],
+        ["anamnesis", "restore"],
+    ]:
+        fail(f"the backup routine changed: {block}; update tests/readme.py")
+    work = os.path.dirname(data)
+    server = Server("anamnesis serve", env, "backup-serve")
+    server.wait_for(base)
+    admin = sh("anamnesis token --scope admin", env)[1].strip()
+    # A customer erased after the backup: the restores must not bring it
+    # back (the walk-through customer stays, for the steps after this one).
+    status, created = http("POST", base + "/v1/signals", admin, {
+        "channel": "web", "identifiers": [{"type": "account_id", "value": "readme-erased"}]})
+    if status != 201:
+        fail(f"a signal for the customer to erase answered {status}")
+    customer = json.loads(created)["customer_id"]
+    _, out, _ = sh(block[0], env, cwd=work)
+    if "backed up" not in out:
+        fail(f"`{block[0]}` printed {out}")
+    manifest = json.load(open(os.path.join(work, "backups", "nightly-1", "manifest.json")))
+    status, _ = http("DELETE", f"{base}/v1/profiles/{customer}", admin)
+    if status != 204:
+        fail(f"erasing the walk-through customer answered {status}")
+    server.stop()
+    # The drill reads the live erasure log, and leaves the store alone.
+    _, out, _ = sh(block[1], env, cwd=work)
+    if f"restored {manifest['records']} records" not in out or "1 profiles erased again" not in out:
+        fail(f"the restore drill printed:\n{out}")
+    _, out, _ = sh(block[2], env, cwd=work)
+    if "no problems" not in out:
+        fail(f"`anamnesis verify` printed:\n{out}")
+    code, _, err = sh(block[3].replace(" --force", ""), env, cwd=work, ok=False)
+    if code == 0 or "--force" not in err:
+        fail(f"a restore over a store with records did not ask for --force:\n{err}")
+    _, out, _ = sh(block[3], env, cwd=work)
+    if "db.replaced-" not in out:
+        fail(f"`{block[3]}` did not say where the replaced store is:\n{out}")
+    _, out, _ = sh(f"anamnesis backup --offline --to {os.path.join(work, 'backups', 'offline')}", env)
+    ran(*block, "anamnesis backup --to DIR [--offline]", "anamnesis restore --from DIR [--force]",
+        "anamnesis verify")
+    server = Server("anamnesis serve", env, "restored-serve")
+    server.wait_for(base)
+    status, _ = http("GET", f"{base}/v1/profiles/{customer}", admin)
+    if status != 404:
+        fail(f"the restore brought the erased customer back: {status}")
+    server.stop()
 
 
 def production_check(env):
@@ -632,6 +692,7 @@ def benches():
         ("bash benches/heavy.sh", "BATCH=100 SINGLES=10 bash benches/heavy.sh",
          "innocent writer"),
         ("bash benches/export.sh", "INTERACTIONS=2000 bash benches/export.sh", "MiB"),
+        ("bash benches/backup.sh", "PROFILES=2000 bash benches/backup.sh", "committer pause"),
         # The criterion benchmarks build with the dev-dependencies, a third
         # full build of the crate in release (about 5 minutes on 2 cores):
         # CI runs the same code through `cargo test --bench`, which reuses

@@ -638,6 +638,8 @@ policy! {
     ReadChanges => Scope::ChangesRead;
     /// `pii:read` (and `profiles:read`, checked by the handler), audited
     ExportProfiles => Scope::PiiRead, Action::Export;
+    /// `admin`, audited: a copy of every record
+    BackupStore => Scope::Admin, Action::Backup;
     /// `pii:read` (and `profiles:read`, checked by the handler): who is
     /// linked to whom, and how, is personal data
     ReadIdentity => Scope::PiiRead;

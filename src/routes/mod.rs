@@ -1,6 +1,7 @@
 //! HTTP resources, one module each. Handlers are thin: extract, call one
 //! service function, shape the response.
 
+pub mod admin;
 pub mod changes;
 pub mod console;
 pub mod engagement;

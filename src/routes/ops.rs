@@ -26,8 +26,14 @@ pub struct Health {
 pub struct Readiness {
     /// `ready` or `unavailable`.
     pub status: &'static str,
-    /// `ok` or `unavailable`.
+    /// `ok`, or `unavailable`: the store cannot be read or cannot take
+    /// writes (a full disk, a database out of reach); it recovers by itself
+    /// once the cause is gone.
     pub store: &'static str,
+    /// Why the store is unavailable (the engine's error), while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "IO error: No space left on device (os error 28)")]
+    pub reason: Option<String>,
     /// `ok`, `degraded` (down or slow: reads and writes go on without it,
     /// and the service reconnects by itself), or `not_configured`.
     pub redis: &'static str,
@@ -40,16 +46,19 @@ pub async fn healthz() -> web::Json<Health> {
     web::Json(Health { status: "ok" })
 }
 
-/// Readiness: the store answers. Redis is reported but never makes the
-/// service unready: it is a cache.
+/// Readiness: the store answers and takes writes. Redis is reported but
+/// never makes the service unready: it is a cache.
+///
+/// A store that only reads is not ready: a load balancer should send
+/// writes elsewhere, and an operator sees why in `reason`.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)), security(()))]
 pub async fn readyz(services: web::Data<Services>) -> HttpResponse {
-    let store = match services.store_ready() {
-        Ok(()) => "ok",
+    let (store, reason) = match services.store_ready() {
+        Ok(()) => ("ok", None),
         Err(e) => {
             tracing::warn!(error = %e, "store not ready");
-            "unavailable"
+            ("unavailable", Some(e.to_string()))
         }
     };
     // Redis is a cache: without it the service serves from the store.
@@ -58,6 +67,7 @@ pub async fn readyz(services: web::Data<Services>) -> HttpResponse {
     let body = Readiness {
         status: if ready { "ready" } else { "unavailable" },
         store,
+        reason,
         redis,
     };
     if ready {

@@ -16,7 +16,7 @@ use super::hot::HotCards;
 use super::idempotency::{self, Keyed, KEYED};
 use super::journal::{prune, Committed, Journal};
 use super::ServiceError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Called once the batch containing the job is durable (or failed to be).
 type Completion = Box<dyn FnOnce(Result<(), ()>) + Send>;
@@ -50,6 +50,54 @@ const MAX_GROUP_TIME: Duration = Duration::from_millis(100);
 
 /// One write that held the committer at least this long is logged.
 const SLOW_WRITE: Duration = Duration::from_millis(500);
+
+/// Groups that failed in a row: the first is logged as an error, the rest
+/// at most once a minute (a full disk fails every group until it heals),
+/// and the first success after them once.
+#[derive(Default)]
+struct Failing {
+    since: Option<Instant>,
+    groups: u64,
+    writes: u64,
+    logged: Option<Instant>,
+}
+
+impl Failing {
+    fn failed(&mut self, e: &StoreError, writes: usize) {
+        metrics::counter!("anamnesis_groups_failed_total").increment(1);
+        self.groups += 1;
+        self.writes += writes as u64;
+        let now = Instant::now();
+        if self.since.is_none() {
+            self.since = Some(now);
+            self.logged = Some(now);
+            tracing::error!(error = %e, "store flush failed; writes answered 503, not acknowledged");
+        } else if self
+            .logged
+            .is_some_and(|at| at.elapsed() >= Duration::from_secs(60))
+        {
+            self.logged = Some(now);
+            tracing::error!(
+                error = %e,
+                groups = self.groups,
+                writes = self.writes,
+                "store flushes still fail; writes answered 503, not acknowledged"
+            );
+        }
+    }
+
+    fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::info!(
+                failed_groups = self.groups,
+                failed_writes = self.writes,
+                after_ms = since.elapsed().as_millis() as u64,
+                "store flushes succeed again"
+            );
+        }
+        *self = Failing::default();
+    }
+}
 
 #[derive(Clone)]
 pub struct Committer {
@@ -127,7 +175,29 @@ impl Committer {
                 };
                 let mut completions: Vec<Completion> = Vec::with_capacity(max_group);
                 let mut pruned_at = Instant::now();
+                let mut generation = store.generation();
+                let mut failing = Failing::default();
                 while let Some(first) = rx.blocking_recv() {
+                    let now = store.generation();
+                    if now != generation {
+                        // The store replaced its database after a failure:
+                        // what failed groups left in the journal is sorted
+                        // into what reached the disk and what is gone.
+                        match journal.after_reopen(&*store) {
+                            Ok(dropped) => {
+                                generation = now;
+                                if dropped > 0 {
+                                    tracing::warn!(
+                                        changes = dropped,
+                                        "writes answered 503 before the store was reopened did not reach the disk; their events are not sent"
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "sorting the changes of failed writes waits for the store")
+                            }
+                        }
+                    }
                     if pruned_at.elapsed() >= prune_every {
                         pruned_at = Instant::now();
                         match prune(&*store, retention, chrono::Utc::now(), 10_000) {
@@ -170,12 +240,20 @@ impl Committer {
                             "withdrew writes that waited for the committer past their deadline (storage.write_deadline_ms); each was answered 503 store_busy, unapplied"
                         );
                     }
+                    let group_generation = generation;
                     let started = Instant::now();
-                    let flushed = if durable_writes {
+                    let mut flushed = if durable_writes {
                         store.flush()
                     } else {
                         store.apply().map(|()| 0)
                     };
+                    if flushed.is_ok() && store.generation() != group_generation {
+                        // The store failed and was reopened while this group
+                        // ran: what it staged before the failure is gone.
+                        flushed = Err(StoreError::Engine(
+                            "the store was reopened while the group was written".into(),
+                        ));
+                    }
                     metrics::histogram!("anamnesis_store_flush_seconds")
                         .record(started.elapsed().as_secs_f64());
                     metrics::histogram!("anamnesis_group_commit_size")
@@ -183,6 +261,7 @@ impl Committer {
                     let group = std::mem::replace(&mut completions, Vec::with_capacity(max_group));
                     match flushed {
                         Ok(_) => {
+                            failing.recovered();
                             let committed = journal.take();
                             // Readers now see these writes: what the
                             // in-process layer holds of what they changed goes.
@@ -200,9 +279,11 @@ impl Committer {
                             );
                         }
                         Err(e) => {
-                            // What these writes changed stays in the journal and
-                            // is sent with the next group that reaches the disk.
-                            tracing::error!(error = %e, "store flush failed; writes not acknowledged");
+                            // What these writes changed stays in the journal:
+                            // sent with the next group that reaches the disk,
+                            // less what a reopen of the store shows never
+                            // reached it (see `Journal::after_reopen`).
+                            failing.failed(&e, group.len());
                             for done in group {
                                 done(Err(()));
                             }

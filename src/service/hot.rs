@@ -22,6 +22,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,8 @@ pub struct Noted {
 
 pub struct HotCards {
     shards: Vec<Mutex<Shard>>,
+    /// The store's generation the entries were read under (see [`HotCards::follow`]).
+    generation: AtomicU64,
     budget: usize,
     /// Entries older than this are not used (as in Redis): nothing a gap in
     /// the Redis layer let in stays longer than there.
@@ -92,6 +95,7 @@ impl HotCards {
     pub fn new(bytes: usize, ttl: Duration) -> HotCards {
         HotCards {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            generation: AtomicU64::new(0),
             budget: bytes / SHARDS,
             ttl,
         }
@@ -161,6 +165,27 @@ impl HotCards {
         s.make_room(self.budget, size);
         s.owners.insert(key, (owner, Instant::now()));
         s.bytes += size;
+    }
+
+    /// Forgets every entry when the store's generation moved on: the store
+    /// replaced its database after a failure, and what was read before may
+    /// include writes that never reached the disk. Every shard's epoch moves
+    /// too, so a reader that noted one before cannot keep what it read.
+    pub fn follow(&self, generation: u64) {
+        if self.generation.load(Ordering::SeqCst) == generation
+            || self.generation.swap(generation, Ordering::SeqCst) == generation
+        {
+            return;
+        }
+        for shard in 0..SHARDS {
+            let mut s = self.lock(shard);
+            s.epoch += 1;
+            let cards = std::mem::take(&mut s.cards);
+            s.owners.clear();
+            s.bytes = 0;
+            drop(s);
+            drop(cards);
+        }
     }
 
     /// Drops what a write changed (called on the committer thread once the

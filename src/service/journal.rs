@@ -201,6 +201,11 @@ impl Journal {
         Ok(seq)
     }
 
+    /// The highest position handed out so far (0: none).
+    pub fn last_position(&self) -> u64 {
+        self.next_seq.get() - 1
+    }
+
     /// What was written since the last call (called once a flush succeeded;
     /// after a failed flush the writes stay pending for the next one).
     pub fn take(&self) -> Committed {
@@ -247,10 +252,57 @@ impl Journal {
     pub fn keep(&self, committed: Committed) {
         self.pending.borrow_mut().absorb(committed);
     }
+
+    /// After the store replaced its database (see [`Store::generation`]):
+    /// of the changes kept from groups whose flush failed, only those whose
+    /// log entry reached the disk happened, and are sent with the next
+    /// group; the others are dropped, as their writes are gone. Every
+    /// profile and identifier they touched is still marked stale then (a
+    /// reader may have seen the vanished write). Positions go on from where
+    /// they were: none is handed out twice. Returns how many were dropped.
+    pub fn after_reopen(&self, store: &dyn Store) -> Result<usize, StoreError> {
+        let mut pending = self.pending.borrow_mut();
+        let mut kept = Vec::with_capacity(pending.events.len());
+        let mut dropped = 0;
+        let mut events = std::mem::take(&mut pending.events).into_iter();
+        while let Some(event) = events.next() {
+            let seq = event.change.seq;
+            let found = match store.changes(seq.saturating_sub(1), 1) {
+                Ok(first) => first.first().is_some_and(|(s, _)| *s == seq),
+                Err(e) => {
+                    // Kept unchecked, for the next try.
+                    kept.push(event);
+                    kept.extend(events);
+                    pending.events = kept;
+                    return Err(e);
+                }
+            };
+            if found {
+                kept.push(event);
+            } else {
+                dropped += 1;
+            }
+        }
+        pending.events = kept;
+        Ok(dropped)
+    }
 }
 
 /// Where the bookkeeping keeps the highest position removed by retention.
 const PRUNED_THROUGH: &str = "changes.pruned_through";
+
+/// Where the bookkeeping keeps a position below which none is handed out
+/// again: a restore sets it past every position the store it came from may
+/// have handed out after its backup point (see `service::backup`).
+pub const POSITIONS_FLOOR: &str = "changes.positions_floor";
+
+/// The position the next one handed out must exceed (0: none set).
+pub fn positions_floor(store: &dyn Store) -> Result<u64, StoreError> {
+    Ok(store
+        .meta(POSITIONS_FLOOR)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
 
 /// The highest change-log position removed by retention (0: none): a feed
 /// cursor below it has missed changes.
@@ -791,7 +843,7 @@ impl StoreTx for Recording<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{index_follow_ups_once, ChangeKind};
+    use super::{index_follow_ups_once, ChangeKind, Journal, Seen};
     use crate::domain::names::STREAM_EVENT_PATTERN;
     use crate::domain::{ChannelRules, CustomerId, EpisodeReport, EpisodeStatus, Profile};
     use crate::store::{SledStore, Store};
@@ -827,6 +879,47 @@ mod tests {
             (p.customer_id, "o-1")
         );
         assert_eq!(index_follow_ups_once(&store).unwrap(), 0, "only once");
+    }
+
+    /// After a reopen, changes kept from failed groups are sent only when
+    /// their log entry reached the disk; the profiles they touched are
+    /// still marked stale, and positions go on past them.
+    #[test]
+    fn after_a_reopen_only_changes_that_reached_the_disk_are_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let journal = Journal::after(0);
+        let on_disk = CustomerId::generate();
+        let gone = CustomerId::generate();
+        for (customer, write) in [(on_disk, true), (gone, false)] {
+            let mut seen = Seen::default();
+            seen.after.insert(customer, None);
+            seen.before
+                .insert(customer, Some(Profile::new(customer, chrono::Utc::now())));
+            let mut kept = None;
+            store
+                .write(&mut |tx| {
+                    kept = Some(
+                        journal
+                            .entries(tx, std::mem::take(&mut seen), chrono::Utc::now())
+                            .unwrap(),
+                    );
+                    write
+                })
+                .unwrap();
+            journal.keep(kept.take().unwrap());
+        }
+        store.flush().unwrap();
+        assert_eq!(journal.after_reopen(&store).unwrap(), 1);
+        let committed = journal.take();
+        let sent: Vec<_> = committed
+            .events
+            .iter()
+            .map(|e| e.change.customer_id)
+            .collect();
+        assert_eq!(sent, vec![on_disk]);
+        assert!(committed.customers.contains(&gone), "still marked stale");
+        assert_eq!(journal.next_seq.get(), 3, "no position is handed out twice");
     }
 
     /// The documented pattern of event names admits every kind there is.

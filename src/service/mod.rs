@@ -2,8 +2,10 @@
 //! and answers, merge and erase. Transport-neutral: handlers call these, and so
 //! could a CLI or a queue consumer.
 
+pub mod backup;
 pub mod committer;
 pub mod engagement;
+pub mod erasures;
 mod hot;
 pub mod idempotency;
 mod ingest;
@@ -17,6 +19,8 @@ pub mod views;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::Context as _;
 
 use chrono::{DateTime, Utc};
 
@@ -99,6 +103,10 @@ pub enum ServiceError {
     TooManyStreams,
     #[error("this token's subject has {0} event streams open, the most one subject may hold (events.max_streams_per_subject); close one first")]
     TooManyStreamsForSubject(usize),
+    #[error("the database backend is backed up with the database's own tools, not by the service")]
+    BackupUnsupported,
+    #[error("a backup is already being taken; try again once it is done")]
+    BackupInProgress,
 }
 
 impl ServiceError {
@@ -166,6 +174,12 @@ pub struct Services {
     published: Arc<AtomicU64>,
     heartbeat: Duration,
     max_stream: Duration,
+    /// The erasure log (embedded store only; see [`erasures`]).
+    erasures: Option<Arc<erasures::ErasureLog>>,
+    /// A backup is being taken (one at a time).
+    backing_up: Arc<std::sync::atomic::AtomicBool>,
+    /// The embedded store (backups are of it alone).
+    embedded: bool,
 }
 
 /// Sends what durable writes changed: through Redis when configured (which
@@ -209,8 +223,11 @@ impl AfterCommit for Fanout {
 /// This store's own id, made on first use: cache keys carry it, so that
 /// instances over different stores can share one Redis without reading each
 /// other's entries (instances over one store share them).
+/// Where the bookkeeping keeps the store's id.
+pub(crate) const STORE_ID: &str = "store.id";
+
 fn store_identity(store: &dyn Store) -> anyhow::Result<String> {
-    const NAME: &str = "store.id";
+    const NAME: &str = STORE_ID;
     if let Some(id) = store.meta(NAME)? {
         return Ok(String::from_utf8_lossy(&id).into_owned());
     }
@@ -242,8 +259,12 @@ impl Services {
             settings.events.max_streams,
             settings.events.max_streams_per_subject,
         ));
-        // Positions are never reused, even when retention emptied the log.
-        let last_change = store.last_change()?.max(journal::pruned_through(&*store)?);
+        // Positions are never reused, even when retention emptied the log
+        // or the store was restored from a backup.
+        let last_change = store
+            .last_change()?
+            .max(journal::pruned_through(&*store)?)
+            .max(journal::positions_floor(&*store)?);
         // Everything in the store was published by an earlier run: the feed
         // and stream replays serve it from the first request on.
         let published = Arc::new(AtomicU64::new(last_change));
@@ -317,6 +338,17 @@ impl Services {
         );
         let rules = SignalRules::from_settings(settings)
             .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.reason))?;
+        // A shared store is backed up with the database's own tools, which
+        // take erasures with them.
+        let erasures = match shared {
+            true => None,
+            false => {
+                let path = settings.storage.erasure_log_path();
+                let log = erasures::ErasureLog::open(&path)
+                    .with_context(|| format!("opening the erasure log {}", path.display()))?;
+                Some(Arc::new(log))
+            }
+        };
         Ok(Services {
             store,
             committer,
@@ -333,7 +365,19 @@ impl Services {
             published,
             heartbeat: Duration::from_secs(settings.events.heartbeat_secs),
             max_stream: Duration::from_secs(settings.events.max_stream_secs),
+            erasures,
+            backing_up: Arc::default(),
+            embedded: !shared,
         })
+    }
+
+    /// The in-process layer, emptied first when the store replaced its
+    /// database since it was last asked: it may hold what a reader saw of
+    /// writes that never reached the disk (see `Store::generation`).
+    fn hot_layer(&self) -> Option<&HotCards> {
+        let hot = self.hot.as_deref()?;
+        hot.follow(self.store.generation());
+        Some(hot)
     }
 
     /// The highest change-log position on disk: what a reader may have seen.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::erasures::Erasure;
 use super::ingest::{absorb, detach, event, within_caps, Cause, Linking, SignalRecord};
 use super::views::{
     self, Access, ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage,
@@ -21,7 +22,7 @@ use crate::domain::{
     Change, ChannelRules, ConflictReason, Consent, CustomerId, Identifier, IdentityEventKind,
     Interaction, NormaliseOutcome, Profile, SignalRules, Suggestion, TraitValue,
 };
-use crate::store::{parse_decimal, StoreTx, TimelinePosition};
+use crate::store::{parse_decimal, StoreError, StoreTx, TimelinePosition};
 
 pub const DEFAULT_CONTEXT_INTERACTIONS: usize = 10;
 pub const MAX_PAGE: usize = 200;
@@ -230,7 +231,7 @@ impl Services {
             return self.read_source(id, limit).map(Arc::new);
         }
         // Noted before anything is read (see `hot`).
-        let noted = match self.hot.as_ref().map(|hot| hot.card(id)) {
+        let noted = match self.hot_layer().map(|hot| hot.card(id)) {
             Some(Ok(card)) => {
                 metrics::counter!("anamnesis_cache_requests_total", "kind" => "card", "result" => "local")
                     .increment(1);
@@ -332,7 +333,7 @@ impl Services {
     ) -> Result<Arc<CardSource>, ServiceError> {
         let identifier = identifier.clone();
         if self.redis.is_some() || self.hot.is_some() {
-            let noted = match self.hot.as_ref().map(|hot| hot.owner(&identifier)) {
+            let noted = match self.hot_layer().map(|hot| hot.owner(&identifier)) {
                 Some(Ok(owner)) => {
                     metrics::counter!("anamnesis_cache_requests_total", "kind" => "owner", "result" => "local")
                         .increment(1);
@@ -591,10 +592,43 @@ impl Services {
     /// timelines, ledgers and suggestions of every member, and the results stored for
     /// its signals (replaced by a record that keeps no personal data).
     pub async fn erase(&self, id: CustomerId, caller: Caller) -> Result<(), ServiceError> {
+        self.erase_with(id, caller, true).await
+    }
+
+    /// Erases `id`; `logged`: in the erasure log too (always, but when a
+    /// restore applies the log again).
+    pub(super) async fn erase_with(
+        &self,
+        id: CustomerId,
+        caller: Caller,
+        logged: bool,
+    ) -> Result<(), ServiceError> {
         let now = Services::now();
         let cause = Cause::request(&caller);
+        let log = self.erasures.clone().filter(|_| logged);
         self.committer
-            .run(move |store| atomically(store, |tx| erase_in(tx, id, &cause, now)))
+            .run(move |store| {
+                atomically(store, |tx| {
+                    let merged_ids = erase_in(tx, id, &cause, now)?;
+                    // Logged before the write is flushed, so never
+                    // acknowledged unlogged (see `erasures`); a line that
+                    // cannot be written refuses the erasure.
+                    if let Some(log) = &log {
+                        let erasure = Erasure {
+                            at: Utc::now(),
+                            customer_id: id,
+                            merged_ids,
+                        };
+                        log.append(&erasure).map_err(|e| {
+                            StoreError::Engine(format!(
+                                "appending to the erasure log {}: {e}",
+                                log.path().display()
+                            ))
+                        })?;
+                    }
+                    Ok(())
+                })
+            })
             .await?;
         // Counted once committed: a shared store may run the write again.
         metrics::counter!("anamnesis_erasures_total").increment(1);
@@ -852,12 +886,14 @@ fn live_in(tx: &mut dyn StoreTx, id: CustomerId) -> Result<Profile, ServiceError
     })
 }
 
+/// Erases the live profile `id` and everything it absorbed; returns the
+/// ids it had absorbed.
 fn erase_in(
     tx: &mut dyn StoreTx,
     id: CustomerId,
     cause: &Cause,
     now: DateTime<Utc>,
-) -> Result<(), ServiceError> {
+) -> Result<Vec<CustomerId>, ServiceError> {
     let p = live_in(tx, id)?;
     let tombstone = SignalRecord {
         fingerprint: String::new(),
@@ -883,7 +919,7 @@ fn erase_in(
     tx.delete_profile(id);
     // The ledger keeps that the erasure happened, and by whom; nothing else.
     tx.add_history(id, &event(IdentityEventKind::Erased, now, cause))?;
-    Ok(())
+    Ok(p.merged_ids.clone())
 }
 
 /// Applies changes made on the profile's own behalf (an agent, a manual write):

@@ -6,14 +6,15 @@
 //! what makes resolution race-free without locks. Reads may come from any
 //! thread; they see a write once the committer applied its group.
 
+pub mod backup;
 pub mod copy;
 mod postgres;
 mod records;
 mod sled;
 
 pub use self::postgres::{migrate, PgOptions, PgStore, SCHEMA_VERSION};
-pub use self::records::RecordStats;
-pub use self::sled::SledStore;
+pub use self::records::{kind_of, parse_key, Entry, RecordKey, RecordStats};
+pub use self::sled::{SledStore, SEQUENCE_BASE};
 
 use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile, Suggestion};
 
@@ -213,6 +214,20 @@ pub trait StoreTx {
     fn key_records_of(&mut self, customer: CustomerId) -> Result<Vec<Vec<u8>>, StoreError>;
 }
 
+/// A consistent copy of every record as it was at one moment (the backup
+/// point), read a batch at a time while writes go on (see
+/// [`Store::begin_backup`]). Dropping it ends the backup.
+pub trait BackupReader: Send {
+    /// The next records in key order, at most about `max` of them (maybe
+    /// none); `None` once every record was read.
+    fn next_records(&mut self, max: usize) -> Result<Option<Vec<Entry>>, StoreError>;
+
+    /// A number above every sequence number the copy holds (see
+    /// [`StoreTx::next_sequence`]): a store restored from the copy numbers
+    /// on from here.
+    fn sequences_below(&self) -> u64;
+}
+
 /// A use case run by [`Store::write`]. Returning `false` discards every change it made.
 pub type WriteFn<'a> = dyn FnMut(&mut dyn StoreTx) -> bool + 'a;
 
@@ -287,6 +302,9 @@ pub trait Store: Send + Sync + 'static {
     /// The record of an `Idempotency-Key`, as last applied.
     fn key_record(&self, key_id: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Whether the time index holds `key_id` at `created_millis`.
+    fn key_record_indexed(&self, created_millis: u64, key_id: &[u8]) -> Result<bool, StoreError>;
+
     /// Up to `limit` key records made before `created_before`
     /// (milliseconds), oldest first: (when made, key id).
     fn key_records_before(
@@ -309,8 +327,30 @@ pub trait Store: Send + Sync + 'static {
     /// returns the bytes written.
     fn flush(&self) -> Result<usize, StoreError>;
 
-    /// A cheap check that the engine answers (for `/readyz`).
+    /// A cheap check that the engine answers and takes writes (for
+    /// `/readyz`); the error says why not.
     fn ping(&self) -> Result<(), StoreError>;
+
+    /// Moves on each time the engine replaced its open database after a
+    /// failure (see [`sled`](self::sled)): writes it had applied but not made
+    /// durable may be gone, so whatever was read before (caches, changes
+    /// kept for the next group) is not to be trusted. Always 0 for an engine
+    /// that never replaces itself.
+    fn generation(&self) -> u64;
+
+    /// Starts a backup: a copy of every record as it is now, which the
+    /// returned reader yields while later writes go on. Call it on the
+    /// single writer with nothing staged (right after [`Store::flush`]);
+    /// one at a time. Engines that are backed up by other means refuse.
+    fn begin_backup(&self) -> Result<Box<dyn BackupReader>, StoreError>;
+
+    /// Up to `limit` records, every kind, in key order, with a key above
+    /// `after` (from the first when `None`): keys and values as stored.
+    fn records_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<records::Entry>, StoreError>;
 
     /// What the store holds, per kind of record: how many, and the bytes of
     /// their keys and values (reads every record: seconds per million).

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{FollowUpKey, Store, StoreError, StoreTx, TimelinePosition, WriteFn};
+use super::{BackupReader, FollowUpKey, Store, StoreError, StoreTx, TimelinePosition, WriteFn};
 use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile, Suggestion};
 
 pub(super) const PROFILE: u8 = b'p';
@@ -61,11 +61,100 @@ pub(super) fn kind_name(prefix: u8) -> &'static str {
     }
 }
 
+/// What a stored key names, read back from its bytes (for `anamnesis
+/// verify`, which checks every record and index against the others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordKey {
+    Profile(CustomerId),
+    /// An absorbed id, pointing at the live profile that holds it.
+    Alias(CustomerId),
+    History(CustomerId, u64),
+    Suggestion(CustomerId, CustomerId),
+    /// The owner of an identifier (its index key, `type:value`).
+    Owner(Vec<u8>),
+    Timeline(CustomerId, TimelinePosition),
+    Signal(String),
+    /// A signal id recorded under the member whose profile it made.
+    SignalOf(CustomerId, String),
+    Change(u64),
+    /// A change-log position indexed under one profile.
+    ChangeOf(CustomerId, u64),
+    Meta(String),
+    FollowUp(FollowUpKey),
+    /// The record of an `Idempotency-Key`, by the key's id.
+    KeyRecord(Vec<u8>),
+    /// A key record's entry in the time index (when it was made).
+    KeyByTime(u64, Vec<u8>),
+    /// A key record whose kept reply names this customer.
+    KeyOf(CustomerId, Vec<u8>),
+    /// A key of no known kind, or of a known kind but the wrong shape.
+    Unknown,
+}
+
+fn id_at(body: &[u8], at: usize) -> Option<CustomerId> {
+    CustomerId::from_key(body.get(at..at + 16)?)
+}
+
+fn u64_at(body: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(body.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Reads a stored key back; see [`RecordKey`].
+pub fn parse_key(k: &[u8]) -> RecordKey {
+    let (Some(&prefix), body) = (k.first(), k.get(1..).unwrap_or_default()) else {
+        return RecordKey::Unknown;
+    };
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+    let parsed = match prefix {
+        PROFILE if body.len() == 16 => id_at(body, 0).map(RecordKey::Profile),
+        ALIAS if body.len() == 16 => id_at(body, 0).map(RecordKey::Alias),
+        HISTORY if body.len() == 24 => {
+            id_at(body, 0).and_then(|id| Some(RecordKey::History(id, u64_at(body, 16)?)))
+        }
+        SUGGESTION if body.len() == 32 => {
+            id_at(body, 0).and_then(|a| Some(RecordKey::Suggestion(a, id_at(body, 16)?)))
+        }
+        IDENTIFIER if !body.is_empty() => Some(RecordKey::Owner(body.to_vec())),
+        TIMELINE if body.len() == 32 => id_at(body, 0).and_then(|id| {
+            let pos = TimelinePosition {
+                millis: u64_at(body, 16)?,
+                seq: u64_at(body, 24)?,
+            };
+            Some(RecordKey::Timeline(id, pos))
+        }),
+        SIGNAL => text(body).map(RecordKey::Signal),
+        SIGNALS_OF if body.len() > 16 => {
+            id_at(body, 0).and_then(|id| Some(RecordKey::SignalOf(id, text(&body[16..])?)))
+        }
+        CHANGE if body.len() == 8 => u64_at(body, 0).map(RecordKey::Change),
+        CHANGES_OF if body.len() == 24 => {
+            id_at(body, 0).and_then(|id| Some(RecordKey::ChangeOf(id, u64_at(body, 16)?)))
+        }
+        META => text(body).map(RecordKey::Meta),
+        FOLLOW_UP => FollowUpKey::from_bytes(body).map(RecordKey::FollowUp),
+        KEY_RECORD if body.len() == 32 => Some(RecordKey::KeyRecord(body.to_vec())),
+        KEYS_BY_TIME if body.len() == 40 => {
+            u64_at(body, 0).map(|at| RecordKey::KeyByTime(at, body[8..].to_vec()))
+        }
+        KEYS_OF if body.len() == 48 => {
+            id_at(body, 0).map(|id| RecordKey::KeyOf(id, body[16..].to_vec()))
+        }
+        _ => None,
+    };
+    parsed.unwrap_or(RecordKey::Unknown)
+}
+
+/// The name of the kind of record a key holds (as `anamnesis store-stats`
+/// prints it).
+pub fn kind_of(k: &[u8]) -> &'static str {
+    kind_name(k.first().copied().unwrap_or(0))
+}
+
 /// Keys and their new values (`None`: removed).
 pub(super) type Changes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// A key and its value, as an engine returns them.
-pub(super) type Entry = (Vec<u8>, Vec<u8>);
+pub type Entry = (Vec<u8>, Vec<u8>);
 
 /// Entries of a range, lazily, in the order asked for.
 pub(super) type Entries<'a> = Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a>;
@@ -187,6 +276,16 @@ pub(super) trait Engine: Send + Sync + 'static {
     fn make_durable(&self) -> Result<usize, StoreError>;
     fn check(&self) -> Result<(), StoreError>;
     fn disk_bytes(&self) -> Result<u64, StoreError>;
+    /// See [`Store::generation`].
+    fn generation(&self) -> u64 {
+        0
+    }
+    /// See [`Store::begin_backup`].
+    fn backup(&self) -> Result<Box<dyn BackupReader>, StoreError> {
+        Err(StoreError::Engine(
+            "this engine is backed up with its own tools".into(),
+        ))
+    }
 
     /// The highest key below `end` and at or above `start`.
     fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -428,6 +527,12 @@ impl<E: Engine> Store for E {
         self.get(&key(KEY_RECORD, key_id))
     }
 
+    fn key_record_indexed(&self, created_millis: u64, key_id: &[u8]) -> Result<bool, StoreError> {
+        Ok(self
+            .get(&keys_by_time_key(created_millis, key_id))?
+            .is_some())
+    }
+
     fn key_records_before(
         &self,
         created_before: u64,
@@ -481,6 +586,21 @@ impl<E: Engine> Store for E {
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.disk_bytes()
+    }
+
+    fn generation(&self) -> u64 {
+        Engine::generation(self)
+    }
+
+    fn begin_backup(&self) -> Result<Box<dyn BackupReader>, StoreError> {
+        self.backup()
+    }
+
+    fn records_after(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let start = after.map(|k| just_after(k.to_vec())).unwrap_or_default();
+        self.range(&start, &[u8::MAX; 2], false)
+            .take(limit)
+            .collect()
     }
 }
 

@@ -2,6 +2,7 @@ mod helpers;
 
 mod access;
 mod auth;
+mod backup;
 mod bad_input;
 mod binary;
 mod cache;
@@ -9,6 +10,7 @@ mod cli;
 mod concurrency;
 mod console;
 mod contract;
+mod disk_full;
 mod fairness;
 mod hardening;
 mod idempotency;

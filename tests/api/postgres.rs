@@ -638,3 +638,165 @@ async fn migrate_store_moves_a_pilot_into_the_database_and_resumes() {
         "the first two batches were not copied again"
     );
 }
+
+/// A private PostgreSQL server of one test, stopped when dropped.
+struct OwnServer {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnServer {
+    fn start() -> OwnServer {
+        let dir = tempfile::tempdir().unwrap();
+        let url = OwnServer::run(dir.path(), None);
+        OwnServer { dir, url }
+    }
+
+    /// Starts the cluster in `dir` (on `port`, else a free one); its URL.
+    fn run(dir: &std::path::Path, port: Option<&str>) -> String {
+        // The server runs as the postgres user when the test is root.
+        let mut perms = std::fs::metadata(dir).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(dir, perms).unwrap();
+        let mut command = Command::new("bash");
+        command
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/tools/postgres.sh"
+            ))
+            .arg("start")
+            .arg(dir.join("data"))
+            // Stopped the hard way (`-m immediate`): what it committed must
+            // survive, as on a real server.
+            .env("PG_DURABLE", "1");
+        if let Some(port) = port {
+            command.env("PG_PORT", port);
+        }
+        let out = command.output().expect("tests/tools/postgres.sh runs");
+        assert!(
+            out.status.success(),
+            "starting a private PostgreSQL failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn stop(&self) {
+        let status = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/tools/postgres.sh"
+            ))
+            .arg("stop")
+            .arg(self.dir.path().join("data"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "stopping the private PostgreSQL failed");
+    }
+
+    /// Starts it again at the same address.
+    fn restart(&self) {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let url = OwnServer::run(self.dir.path(), Some(port));
+        assert_eq!(url, self.url);
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/tools/postgres.sh"
+            ))
+            .arg("stop")
+            .arg(self.dir.path().join("data"))
+            .status();
+    }
+}
+
+/// The database goes away under a running instance: `/readyz` says so, with
+/// the reason, and writes are refused; once it is back the instance
+/// reconnects by itself and is ready, with what it acknowledged before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL installed (tests/run.sh's PostgreSQL pass)"]
+async fn readiness_follows_the_database_going_away_and_coming_back() {
+    let server = OwnServer::start();
+    let schema = "outage".to_owned();
+    migrate(PgOptions {
+        url: server.url.clone(),
+        schema: schema.clone(),
+        pool_size: 2,
+        statement_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let url = server.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.storage.backend = anamnesis::config::Backend::Postgres;
+        s.storage.postgres.url = Some(url);
+        s.storage.postgres.schema = schema;
+        s.storage.postgres.connect_timeout_ms = 1000;
+    })
+    .await;
+    let readyz = || async {
+        let resp = app
+            .client
+            .get(format!("{}/readyz", app.address))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), body(resp).await)
+    };
+    let signal = |i: usize| {
+        json!({"signal_id": format!("outage-{i}"), "channel": "web",
+               "identifiers": [{"type": "account_id", "value": format!("O-{i}")}],
+               "traits": {"n": i}})
+    };
+    let before = app.ingest(signal(0)).await;
+    assert_eq!(readyz().await.0, 200);
+
+    server.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let down = loop {
+        let (status, ready) = readyz().await;
+        if status == 503 {
+            break ready;
+        }
+        assert!(std::time::Instant::now() < deadline, "still ready: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(down["store"], "unavailable", "{down}");
+    assert!(
+        down["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("database")),
+        "the reason names the database: {down}"
+    );
+    assert_eq!(app.post_signal(&signal(1)).await.status(), 503);
+
+    server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, ready) = readyz().await;
+        let write = app.post_signal(&signal(2)).await.status();
+        if status == 200 && write == 201 {
+            assert!(ready.get("reason").is_none(), "{ready}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not back by itself: {status} {ready}, a write {write}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let id = crate::helpers::id_of(&before);
+    assert_eq!(app.profile(&id).await["traits"]["n"]["value"], 0);
+}

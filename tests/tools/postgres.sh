@@ -4,6 +4,9 @@
 #   bash tests/tools/postgres.sh start DIR   # prints the URL to connect to
 #   bash tests/tools/postgres.sh stop DIR
 #
+# PG_PORT=N start runs it on port N instead of a free one (a test that stops
+# its server and starts it again at the same address).
+#
 # start creates a cluster in DIR (initdb) and runs it on a free port on
 # 127.0.0.1, with its socket in DIR too; PostgreSQL is installed from apt when
 # missing. The server refuses to run as root, so as root it runs as the
@@ -46,7 +49,8 @@ start)
     # PG_DURABLE=1 (the benchmarks): a server that syncs its log as in production.
     fast="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     if [ "${PG_DURABLE:-0}" = 1 ]; then fast=""; fi
-    port=$(python3 -c "import sys; sys.path.insert(0, '$(dirname "$0")/../../benches'); from ports import free_port; print(free_port())")
+    port=${PG_PORT:-}
+    [ -n "$port" ] || port=$(python3 -c "import sys; sys.path.insert(0, '$(dirname "$0")/../../benches'); from ports import free_port; print(free_port())")
     as_owner "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start -o \
         "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=400 \
          $fast -c shared_buffers=256MB" >/dev/null
