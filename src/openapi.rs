@@ -167,9 +167,11 @@ const SHARED_ERRORS: &[(&str, &str, &str)] = &[
     ("RequestTimeout", "408", "The body did not arrive within the configured time: `request_timeout`"),
     ("PayloadTooLarge", "413", "The body is larger than the configured limit: `payload_too_large`"),
     ("UnsupportedMediaType", "415", "The body is not declared as JSON: `unsupported_media_type`"),
-    ("UnprocessableEntity", "422", "The body is JSON but breaks a rule; the code and message name it"),
+    ("Conflict", "409", "The write conflicts with the state of the resource, or its `Idempotency-Key` is still in use: `idempotency_key_in_flight` (and, where the operation says so, its own codes)"),
+    ("Gone", "410", "The customer this write's `Idempotency-Key` spoke of was erased, so its answer is gone: `profile_erased`"),
+    ("UnprocessableEntity", "422", "The body is JSON but breaks a rule, or the `Idempotency-Key` was used with another request (`idempotency_key_reused`); the code and message name it"),
     ("TooManyRequests", "429", "The token's subject is over its rate limit or its signals per second (`rate_limited`; a batch spends one per signal, and nothing of a refused request is applied), or has spent its budget of lookups that find nobody (`lookup_budget_exhausted`), or holds the most event streams (`too_many_streams_for_subject`) or exports (`too_many_exports_for_subject`) one subject may; retry after `Retry-After` seconds"),
-    ("Unavailable", "503", "The store could not confirm the write, or the service is shutting down: `store_unavailable`, `shutting_down`"),
+    ("Unavailable", "503", "The store could not be read or could not confirm the write (`store_unavailable`), the write waited past its deadline and was withdrawn unapplied (`store_busy`), or the service is shutting down (`shutting_down`); retry after `Retry-After` seconds where given"),
 ];
 
 fn request_id_header() -> Value {
@@ -283,6 +285,12 @@ fn complete_operation(path: &str, operation: &mut Value) {
     }
     if has_body {
         wanted.extend(["408", "413", "415", "422"]);
+    }
+    let keyed = operation["parameters"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["name"] == "Idempotency-Key"));
+    if keyed {
+        wanted.extend(["409", "410", "422"]);
     }
     let Some(responses) = operation["responses"].as_object_mut() else {
         return;
