@@ -2,8 +2,6 @@
 //! committer thread.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,12 +16,6 @@ use crate::domain::{
     SignalRules, Suggestion, TraitValue, Trust,
 };
 use crate::store::{StoreError, StoreTx, TimelinePosition};
-
-/// The most of the committer's time one batch may use: the signals it has
-/// not reached by then are answered 503 `store_busy` each, unapplied (a
-/// client sends them again), so no batch, however heavy its profiles, takes
-/// the committer from everyone else for long.
-const MAX_BATCH_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the store keeps per `signal_id`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,33 +138,32 @@ impl Services {
 
     /// Resolves a batch in order, each signal on its own: one failing signal
     /// does not stop the others. The batch goes to the committer in chunks
-    /// of [`BATCH_CHUNK`], and is answered once every chunk is durable.
-    /// Signals the batch has not reached after [`MAX_BATCH_TIME`] of the
-    /// committer's time are withdrawn (see there).
+    /// of [`BATCH_CHUNK`], each a job of its own, so another writer waits
+    /// for one chunk, never for a whole batch; it is answered once every
+    /// chunk is durable.
     pub async fn ingest_batch<E: Send + 'static>(
         &self,
         items: Vec<BatchItem<E>>,
         caller: Caller,
     ) -> Result<Vec<Result<IngestResult, Result<E, ServiceError>>>, ServiceError> {
-        self.ingest_batch_within(items, caller, Some(MAX_BATCH_TIME))
-            .await
+        self.ingest_batch_within(items, caller, true).await
     }
 
-    /// [`Services::ingest_batch`] with no time limit on the committer: for
-    /// the command-line import, the only writer while it runs.
+    /// [`Services::ingest_batch`] as one job, with no other writer to make
+    /// way for: the command-line import, alone on its store.
     pub async fn ingest_batch_unlimited<E: Send + 'static>(
         &self,
         items: Vec<BatchItem<E>>,
         caller: Caller,
     ) -> Result<Vec<Result<IngestResult, Result<E, ServiceError>>>, ServiceError> {
-        self.ingest_batch_within(items, caller, None).await
+        self.ingest_batch_within(items, caller, false).await
     }
 
     async fn ingest_batch_within<E: Send + 'static>(
         &self,
         items: Vec<BatchItem<E>>,
         caller: Caller,
-        limit: Option<std::time::Duration>,
+        shared: bool,
     ) -> Result<Vec<Result<IngestResult, Result<E, ServiceError>>>, ServiceError> {
         let now = Services::now();
         let rules = self.rules.clone();
@@ -190,22 +181,19 @@ impl Services {
         };
         // Normalising a large batch's identifiers takes milliseconds: on
         // the blocking pool, so the server thread keeps serving others.
-        let prepared = match limit {
-            Some(_) if large => tokio::task::spawn_blocking(parse)
+        let prepared = if shared && large {
+            tokio::task::spawn_blocking(parse)
                 .await
-                .map_err(|_| ServiceError::ShuttingDown)?,
-            _ => parse(),
+                .map_err(|_| ServiceError::ShuttingDown)?
+        } else {
+            parse()
         };
-        // A batch goes to the committer in chunks, each a job of its own,
-        // so another writer's job waits for one chunk, not for the whole
-        // batch. (The import, alone on its store, sends each batch whole.)
-        let chunk = match limit {
-            Some(_) => BATCH_CHUNK,
-            None => prepared.len().max(1),
+        let chunk = if shared {
+            BATCH_CHUNK
+        } else {
+            prepared.len().max(1)
         };
         let keyed = KEYED.try_with(Clone::clone).ok();
-        // Committer time the batch has used so far, in nanoseconds.
-        let used = Arc::new(AtomicU64::new(0));
         let mut results = Vec::with_capacity(prepared.len());
         let mut rest = prepared.into_iter();
         loop {
@@ -217,25 +205,14 @@ impl Services {
             let count = part.len();
             let rules = self.rules.clone();
             let who = caller.clone();
-            let spent = used.clone();
             let job = move |store: &Writer<'_>| {
-                let started = std::time::Instant::now();
-                let over = |started: std::time::Instant| {
-                    let used = std::time::Duration::from_nanos(spent.load(Ordering::Relaxed));
-                    limit.is_some_and(|l| used + started.elapsed() > l)
-                };
-                let out = part
+                Ok(part
                     .into_iter()
                     .map(|p| match p {
-                        // Past its share of the committer, the rest of a
-                        // batch is withdrawn, unapplied, item by item.
-                        Ok(_) if over(started) => Err(Err(ServiceError::Withdrawn)),
                         Ok(signal) => apply_signal(store, &signal, &rules, now, &who).map_err(Err),
                         Err(e) => Err(e),
                     })
-                    .collect::<Vec<_>>();
-                spent.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                Ok(out)
+                    .collect::<Vec<_>>())
             };
             // Later chunks carry the key on (it was recorded by the first).
             let outcome = match (&keyed, first) {
