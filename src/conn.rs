@@ -218,6 +218,10 @@ fn refusal(status: u16) -> (&'static str, &'static str) {
 /// wrote by itself (see the module): how many bytes of `buf` it replaces,
 /// and the bytes to send instead. `None` for any other write.
 fn envelope_for(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
+    // Every answer but an error leaves at once (`HTTP/1.1 2xx`: byte 9).
+    if !matches!(buf.get(9), Some(b'4' | b'5')) {
+        return None;
+    }
     let head_len = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = std::str::from_utf8(&buf[..head_len]).ok()?;
     let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
