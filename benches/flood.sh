@@ -75,11 +75,6 @@ request = function()
   return wrk.format("POST", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN"),
     ["Content-Type"] = "application/json"}, body)
 end
--- A pause before each request: the client stays well within its budget.
-local pause = tonumber(os.getenv("DESK_DELAY_MS"))
-delay = function()
-  return pause
-end
 LUA
 else
     cat >"$LUA/flood.lua" <<'LUA'
@@ -87,17 +82,15 @@ request = function()
   return wrk.format("GET", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN")})
 end
 LUA
-    cat >"$LUA/paced.lua" <<'LUA'
-request = function()
-  return wrk.format("GET", nil, {["Authorization"] = "Bearer " .. os.getenv("TOKEN")})
-end
--- A pause before each request: the desk stays well within its budget.
+    cp "$LUA/flood.lua" "$LUA/paced.lua"
+fi
+cat >>"$LUA/paced.lua" <<'LUA'
+-- A pause before each request: the paced client stays well within its budget.
 local pause = tonumber(os.getenv("DESK_DELAY_MS"))
 delay = function()
   return pause
 end
 LUA
-fi
 
 # Four connections at half the subject's rate (writes: 100 a second).
 if [ "$MODE" = batch ]; then

@@ -27,6 +27,18 @@ async fn keyed(
     request.send().await.unwrap()
 }
 
+/// Sends a keyed request; see [`answered`].
+async fn call(
+    app: &TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    key: &str,
+    body: Option<&Value>,
+) -> (u16, bool, Value) {
+    answered(keyed(app, token, method, path, key, body).await).await
+}
+
 /// Status, whether it was a replay, and the body.
 async fn answered(resp: Response) -> (u16, bool, Value) {
     let status = resp.status().as_u16();
@@ -57,11 +69,9 @@ async fn a_retried_write_is_answered_again_and_applied_once() {
     // A signal without a signal_id: only the key keeps it from counting twice.
     let mut s = signal("ivr", &[("phone", "+31612000001")]);
     s["event"] = json!({ "type": "call_started" });
-    let first =
-        answered(keyed(&app, &admin, Method::POST, "/v1/signals", "k-1", Some(&s)).await).await;
+    let first = call(&app, &admin, Method::POST, "/v1/signals", "k-1", Some(&s)).await;
     assert_eq!((first.0, first.1), (201, false), "{}", first.2);
-    let again =
-        answered(keyed(&app, &admin, Method::POST, "/v1/signals", "k-1", Some(&s)).await).await;
+    let again = call(&app, &admin, Method::POST, "/v1/signals", "k-1", Some(&s)).await;
     assert_eq!(
         again,
         (201, true, first.2.clone()),
@@ -98,8 +108,7 @@ async fn a_retried_write_is_answered_again_and_applied_once() {
 
     // A key belongs to its subject: another subject's k-1 is its own.
     let bot = app.token_as("bot", &["signals:write"], None);
-    let theirs =
-        answered(keyed(&app, &bot, Method::POST, "/v1/signals", "k-1", Some(&s)).await).await;
+    let theirs = call(&app, &bot, Method::POST, "/v1/signals", "k-1", Some(&s)).await;
     assert_eq!((theirs.0, theirs.1), (200, false), "{}", theirs.2);
     assert_eq!(interactions(&app, &id).await, 2);
 
@@ -130,44 +139,36 @@ async fn identity_and_profile_writes_are_not_applied_twice() {
     );
     let merge = json!({ "source_id": b });
     let path = format!("/v1/profiles/{a}/merge");
-    let first =
-        answered(keyed(&app, &admin, Method::POST, &path, "merge-1", Some(&merge)).await).await;
+    let first = call(&app, &admin, Method::POST, &path, "merge-1", Some(&merge)).await;
     assert_eq!(first.0, 200, "{}", first.2);
     let unmerge = json!({ "merged_id": b });
     let path = format!("/v1/profiles/{a}/unmerge");
-    let undone = answered(
-        keyed(
-            &app,
-            &admin,
-            Method::POST,
-            &path,
-            "unmerge-1",
-            Some(&unmerge),
-        )
-        .await,
+    let undone = call(
+        &app,
+        &admin,
+        Method::POST,
+        &path,
+        "unmerge-1",
+        Some(&unmerge),
     )
     .await;
     assert_eq!(undone.0, 200, "{}", undone.2);
     // The retry of the unmerge is its answer again, not a second unmerge
     // (which would be 409 nothing_to_unmerge).
-    let retry = answered(
-        keyed(
-            &app,
-            &admin,
-            Method::POST,
-            &path,
-            "unmerge-1",
-            Some(&unmerge),
-        )
-        .await,
+    let retry = call(
+        &app,
+        &admin,
+        Method::POST,
+        &path,
+        "unmerge-1",
+        Some(&unmerge),
     )
     .await;
     assert_eq!(retry, (200, true, undone.2.clone()));
     assert_error(app.unmerge(&a, &b).await, 409, "nothing_to_unmerge").await;
     // The retry of the merge, after the unmerge, merges nothing again.
     let path = format!("/v1/profiles/{a}/merge");
-    let retry =
-        answered(keyed(&app, &admin, Method::POST, &path, "merge-1", Some(&merge)).await).await;
+    let retry = call(&app, &admin, Method::POST, &path, "merge-1", Some(&merge)).await;
     assert_eq!(retry, (200, true, first.2.clone()));
     assert_eq!(
         app.get_profile(&b).await.status(),
@@ -178,28 +179,22 @@ async fn identity_and_profile_writes_are_not_applied_twice() {
     // Answers, consents and traits alike.
     let answers = json!({ "channel": "chat", "answers": [{ "key": "reason_for_contact", "value": "refund" }] });
     let path = format!("/v1/profiles/{a}/answers");
-    let one = answered(
-        keyed(
-            &app,
-            &admin,
-            Method::POST,
-            &path,
-            "answers-1",
-            Some(&answers),
-        )
-        .await,
+    let one = call(
+        &app,
+        &admin,
+        Method::POST,
+        &path,
+        "answers-1",
+        Some(&answers),
     )
     .await;
-    let two = answered(
-        keyed(
-            &app,
-            &admin,
-            Method::POST,
-            &path,
-            "answers-1",
-            Some(&answers),
-        )
-        .await,
+    let two = call(
+        &app,
+        &admin,
+        Method::POST,
+        &path,
+        "answers-1",
+        Some(&answers),
     )
     .await;
     assert_eq!((two.0, two.1, &two.2), (one.0, true, &one.2));
@@ -207,16 +202,13 @@ async fn identity_and_profile_writes_are_not_applied_twice() {
     let consent = json!({ "granted": false, "channel": "web" });
     let path = format!("/v1/profiles/{a}/consents/marketing");
     for replay in [false, true] {
-        let (status, replayed, _) = answered(
-            keyed(
-                &app,
-                &admin,
-                Method::PUT,
-                &path,
-                "consent-1",
-                Some(&consent),
-            )
-            .await,
+        let (status, replayed, _) = call(
+            &app,
+            &admin,
+            Method::PUT,
+            &path,
+            "consent-1",
+            Some(&consent),
         )
         .await;
         assert_eq!((status, replayed), (200, replay));
@@ -228,7 +220,7 @@ async fn identity_and_profile_writes_are_not_applied_twice() {
     let path = format!("/v1/profiles/{b}");
     for replay in [false, true] {
         let (status, replayed, _) =
-            answered(keyed(&app, &admin, Method::DELETE, &path, "erase-1", None).await).await;
+            call(&app, &admin, Method::DELETE, &path, "erase-1", None).await;
         assert_eq!((status, replayed), (204, replay));
     }
 }
@@ -238,16 +230,13 @@ async fn erasing_a_customer_drops_the_answers_kept_about_them() {
     let app = spawn_app().await;
     let admin = app.admin.clone();
     let s = signal("web", &[("email", "bram@example.com")]);
-    let first = answered(
-        keyed(
-            &app,
-            &admin,
-            Method::POST,
-            "/v1/signals",
-            "k-erase",
-            Some(&s),
-        )
-        .await,
+    let first = call(
+        &app,
+        &admin,
+        Method::POST,
+        "/v1/signals",
+        "k-erase",
+        Some(&s),
     )
     .await;
     let id = id_of(&first.2);
@@ -306,16 +295,13 @@ async fn a_retry_while_the_first_request_is_served_is_told_to_wait() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut told_to_wait = 0;
     let ours = loop {
-        let answer = answered(
-            keyed(
-                &app,
-                &admin,
-                Method::POST,
-                "/v1/signals/batch",
-                "k-twin",
-                Some(&batch),
-            )
-            .await,
+        let answer = call(
+            &app,
+            &admin,
+            Method::POST,
+            "/v1/signals/batch",
+            "k-twin",
+            Some(&batch),
         )
         .await;
         if answer.0 != 409 {
