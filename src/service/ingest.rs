@@ -340,14 +340,17 @@ fn resolve(
 
     let mut owners = Vec::with_capacity(signal.identifiers.len());
     let mut profiles: BTreeMap<CustomerId, Profile> = BTreeMap::new();
+    // Bytes each takes as stored, read with it (the size cap).
+    let mut sizes: BTreeMap<CustomerId, usize> = BTreeMap::new();
     for identifier in &signal.identifiers {
         let owner = tx.owner(identifier)?;
         if let Some(id) = owner {
             if let std::collections::btree_map::Entry::Vacant(slot) = profiles.entry(id) {
-                let profile = tx.profile(id)?.ok_or_else(|| {
+                let (profile, bytes) = tx.profile_sized(id)?.ok_or_else(|| {
                     StoreError::Engine(format!("identifier index names missing profile {id}"))
                 })?;
                 slot.insert(profile);
+                sizes.insert(id, bytes);
             }
         }
         owners.push(owner);
@@ -364,7 +367,7 @@ fn resolve(
             counts,
             claimed: p.identifiers.iter().filter(|r| r.claimed).count(),
             merged: p.merged_ids.len(),
-            bytes: tx.profile_bytes(*id)?,
+            bytes: sizes.get(id).copied().unwrap_or(0),
         };
         summaries.insert(*id, owner);
     }

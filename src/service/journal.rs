@@ -654,12 +654,17 @@ impl<'t> Recording<'t> {
 
 impl StoreTx for Recording<'_> {
     fn profile(&mut self, id: CustomerId) -> Result<Option<Profile>, StoreError> {
-        let p = self.inner.profile(id)?;
+        Ok(self.profile_sized(id)?.map(|(p, _)| p))
+    }
+
+    fn profile_sized(&mut self, id: CustomerId) -> Result<Option<(Profile, usize)>, StoreError> {
+        let found = self.inner.profile_sized(id)?;
         let seen = &mut self.seen;
         if !seen.before.contains_key(&id) && !seen.after.contains_key(&id) {
-            seen.before.insert(id, p.clone());
+            seen.before
+                .insert(id, found.as_ref().map(|(p, _)| p.clone()));
         }
-        Ok(p)
+        Ok(found)
     }
 
     fn profile_bytes(&mut self, id: CustomerId) -> Result<usize, StoreError> {

@@ -125,6 +125,8 @@ impl FollowUpKey {
 /// The changes of one use case, applied all together or not at all.
 pub trait StoreTx {
     fn profile(&mut self, id: CustomerId) -> Result<Option<Profile>, StoreError>;
+    /// The profile and the bytes it takes as stored, from one read.
+    fn profile_sized(&mut self, id: CustomerId) -> Result<Option<(Profile, usize)>, StoreError>;
     /// The bytes `id`'s profile takes as stored (0: none): what the
     /// per-profile size cap is judged on.
     fn profile_bytes(&mut self, id: CustomerId) -> Result<usize, StoreError>;

@@ -614,6 +614,13 @@ impl<S: Staging> StoreTx for S {
         self.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
+    fn profile_sized(&mut self, id: CustomerId) -> Result<Option<(Profile, usize)>, StoreError> {
+        let k = key(PROFILE, &id.to_key());
+        self.get(&k)?
+            .map(|v| decode(&k, &v).map(|p| (p, v.len())))
+            .transpose()
+    }
+
     fn profile_bytes(&mut self, id: CustomerId) -> Result<usize, StoreError> {
         Ok(self
             .get(&key(PROFILE, &id.to_key()))?
