@@ -23,7 +23,11 @@
 //! out with an empty body and no request id. This layer recognises them
 //! (a 4xx or 5xx with `content-length: 0` and no `x-request-id`) and
 //! writes in their place the service's error envelope with a minted
-//! request id, and logs and counts them.
+//! request id, and logs and counts them. After such a refusal the connection
+//! lingers before it closes: what the client is still sending (the rest of
+//! a head too large) is read and dropped for a moment, so that closing with
+//! unread bytes does not reset the connection and destroy the answer before
+//! the client read it.
 //!
 //! A response that streams for a long time (an event stream) is unaffected:
 //! the clock stops when the response starts and restarts only when the
@@ -71,7 +75,25 @@ pub struct DeadlineStream {
     /// went out.
     replacement: Vec<u8>,
     replaced: usize,
+    linger: Linger,
 }
+
+/// The close after a refusal the HTTP layer made by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    /// No refusal: close at once.
+    No,
+    /// A refusal went out: shut the sending side, then drain.
+    Due,
+    /// Draining what the client still sends, up to this many more bytes.
+    Draining(usize),
+    Done,
+}
+
+/// How long, and how much, a refused connection reads before it closes.
+/// Within the dispatcher's own disconnect timeout (1 s).
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Set while the service has a request of this connection in hand: the
 /// connection's body limit does not apply until the response starts.
@@ -105,6 +127,7 @@ impl DeadlineStream {
             response_start: true,
             replacement: Vec::new(),
             replaced: 0,
+            linger: Linger::No,
         }
     }
 
@@ -168,6 +191,7 @@ impl DeadlineStream {
         if self.response_start {
             if let Some((head_len, replacement)) = envelope_for(buf) {
                 self.replacement = replacement;
+                self.linger = Linger::Due;
                 // Taken whole: it goes out from the replacement buffer.
                 let result = Poll::Ready(Ok(head_len));
                 self.answered(&result);
@@ -339,8 +363,50 @@ impl AsyncWrite for DeadlineStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         match this.drain_replacement(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut this.io).poll_shutdown(cx),
-            other => other,
+            Poll::Ready(Ok(())) => {}
+            other => return other,
         }
+        if matches!(this.linger, Linger::No | Linger::Due) {
+            match Pin::new(&mut this.io).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            if this.linger == Linger::No {
+                return Poll::Ready(Ok(()));
+            }
+            this.linger = Linger::Draining(LINGER_BYTES);
+            this.timer.as_mut().reset(Instant::now() + LINGER);
+        }
+        this.drain_input(cx)
+    }
+}
+
+impl DeadlineStream {
+    /// Reads and drops what the client still sends after a refusal, until
+    /// it closes, the byte budget is spent, or the linger time is up.
+    fn drain_input(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut scratch = [0u8; 8192];
+        while let Linger::Draining(left) = self.linger {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    let n = buf.filled().len();
+                    self.linger = match left.checked_sub(n) {
+                        Some(rest) if rest > 0 => Linger::Draining(rest),
+                        _ => Linger::Done,
+                    };
+                }
+                // The client closed, or the connection broke: nothing to wait for.
+                Poll::Ready(_) => self.linger = Linger::Done,
+                Poll::Pending => {
+                    if self.timer.as_mut().poll(cx).is_ready() {
+                        self.linger = Linger::Done;
+                    } else {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }

@@ -143,14 +143,31 @@ fn reason_of(e: &StoreError) -> String {
     }
 }
 
+/// How long an open waits for the directory's lock. sled's background I/O
+/// threads can hold the lock a moment after the last handle in this process
+/// is dropped (a restore that loads a store and then reopens it); a lock held
+/// by another process (a running service) is still refused, after this.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 fn open_db(path: &Path, cache_bytes: u64) -> Result<Open, StoreError> {
-    let db = sled::Config::new()
-        .path(path)
-        .cache_capacity(cache_bytes)
-        // Durability comes from the committer's explicit flush, not a timer.
-        .flush_every_ms(None)
-        .open()
-        .map_err(engine)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    let db = loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            // Durability comes from the committer's explicit flush, not a timer.
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.map_err(engine)?,
+        }
+    };
     let tree = db.open_tree(TREE).map_err(engine)?;
     Ok(Open {
         db,
