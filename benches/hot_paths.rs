@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anamnesis::auth::{Authenticator, Scope};
 use anamnesis::config::Settings;
+use anamnesis::domain::TimelinePosition;
 use anamnesis::domain::{
     Answer, AnswerInput, CustomerId, EpisodeInput, EpisodeReport, EpisodeStatus, EventInput,
     Identifier, IdentifierInput, IdentifierRules, Interaction, NormaliseOutcome, Profile, Signal,
@@ -20,7 +21,7 @@ use anamnesis::domain::{
 use anamnesis::routes::extract::parse_json;
 use anamnesis::service::views;
 use anamnesis::service::{Access, BatchItem, Caller, FieldRules, Masking, Services};
-use anamnesis::store::{SledStore, TimelinePosition};
+use anamnesis::store::SledStore;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode};
 use serde_json::{json, Value};

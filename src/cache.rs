@@ -64,9 +64,8 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use crate::config::RedisSettings;
-use crate::domain::{CustomerId, Identifier};
+use crate::domain::{Committed, CustomerId, Identifier, LiveEvent};
 use crate::events::Publish;
-use crate::service::journal::{Committed, LiveEvent};
 
 /// Fills an entry unless it holds a newer position (or the generation moved).
 /// KEYS: generation, entry. ARGV: generation, position, value, ttl ms.

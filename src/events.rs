@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::domain::CustomerId;
-use crate::service::journal::{ChangeKind, LiveEvent};
+use crate::domain::{ChangeKind, CustomerId, LiveEvent};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

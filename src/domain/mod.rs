@@ -2,25 +2,29 @@
 //! reconciliation of traits and answers, and identity resolution. Pure: no I/O,
 //! no clock except where a caller passes `now`, no actix, sled or redis.
 
+mod change;
 mod customer_id;
 mod history;
 mod identifier;
 pub mod names;
+mod position;
 mod profile;
 mod resolve;
 pub mod segment;
 mod signal;
 mod trust;
 
+pub use change::{Change, ChangeKind, Committed, LiveEvent, Payload};
 pub use customer_id::{CustomerId, CustomerIdError};
 pub use history::{Contribution, IdentityEvent, IdentityEventKind, Suggestion};
 pub use identifier::{
     Identifier, IdentifierError, IdentifierRules, IgnoredIdentifier, NormaliseOutcome, TypeRule,
 };
+pub use position::{parse_decimal, FollowUpKey, TimelinePosition};
 pub use profile::{
-    Answer, Change, ChannelStats, Consent, Episode, EpisodeReport, EpisodeStatus, Feedback, Hit,
-    IdentifierRecord, Interaction, Journey, Membership, MergeLink, Profile, SplitError, StageVisit,
-    TraitValue, CONSENT_HISTORY, MERGE_CHANNEL,
+    Answer, ChannelStats, Consent, Episode, EpisodeReport, EpisodeStatus, Feedback, Hit,
+    IdentifierRecord, Interaction, Journey, Membership, MergeLink, Profile, ProfileEdit,
+    SplitError, StageVisit, TraitValue, CONSENT_HISTORY, MERGE_CHANNEL,
 };
 pub use resolve::{
     plan_resolution, Assertion, Conflict, ConflictReason, Link, Owner, ResolutionPlan,

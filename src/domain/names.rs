@@ -26,6 +26,8 @@ pub const TRAIT_NAME_PATTERN: &str = "^[a-z][a-z0-9_.]{0,63}$";
 pub const SIGNAL_ID_PATTERN: &str = "^[!-~]{1,128}$";
 /// An `Idempotency-Key`: printable ASCII without spaces.
 pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]{1,255}$";
+/// The longest `Idempotency-Key` accepted (the draft leaves it to the server).
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 /// A customer id: `cus_` and the 26 upper-case Crockford base32 characters of
 /// a ULID (whose first character is at most 7: 128 bits).
 pub const CUSTOMER_ID_PATTERN: &str = "^cus_[0-7][0-9A-HJKMNP-TV-Z]{25}$";
@@ -116,6 +118,14 @@ impl utoipa::ToSchema for super::CustomerId {
     }
 }
 
+/// Whether a key is one this service accepts: 1 to [`MAX_IDEMPOTENCY_KEY_CHARS`]
+/// printable ASCII characters (a UUID, a ULID, a hash).
+pub fn valid_idempotency_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY_CHARS
+        && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,9 +206,9 @@ mod tests {
 
     #[test]
     fn every_published_pattern_says_what_its_check_does() {
-        let decimal = |t: &str| crate::store::parse_decimal(t).is_some();
-        let cursor = |t: &str| crate::store::TimelinePosition::from_id(t).is_some();
-        let follow_up = |t: &str| crate::store::FollowUpKey::from_cursor(t).is_some();
+        let decimal = |t: &str| crate::domain::parse_decimal(t).is_some();
+        let cursor = |t: &str| crate::domain::TimelinePosition::from_id(t).is_some();
+        let follow_up = |t: &str| crate::domain::FollowUpKey::from_cursor(t).is_some();
         let checks: [(&str, &Check); 9] = [
             (CHANNEL_PATTERN, &|t| is_valid_name(t, 32)),
             (KEY_PATTERN, &|t| is_valid_name(t, 64)),
@@ -208,10 +218,7 @@ mod tests {
             (TIMELINE_CURSOR_PATTERN, &cursor),
             (HISTORY_CURSOR_PATTERN, &decimal),
             (FOLLOW_UP_CURSOR_PATTERN, &follow_up),
-            (
-                IDEMPOTENCY_KEY_PATTERN,
-                &crate::service::idempotency::valid_key,
-            ),
+            (IDEMPOTENCY_KEY_PATTERN, &valid_idempotency_key),
         ];
         for (pattern, check) in checks {
             for text in samples() {

@@ -171,7 +171,7 @@ pub struct Feedback {
 
 /// One change to a profile, applied to the view and to the contributing member.
 #[derive(Debug, Clone)]
-pub enum Change {
+pub enum ProfileEdit {
     SeeIdentifier {
         identifier: Identifier,
         channel: String,
@@ -508,12 +508,12 @@ impl Profile {
     }
 
     /// Applies one change here; says whether anything actually changed.
-    fn apply_here(&mut self, change: &Change, channels: &ChannelRules) -> bool {
+    fn apply_here(&mut self, change: &ProfileEdit, channels: &ChannelRules) -> bool {
         fn differs<T: PartialEq>(before: Option<T>, after: Option<&T>) -> bool {
             before.as_ref() != after
         }
         match change {
-            Change::SeeIdentifier {
+            ProfileEdit::SeeIdentifier {
                 identifier,
                 channel,
                 at,
@@ -528,12 +528,12 @@ impl Profile {
                 self.see_identifier(identifier, channel, *at, *claimed, channels);
                 differs(before, find(self).map(|i| &self.identifiers[i]))
             }
-            Change::RemoveIdentifier(identifier) => {
+            ProfileEdit::RemoveIdentifier(identifier) => {
                 let count = self.identifiers.len();
                 self.identifiers.retain(|r| &r.identifier != identifier);
                 self.identifiers.len() != count
             }
-            Change::AdoptIdentifier(adopted) => {
+            ProfileEdit::AdoptIdentifier(adopted) => {
                 let find = |p: &Profile| {
                     p.identifiers
                         .iter()
@@ -553,17 +553,17 @@ impl Profile {
                 }
                 differs(before, find(self).map(|i| &self.identifiers[i]))
             }
-            Change::Trait { name, value } => {
+            ProfileEdit::Trait { name, value } => {
                 let before = self.traits.get(name).cloned();
                 self.set_trait(name, value.clone(), channels);
                 differs(before, self.traits.get(name))
             }
-            Change::Answer { key, answer } => {
+            ProfileEdit::Answer { key, answer } => {
                 let before = self.answers.get(key).cloned();
                 self.set_answer(key, answer.clone(), channels);
                 differs(before, self.answers.get(key))
             }
-            Change::Channel {
+            ProfileEdit::Channel {
                 channel,
                 at,
                 interactions,
@@ -572,7 +572,7 @@ impl Profile {
                 self.touch_channel(channel, *at, *interactions);
                 differs(before, self.channels.get(channel))
             }
-            Change::Journey(j) => {
+            ProfileEdit::Journey(j) => {
                 let before = (self.journey.clone(), self.stages.get(&j.stage).cloned());
                 self.set_journey(j.clone(), channels);
                 self.visit_stage(
@@ -586,7 +586,7 @@ impl Profile {
                 );
                 before != (self.journey.clone(), self.stages.get(&j.stage).cloned())
             }
-            Change::Episode {
+            ProfileEdit::Episode {
                 id,
                 title,
                 status,
@@ -605,7 +605,7 @@ impl Profile {
                 self.upsert_episode(id, report, channel, *at, channels);
                 differs(before, self.episodes.get(id))
             }
-            Change::Consent { purpose, consent } => {
+            ProfileEdit::Consent { purpose, consent } => {
                 let before = (
                     self.consents.get(purpose).cloned(),
                     self.consent_log.get(purpose).cloned(),
@@ -617,7 +617,7 @@ impl Profile {
                         self.consent_log.get(purpose).cloned(),
                     )
             }
-            Change::Count { counter, hit, keep } => {
+            ProfileEdit::Count { counter, hit, keep } => {
                 let before = self.counters.get(counter).cloned();
                 self.count(counter, std::slice::from_ref(hit), *keep);
                 differs(before, self.counters.get(counter))
@@ -626,7 +626,7 @@ impl Profile {
     }
 
     /// Applies `change` to the profile and to the contribution of `member`.
-    pub fn apply(&mut self, member: CustomerId, change: &Change, channels: &ChannelRules) {
+    pub fn apply(&mut self, member: CustomerId, change: &ProfileEdit, channels: &ChannelRules) {
         if self.apply_here(change, channels) {
             self.writes += 1;
         }

@@ -569,7 +569,7 @@ impl Personalization {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Change, ChannelRules, CustomerId, TraitValue};
+    use crate::domain::{ChannelRules, CustomerId, ProfileEdit, TraitValue};
     use chrono::TimeZone;
     use serde_json::json;
 
@@ -595,7 +595,7 @@ mod tests {
             };
             p.apply(
                 p.customer_id,
-                &Change::Count {
+                &ProfileEdit::Count {
                     counter: counter.to_owned(),
                     hit,
                     keep: 2,
@@ -679,7 +679,7 @@ mod tests {
         ]));
         let mut p = Profile::new(CustomerId::generate(), t(1));
         let set = |p: &mut Profile, name: &str, value: Value| {
-            let change = Change::Trait {
+            let change = ProfileEdit::Trait {
                 name: name.into(),
                 value: TraitValue {
                     value: Some(value),

@@ -14,12 +14,11 @@ use super::profiles::customer_id;
 use super::resource;
 use crate::auth::{Authorized, ReadChanges, ReadProfiles};
 use crate::domain::CustomerId;
+use crate::domain::{parse_decimal, ChangeKind};
 use crate::error::{ApiError, ErrorBody};
-use crate::service::journal::ChangeKind;
 use crate::service::live::{ChangePage, EventStream, StreamEvent, MAX_CHANGES_PAGE};
 use crate::service::profiles::deserialize_limit;
 use crate::service::{ServiceError, Services};
-use crate::store::parse_decimal;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/changes", "GET").route(web::get().to(changes)))

@@ -17,9 +17,10 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, Responder};
 use serde_json::Value;
 
 use crate::auth::Principal;
+use crate::domain::names::valid_idempotency_key;
 use crate::domain::CustomerId;
 use crate::error::ApiError;
-use crate::service::idempotency::{fingerprint, key_id, valid_key, KeyRecord, Keyed, Reply, KEYED};
+use crate::service::idempotency::{fingerprint, key_id, KeyRecord, Keyed, Reply, KEYED};
 use crate::service::{ServiceError, Services};
 
 pub const HEADER: &str = "idempotency-key";
@@ -43,7 +44,7 @@ pub async fn idempotent<R: Responder>(
     let key = raw
         .to_str()
         .ok()
-        .filter(|k| valid_key(k))
+        .filter(|k| valid_idempotency_key(k))
         .ok_or(ApiError::InvalidIdempotencyKey)?;
     let id = key_id(principal.budget_key(), key);
     let digest = req

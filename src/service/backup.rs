@@ -32,12 +32,12 @@ use sha2::{Digest, Sha256};
 use super::erasures::Erasure;
 use super::idempotency::KeyRecord;
 use super::ingest::SignalRecord;
-use super::journal::{self, Change};
+use super::journal;
 use super::views::Access;
 use super::{Caller, ServiceError, Services};
 use crate::domain::{CustomerId, IdentityEvent, Interaction, Profile, Suggestion};
 use crate::store::backup::{encode_frame, encode_record, BackupPoint, StreamEnd};
-use crate::store::{parse_key, BackupReader, RecordKey, Store, StoreError};
+use crate::store::{decode_change, parse_key, BackupReader, RecordKey, Store, StoreError};
 
 /// How far past the old store's last handed-out position a restored store
 /// starts: room for every change the old store may have made after the
@@ -357,7 +357,7 @@ fn check_record(store: &dyn Store, k: &[u8], v: &[u8]) -> Result<Result<(), Stri
                 Ok(())
             }
         }
-        RecordKey::Change(seq) => match Change::decode(seq, v) {
+        RecordKey::Change(seq) => match decode_change(seq, v) {
             Err(e) => Err(e.to_string()),
             Ok(c) if c.seq != seq => Err(format!("change {seq} says it is change {}", c.seq)),
             Ok(c) => {
@@ -375,7 +375,7 @@ fn check_record(store: &dyn Store, k: &[u8], v: &[u8]) -> Result<Result<(), Stri
             }
         },
         RecordKey::ChangeOf(customer, seq) => match store.changes(seq.saturating_sub(1), 1)?.first() {
-            Some((s, bytes)) if *s == seq => match Change::decode(seq, bytes) {
+            Some((s, bytes)) if *s == seq => match decode_change(seq, bytes) {
                 Ok(c) if c.customer_id == customer => Ok(()),
                 Ok(c) => Err(format!(
                     "the change index of {customer} names change {seq}, which is about {}",

@@ -14,8 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::hot::HotCards;
 use super::idempotency::{self, Keyed, KEYED};
-use super::journal::{prune, Committed, Journal};
+use super::journal::{prune, Journal};
 use super::ServiceError;
+use crate::domain::Committed;
 use crate::store::{Store, StoreError};
 
 /// Called once the batch containing the job is durable (or failed to be).

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::views::{self, episode_view, Access, EpisodeView, InteractionView, PersonalizationView};
 use super::{ServiceError, Services};
 use crate::domain::{CustomerId, EpisodeStatus, NormaliseOutcome, Profile};
-use crate::store::{FollowUpKey, TimelinePosition};
+use crate::domain::{FollowUpKey, TimelinePosition};
 
 /// The consent purpose that personalisation needs.
 pub const PERSONALIZATION: &str = "personalization";

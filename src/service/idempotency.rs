@@ -25,9 +25,6 @@ use super::{atomically, ServiceError, Services};
 use crate::domain::CustomerId;
 use crate::store::{Store, StoreError, StoreTx};
 
-/// The longest key accepted (the draft leaves it to the server).
-pub const MAX_KEY_CHARS: usize = 255;
-
 /// A key as the write that carries it knows it: handed to the committer
 /// through [`KEYED`], and by the committer to every write of the job.
 #[derive(Debug, Clone)]
@@ -104,12 +101,6 @@ pub fn fingerprint(method: &str, path_and_query: &str, body: &[u8]) -> String {
     h.update([0]);
     h.update(body);
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Whether a key is one this service accepts: 1 to [`MAX_KEY_CHARS`]
-/// printable ASCII characters (a UUID, a ULID, a hash).
-pub fn valid_key(key: &str) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY_CHARS && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// On the committer, before a keyed job runs: the key's record as this
@@ -294,10 +285,12 @@ mod tests {
         assert_ne!(a, fingerprint("POST", "/v1/signals", b"{ }"));
         assert_ne!(a, fingerprint("PUT", "/v1/signals", b"{}"));
         assert_ne!(a, fingerprint("POST", "/v1/signals/batch", b"{}"));
-        assert!(valid_key("01JD5V6X8Q"));
-        assert!(!valid_key(""));
-        assert!(!valid_key("with space"));
-        assert!(!valid_key(&"k".repeat(256)));
-        assert!(!valid_key("ключ"));
+        assert!(crate::domain::names::valid_idempotency_key("01JD5V6X8Q"));
+        assert!(!crate::domain::names::valid_idempotency_key(""));
+        assert!(!crate::domain::names::valid_idempotency_key("with space"));
+        assert!(!crate::domain::names::valid_idempotency_key(
+            &"k".repeat(256)
+        ));
+        assert!(!crate::domain::names::valid_idempotency_key("ключ"));
     }
 }

@@ -9,13 +9,14 @@ use serde::{Deserialize, Serialize};
 use super::idempotency::{Keyed, KEYED};
 use super::views::{ignored_view, ConflictView, IngestResult, NotStoredView};
 use super::{atomically, Caller, ServiceError, Services, Writer};
+use crate::domain::TimelinePosition;
 use crate::domain::{
-    fnv1a, json_size, plan_resolution, Answer, Assertion, Caps, Change, ChannelRules,
-    ConflictReason, Contribution, CustomerId, Feedback, Hit, Identifier, IdentityEvent,
-    IdentityEventKind, Interaction, Journey, Link, Owner, Profile, Signal, SignalInput,
-    SignalRules, Suggestion, TraitValue, Trust,
+    fnv1a, json_size, plan_resolution, Answer, Assertion, Caps, ChannelRules, ConflictReason,
+    Contribution, CustomerId, Feedback, Hit, Identifier, IdentityEvent, IdentityEventKind,
+    Interaction, Journey, Link, Owner, Profile, ProfileEdit, Signal, SignalInput, SignalRules,
+    Suggestion, TraitValue, Trust,
 };
-use crate::store::{StoreError, StoreTx, TimelinePosition};
+use crate::store::{StoreError, StoreTx};
 
 /// What the store keeps per `signal_id`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -511,7 +512,7 @@ fn resolve(
     }
 
     let at = signal.ordered_at();
-    let mut changes: Vec<Change> = Vec::new();
+    let mut changes: Vec<ProfileEdit> = Vec::new();
     for &i in &plan.attach {
         let identifier = &signal.identifiers[i];
         if owners[i].is_none() {
@@ -529,7 +530,7 @@ fn resolve(
         } else {
             member
         };
-        let seen = Change::SeeIdentifier {
+        let seen = ProfileEdit::SeeIdentifier {
             identifier: identifier.clone(),
             channel: signal.channel.clone(),
             at,
@@ -538,7 +539,7 @@ fn resolve(
         target.apply(holder, &seen, channels);
     }
     for (name, value) in &signal.traits {
-        changes.push(Change::Trait {
+        changes.push(ProfileEdit::Trait {
             name: name.clone(),
             value: TraitValue {
                 value: value.clone(),
@@ -549,7 +550,7 @@ fn resolve(
         });
     }
     for a in &signal.answers {
-        changes.push(Change::Answer {
+        changes.push(ProfileEdit::Answer {
             key: a.key.clone(),
             answer: Answer {
                 value: a.value.clone(),
@@ -561,7 +562,7 @@ fn resolve(
             },
         });
     }
-    changes.push(Change::Channel {
+    changes.push(ProfileEdit::Channel {
         channel: signal.channel.clone(),
         at,
         interactions: u64::from(signal.event.is_some()),
@@ -590,7 +591,7 @@ fn resolve(
                 .personalization
                 .counters_for(&event.kind, &signal.channel, &event.properties)
         {
-            changes.push(Change::Count {
+            changes.push(ProfileEdit::Count {
                 counter: counter.key.clone(),
                 hit: Hit {
                     at,
@@ -614,7 +615,7 @@ fn resolve(
                 ("ces", event.feedback.as_ref().and_then(|f| f.ces)),
             ] {
                 if let Some(score) = score {
-                    changes.push(Change::Trait {
+                    changes.push(ProfileEdit::Trait {
                         name: name.to_owned(),
                         value: TraitValue {
                             value: Some(score.into()),
@@ -625,7 +626,7 @@ fn resolve(
                     });
                 }
             }
-            changes.push(Change::Episode {
+            changes.push(ProfileEdit::Episode {
                 id: ep.id.clone(),
                 title: ep.title.clone(),
                 status: ep.status,
@@ -636,7 +637,7 @@ fn resolve(
             });
         }
         if let Some(stage) = &event.journey_stage {
-            changes.push(Change::Journey(Journey {
+            changes.push(ProfileEdit::Journey(Journey {
                 stage: stage.clone(),
                 updated_at: at,
                 channel: signal.channel.clone(),
@@ -709,10 +710,10 @@ fn resolve(
 /// a full profile still records who the customer is and that they came by.
 pub(super) fn within_caps(
     profile: &Profile,
-    changes: Vec<Change>,
+    changes: Vec<ProfileEdit>,
     stored_bytes: usize,
     caps: &Caps,
-) -> (Vec<Change>, Vec<NotStoredView>) {
+) -> (Vec<ProfileEdit>, Vec<NotStoredView>) {
     // What a stored entry costs beyond its name and value (times, channel).
     const ENTRY: usize = 120;
     let copies = if profile.facets.is_empty() { 1 } else { 2 };
@@ -726,7 +727,7 @@ pub(super) fn within_caps(
     let mut kept = Vec::with_capacity(changes.len());
     for change in changes {
         let (item, known, count, max, what, cost) = match &change {
-            Change::Trait { name, value } => (
+            ProfileEdit::Trait { name, value } => (
                 format!("traits.{name}"),
                 profile.traits.contains_key(name),
                 &mut traits,
@@ -737,7 +738,7 @@ pub(super) fn within_caps(
                     .as_ref()
                     .map_or(0, |v| name.len() + json_size(v) + ENTRY),
             ),
-            Change::Answer { key, answer } => (
+            ProfileEdit::Answer { key, answer } => (
                 format!("answers.{key}"),
                 profile.answers.contains_key(key),
                 &mut answers,
@@ -748,7 +749,7 @@ pub(super) fn within_caps(
                     + answer.question.as_ref().map_or(0, String::len)
                     + ENTRY,
             ),
-            Change::Episode { id, title, .. } => (
+            ProfileEdit::Episode { id, title, .. } => (
                 format!("episodes.{id}"),
                 profile.episodes.contains_key(id),
                 &mut episodes,
@@ -919,7 +920,7 @@ pub(super) fn detach(
     let member = p.member_of(identifier);
     p.apply(
         member,
-        &Change::RemoveIdentifier(identifier.clone()),
+        &ProfileEdit::RemoveIdentifier(identifier.clone()),
         channels,
     );
     let mut removed = event(IdentityEventKind::IdentifierRemoved, now, cause);

@@ -8,11 +8,12 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::journal::{pruned_through, Change, ChangeKind, LiveEvent, Payload};
+use super::journal::pruned_through;
 use super::{views, Access, ServiceError, Services};
-use crate::domain::CustomerId;
+use crate::domain::TimelinePosition;
+use crate::domain::{Change, ChangeKind, CustomerId, LiveEvent, Payload};
 use crate::events::{StreamRefusal, Subscription};
-use crate::store::{Store, StoreError, TimelinePosition};
+use crate::store::{decode_change, Store, StoreError};
 
 /// Most entries one page of the change feed may ask for.
 pub const MAX_CHANGES_PAGE: usize = 1000;
@@ -117,7 +118,7 @@ impl Services {
             if seq > published {
                 break;
             }
-            changes.push(Change::decode(seq, &bytes)?);
+            changes.push(decode_change(seq, &bytes)?);
         }
         // Retention may have run while this page was read.
         let pruned = pruned_through(&*self.store)?;
@@ -217,7 +218,7 @@ impl Services {
                     if seq > stream.upto {
                         break;
                     }
-                    page.push(Change::decode(seq, &bytes)?);
+                    page.push(decode_change(seq, &bytes)?);
                 }
             }
             page.sort_by_key(|c| c.seq);

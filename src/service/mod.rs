@@ -28,12 +28,12 @@ use crate::cache::RedisLink;
 use crate::config::Backend;
 use crate::config::Settings;
 use crate::domain::{
-    ConflictReason, CustomerId, IdentifierError, SignalError, SignalInput, SignalRules,
+    Committed, ConflictReason, CustomerId, IdentifierError, LiveEvent, SignalError, SignalInput,
+    SignalRules,
 };
 use crate::events::{Hub, Publish};
 use crate::store::{Store, StoreError, StoreTx};
 use hot::HotCards;
-use journal::{Committed, LiveEvent};
 use tail::Tail;
 
 pub use committer::{AfterCommit, CommitPolicy, Committer, Writer};

@@ -19,10 +19,11 @@ use crate::cache::Cached;
 use crate::domain::names::ChannelName;
 use crate::domain::{
     check_answers, check_traits, is_valid_name, trait_map_schema, Answer, AnswerInput, Caps,
-    Change, ChannelRules, ConflictReason, Consent, CustomerId, Identifier, IdentityEventKind,
-    Interaction, NormaliseOutcome, Profile, SignalRules, Suggestion, TraitValue,
+    ChannelRules, ConflictReason, Consent, CustomerId, Identifier, IdentityEventKind, Interaction,
+    NormaliseOutcome, Profile, ProfileEdit, SignalRules, Suggestion, TraitValue,
 };
-use crate::store::{parse_decimal, StoreError, StoreTx, TimelinePosition};
+use crate::domain::{parse_decimal, TimelinePosition};
+use crate::store::{StoreError, StoreTx};
 
 pub const DEFAULT_CONTEXT_INTERACTIONS: usize = 10;
 pub const MAX_PAGE: usize = 200;
@@ -451,7 +452,7 @@ impl Services {
         let changes = patch
             .traits
             .iter()
-            .map(|(name, value)| Change::Trait {
+            .map(|(name, value)| ProfileEdit::Trait {
                 name: name.clone(),
                 value: TraitValue {
                     value: (!value.is_null()).then(|| value.clone()),
@@ -476,7 +477,7 @@ impl Services {
         let answers = check_answers(input.answers, now, &self.rules.answer_ttl)?;
         let changes = answers
             .into_iter()
-            .map(|a| Change::Answer {
+            .map(|a| ProfileEdit::Answer {
                 key: a.key,
                 answer: Answer {
                     value: a.value,
@@ -498,11 +499,11 @@ impl Services {
         &self,
         id: CustomerId,
         channel: String,
-        mut changes: Vec<Change>,
+        mut changes: Vec<ProfileEdit>,
         now: DateTime<Utc>,
         access: Access,
     ) -> Result<ProfileView, ServiceError> {
-        changes.push(Change::Channel {
+        changes.push(ProfileEdit::Channel {
             channel,
             at: now,
             interactions: 0,
@@ -734,7 +735,7 @@ impl Services {
         }
         self.rules.channels.check(&input.channel)?;
         let now = Services::now();
-        let change = Change::Consent {
+        let change = ProfileEdit::Consent {
             purpose,
             consent: Consent {
                 granted: input.granted,
@@ -924,7 +925,7 @@ fn erase_in(
 
 /// Applies changes made on the profile's own behalf (an agent, a manual write):
 /// they are the root member's contribution.
-fn apply_own(p: &mut Profile, changes: &[Change], channels: &ChannelRules) {
+fn apply_own(p: &mut Profile, changes: &[ProfileEdit], channels: &ChannelRules) {
     let own = p.customer_id;
     for change in changes {
         p.apply(own, change, channels);

@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use super::journal::{Change, LiveEvent};
 use super::live::payload_from_store;
 use crate::cache::RedisLink;
+use crate::domain::LiveEvent;
 use crate::events::{Hub, Publish};
-use crate::store::Store;
+use crate::store::{decode_change, Store};
 
 /// Changes read per page.
 const PAGE: usize = 256;
@@ -107,7 +107,7 @@ impl Tail {
             let mut events = Vec::with_capacity(page.len());
             let mut cards = Vec::new();
             for (seq, bytes) in page {
-                let change = match Change::decode(seq, &bytes) {
+                let change = match decode_change(seq, &bytes) {
                     Ok(change) => change,
                     Err(e) => {
                         tracing::warn!(seq, error = %e, "a change this build cannot read: passed over");

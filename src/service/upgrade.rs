@@ -19,8 +19,8 @@ use super::ingest::{absorb, detach, event, Cause, Linking};
 use super::{atomically, ServiceError, Services};
 use crate::config::MergePolicy;
 use crate::domain::{
-    Change, CustomerId, Identifier, IdentifierError, IdentifierRecord, IdentityEventKind,
-    NormaliseOutcome, Profile, SignalRules,
+    CustomerId, Identifier, IdentifierError, IdentifierRecord, IdentityEventKind, NormaliseOutcome,
+    Profile, ProfileEdit, SignalRules,
 };
 use crate::store::{Store, StoreError, StoreTx};
 
@@ -401,7 +401,11 @@ fn put_on(
     } else {
         taken.member
     };
-    p.apply(holder, &Change::AdoptIdentifier(record), &rules.channels);
+    p.apply(
+        holder,
+        &ProfileEdit::AdoptIdentifier(record),
+        &rules.channels,
+    );
     tx.set_owner(canonical, p.customer_id);
     if !known {
         let mut added = event(IdentityEventKind::IdentifierAdded, now, cause);

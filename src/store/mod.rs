@@ -16,7 +16,10 @@ pub use self::postgres::{migrate, PgOptions, PgStore, SCHEMA_VERSION};
 pub use self::records::{kind_of, parse_key, Entry, RecordKey, RecordStats};
 pub use self::sled::{SledStore, SEQUENCE_BASE};
 
-use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile, Suggestion};
+use crate::domain::{
+    Change, CustomerId, FollowUpKey, Identifier, IdentityEvent, Interaction, Profile, Suggestion,
+    TimelinePosition,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,52 +29,15 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
 }
 
-/// Where a page of timeline starts: strictly older than this position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct TimelinePosition {
-    pub millis: u64,
-    pub seq: u64,
+/// The follow-up index's key bytes: the time, the customer, the episode id,
+/// so that "due before" is a range of keys.
+pub trait FollowUpKeyBytes: Sized {
+    fn to_bytes(&self) -> Vec<u8>;
+    fn from_bytes(bytes: &[u8]) -> Option<Self>;
 }
 
-impl TimelinePosition {
-    /// The interaction id that encodes this position.
-    pub fn to_id(self) -> String {
-        format!("{:013}-{}", self.millis, self.seq)
-    }
-
-    /// Reads an id back; only the shape [`Self::to_id`] writes is one
-    /// (`<digits>-<digits>`, each at most 19 digits).
-    pub fn from_id(id: &str) -> Option<TimelinePosition> {
-        let (millis, seq) = id.split_once('-')?;
-        Some(TimelinePosition {
-            millis: parse_decimal(millis)?,
-            seq: parse_decimal(seq)?,
-        })
-    }
-}
-
-/// A number as this service writes it in ids and cursors: 1 to 19 decimal
-/// digits (so every such text fits a `u64`), nothing else (no sign, no space).
-pub fn parse_decimal(text: &str) -> Option<u64> {
-    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-/// One entry of the follow-up index: an episode resolved at `resolved_millis`
-/// that awaits the customer's feedback. Entries sort by resolution time,
-/// so "due before" is a range of keys.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct FollowUpKey {
-    pub resolved_millis: u64,
-    pub customer: CustomerId,
-    pub episode: String,
-}
-
-impl FollowUpKey {
-    /// The key's bytes: the time, the customer, the episode id.
-    pub fn to_bytes(&self) -> Vec<u8> {
+impl FollowUpKeyBytes for FollowUpKey {
+    fn to_bytes(&self) -> Vec<u8> {
         let mut k = Vec::with_capacity(24 + self.episode.len());
         k.extend_from_slice(&self.resolved_millis.to_be_bytes());
         k.extend_from_slice(&self.customer.to_key());
@@ -79,35 +45,7 @@ impl FollowUpKey {
         k
     }
 
-    /// `<millis>-<customer id>-<episode id in hex>`: the shape
-    /// `names::FOLLOW_UP_CURSOR_PATTERN` publishes. The episode id is in hex
-    /// so the cursor needs no escaping in a URL (ids may hold `+`, `&`, `#`).
-    pub fn to_cursor(&self) -> String {
-        let hex: String = self.episode.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("{}-{}-{hex}", self.resolved_millis, self.customer)
-    }
-
-    pub fn from_cursor(cursor: &str) -> Option<FollowUpKey> {
-        let (millis, rest) = cursor.split_once('-')?;
-        let (customer, hex) = rest.split_once('-')?;
-        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-        let shape =
-            !hex.is_empty() && hex.len() % 2 == 0 && hex.len() <= 256 && hex.bytes().all(lower_hex);
-        shape.then_some(())?;
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-            .collect::<Option<_>>()?;
-        // Episode ids are printable ASCII.
-        bytes.iter().all(u8::is_ascii_graphic).then_some(())?;
-        Some(FollowUpKey {
-            resolved_millis: parse_decimal(millis)?,
-            customer: CustomerId::parse(customer).ok()?,
-            episode: String::from_utf8(bytes).ok()?,
-        })
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Option<FollowUpKey> {
+    fn from_bytes(bytes: &[u8]) -> Option<FollowUpKey> {
         let millis = <[u8; 8]>::try_from(bytes.get(..8)?).ok()?;
         let customer = CustomerId::from_key(bytes.get(8..24)?)?;
         let episode = std::str::from_utf8(bytes.get(24..)?).ok()?;
@@ -361,4 +299,17 @@ pub trait Store: Send + Sync + 'static {
     /// Bytes the store takes on disk (for the database backend, its table
     /// and index as the database counts them).
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+}
+
+/// A change-log entry as the log keeps it.
+pub fn encode_change(change: &Change) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(change).map_err(|e| StoreError::Engine(format!("encoding failed: {e}")))
+}
+
+/// The change-log entry at `seq`, read back.
+pub fn decode_change(seq: u64, bytes: &[u8]) -> Result<Change, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: format!("change {seq}"),
+        reason: e.to_string(),
+    })
 }

@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{BackupReader, FollowUpKey, Store, StoreError, StoreTx, TimelinePosition, WriteFn};
+use super::{BackupReader, FollowUpKeyBytes, Store, StoreError, StoreTx, WriteFn};
 use crate::domain::{CustomerId, Identifier, IdentityEvent, Interaction, Profile, Suggestion};
+use crate::domain::{FollowUpKey, TimelinePosition};
 
 pub(super) const PROFILE: u8 = b'p';
 pub(super) const ALIAS: u8 = b'a';
