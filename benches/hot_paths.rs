@@ -43,9 +43,7 @@ fn identifier(rules: &IdentifierRules, kind: &str, raw: &str) -> Identifier {
 
 fn normalise(c: &mut Criterion) {
     let settings = Settings::defaults();
-    let rules = SignalRules::from_settings(&settings)
-        .expect("valid rules")
-        .identifiers;
+    let rules = settings.signal_rules().expect("valid rules").identifiers;
     let mut group = c.benchmark_group("normalise");
     for (kind, raw) in [
         ("phone", "06 1234 5678"),
@@ -145,7 +143,7 @@ fn full_signal(signal_id: Option<String>, phone: &str, cookie: &str) -> SignalIn
 
 fn parse_signal(c: &mut Criterion) {
     let settings = Settings::defaults();
-    let rules = SignalRules::from_settings(&settings).expect("valid rules");
+    let rules = settings.signal_rules().expect("valid rules");
     let input = full_signal(Some("chat-1".into()), "06 1234 5678", "ck-1");
     c.bench_function("signal/parse", |b| {
         b.iter_batched(
@@ -263,7 +261,7 @@ fn rich_profile(rules: &SignalRules, traits: usize, offset: i64, tag: &str) -> P
 
 fn reconcile(c: &mut Criterion) {
     let settings = Settings::defaults();
-    let rules = SignalRules::from_settings(&settings).expect("valid rules");
+    let rules = settings.signal_rules().expect("valid rules");
     let channels = &rules.channels;
     let mut group = c.benchmark_group("reconcile");
 
@@ -409,7 +407,7 @@ fn card_profile(rules: &SignalRules) -> (Profile, Vec<Interaction>) {
 
 fn context_card(c: &mut Criterion) {
     let settings = Settings::defaults();
-    let rules = SignalRules::from_settings(&settings).expect("valid rules");
+    let rules = settings.signal_rules().expect("valid rules");
     let (profile, recent) = card_profile(&rules);
     let fields = FieldRules::new(&settings);
     let mut group = c.benchmark_group("context_card");

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 use unicode_security::{GeneralSecurityProfile, MixedScript};
 
-use crate::config::{IdentifierSettings, MergePolicy, NormaliserKind};
+use super::definitions::{IdentifierSettings, MergePolicy, NormaliserKind};
 
 /// Longest identifier value accepted, before normalisation.
 pub const MAX_IDENTIFIER_CHARS: usize = 256;
@@ -440,11 +440,10 @@ fn check_domain_shape(ascii: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
+    use crate::domain::definitions::shipped_identifiers;
 
     fn rules() -> IdentifierRules {
-        let s = Settings::defaults();
-        IdentifierRules::new(&s.identifiers, &s.phone.default_region)
+        IdentifierRules::new(&shipped_identifiers(), "NL")
     }
 
     fn usable(kind: &str, raw: &str) -> String {
@@ -553,9 +552,9 @@ mod tests {
 
     #[test]
     fn unknown_types_when_allowed_still_need_a_type_name() {
-        let mut settings = Settings::defaults();
-        settings.identifiers.allow_unknown_types = true;
-        let rules = IdentifierRules::new(&settings.identifiers, &settings.phone.default_region);
+        let mut identifiers = shipped_identifiers();
+        identifiers.allow_unknown_types = true;
+        let rules = IdentifierRules::new(&identifiers, "NL");
         assert!(matches!(
             rules.normalise("shoe_size", "42"),
             Ok(NormaliseOutcome::Usable(_))

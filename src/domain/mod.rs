@@ -4,6 +4,7 @@
 
 mod change;
 mod customer_id;
+pub mod definitions;
 mod history;
 mod identifier;
 pub mod names;
@@ -16,6 +17,10 @@ mod trust;
 
 pub use change::{Change, ChangeKind, Committed, LiveEvent, Payload};
 pub use customer_id::{CustomerId, CustomerIdError};
+pub use definitions::{
+    IdentifierSettings, IdentifierTypeSettings, InteractionPredicate, JourneyRule, MergePolicy,
+    NormaliserKind, OfferSettings, PredicateSettings, SegmentSettings, TrustLevel, TrustSettings,
+};
 pub use history::{Contribution, IdentityEvent, IdentityEventKind, Suggestion};
 pub use identifier::{
     Identifier, IdentifierError, IdentifierRules, IgnoredIdentifier, NormaliseOutcome, TypeRule,

@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::customer_id::CustomerId;
+use super::definitions::MergePolicy;
 use super::identifier::{Identifier, IdentifierRules};
 use super::signal::Caps;
-use crate::config::MergePolicy;
 
 /// What resolution needs to know about a profile that owns an identifier.
 #[derive(Debug, Clone)]
@@ -289,11 +289,10 @@ pub fn plan_resolution(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
     use crate::domain::NormaliseOutcome;
 
     fn rules() -> IdentifierRules {
-        IdentifierRules::new(&Settings::defaults().identifiers, "NL")
+        IdentifierRules::new(&crate::domain::definitions::shipped_identifiers(), "NL")
     }
 
     fn ident(rules: &IdentifierRules, kind: &str, value: &str) -> Identifier {

@@ -13,11 +13,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::profile::{Hit, Membership, Profile};
-use super::{fnv1a, is_valid_name, is_valid_trait_name};
-use crate::config::{
+use super::definitions::{
     InteractionPredicate, JourneyRule, OfferSettings, PredicateSettings, SegmentSettings,
 };
+use super::profile::{Hit, Membership, Profile};
+use super::{fnv1a, is_valid_name, is_valid_trait_name};
 
 /// Most segment predicates may look this far back.
 pub const MAX_WINDOW_DAYS: i64 = 366;

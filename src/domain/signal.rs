@@ -14,7 +14,7 @@ use super::identifier::{
 };
 use super::names::{ChannelName, IdentifierType, JourneyStage, TRAIT_NAME_PATTERN};
 use super::profile::EpisodeStatus;
-use super::segment::{JourneyRules, Personalization, RuleError};
+use super::segment::{JourneyRules, Personalization};
 use super::{is_valid_name, is_valid_trait_name};
 
 pub const MAX_IDENTIFIERS: usize = 50;
@@ -266,52 +266,6 @@ impl Caps {
         max_profile_bytes: 256 * 1024,
         max_properties_bytes: 16 * 1024,
     };
-}
-
-impl SignalRules {
-    /// The rules of `settings`; fails where the journey rules, segments or
-    /// offers do not fit together (`Settings::validate` reports the same).
-    pub fn from_settings(settings: &crate::config::Settings) -> Result<SignalRules, RuleError> {
-        Ok(SignalRules {
-            identifiers: IdentifierRules::new(
-                &settings.identifiers,
-                &settings.phone.default_region,
-            ),
-            channels: ChannelRules::new(
-                settings.channels.priority.clone(),
-                settings.channels.allow_unknown,
-            ),
-            stages: settings.journey.stages.clone(),
-            event_stages: settings.journey.event_stages.clone(),
-            journey_rules: JourneyRules::compile(
-                &settings.journey.rules,
-                &settings.journey.stages,
-            )?,
-            answer_ttl: settings.answers.ttl.clone(),
-            caps: Caps {
-                max_merged: settings.profiles.max_merged,
-                max_identifiers: settings.profiles.max_identifiers,
-                max_claimed_identifiers: settings.profiles.max_claimed_identifiers,
-                max_traits: settings.profiles.max_traits,
-                max_answers: settings.profiles.max_answers,
-                max_episodes: settings.profiles.max_episodes,
-                max_profile_bytes: settings.profiles.max_profile_bytes,
-                max_properties_bytes: settings.profiles.max_properties_bytes,
-            },
-            trust: super::trust::TrustRules::new(&settings.trust),
-            personalization: Personalization::compile(
-                &settings.segments,
-                &settings.offers,
-                &settings.journey.stages,
-            )?,
-            follow_up_delay: chrono::Duration::from_std(settings.follow_ups.delay).map_err(
-                |_| RuleError {
-                    key: "follow_ups.delay".into(),
-                    reason: "is too long".into(),
-                },
-            )?,
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

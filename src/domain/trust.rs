@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{TrustLevel, TrustSettings};
+use super::definitions::{TrustLevel, TrustSettings};
 
 /// How far the service believes one identifier of one signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -305,8 +305,7 @@ pub fn export_profiles(
     out: &mut dyn std::io::Write,
     progress: &mut dyn FnMut(u64),
 ) -> anyhow::Result<u64> {
-    let rules = crate::domain::SignalRules::from_settings(settings)
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.reason))?;
+    let rules = settings.validate()?;
     let fields = views::FieldRules::new(settings);
     let masking = views::Masking::new(Access { pii: true }, &rules, &fields);
     let mut written = 0;

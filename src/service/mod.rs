@@ -336,8 +336,7 @@ impl Services {
             }),
             hot.clone(),
         );
-        let rules = SignalRules::from_settings(settings)
-            .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.reason))?;
+        let rules = settings.validate()?;
         // A shared store is backed up with the database's own tools, which
         // take erasures with them.
         let erasures = match shared {

@@ -23,6 +23,7 @@
 //!   runtime of this store's own; a call waits for its answer on the
 //!   calling thread, which may be a server worker.
 
+pub use crate::config::PgOptions;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
@@ -57,18 +58,6 @@ const PAGE: i64 = 256;
 
 /// Where the next change-log position is kept (a `META` record).
 pub(super) const NEXT_CHANGE: &[u8] = b"store.next_change";
-
-/// How to reach the database (from `storage.postgres`).
-#[derive(Debug, Clone)]
-pub struct PgOptions {
-    pub url: String,
-    /// The schema holding the tables; several deployments can share a
-    /// database under different schemas.
-    pub schema: String,
-    pub pool_size: usize,
-    pub statement_timeout: Duration,
-    pub connect_timeout: Duration,
-}
 
 fn engine(e: tokio_postgres::Error) -> StoreError {
     describe(&e)

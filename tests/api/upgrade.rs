@@ -15,7 +15,7 @@ use crate::cli::{anamnesis, text};
 use crate::helpers::{backend_env, body, use_test_backend, SECRET};
 use anamnesis::auth::Scope;
 use anamnesis::config::Settings;
-use anamnesis::domain::{CustomerId, Identifier, Profile, SignalRules, TraitValue};
+use anamnesis::domain::{CustomerId, Identifier, Profile, TraitValue};
 use anamnesis::service::upgrade::CHECKPOINT;
 
 /// One profile as an earlier release stored it.
@@ -39,7 +39,7 @@ fn settings_for(data: &Path) -> Settings {
 /// the upgrade scans them in.
 fn plant(data: &Path, profiles: &[Planted], checkpoint: Option<usize>) -> Vec<CustomerId> {
     let settings = settings_for(data);
-    let rules = SignalRules::from_settings(&settings).unwrap();
+    let rules = settings.signal_rules().unwrap();
     let mut ids: Vec<CustomerId> = (0..profiles.len())
         .map(|_| CustomerId::generate())
         .collect();
