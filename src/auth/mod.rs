@@ -24,9 +24,8 @@ pub use token::{CustomerClaim, TokenError};
 
 use crate::audit::{self, Action};
 use crate::config::{AuthSettings, KeyAlgorithm};
-use crate::domain::CustomerId;
+use crate::domain::{Access, CustomerId};
 use crate::error::ApiError;
-use crate::service::Access;
 use cache::TokenCache;
 use keys::KeyRing;
 use token::{Audience, Claims, Header};

@@ -2,6 +2,7 @@
 //! reconciliation of traits and answers, and identity resolution. Pure: no I/O,
 //! no clock except where a caller passes `now`, no actix, sled or redis.
 
+mod access;
 mod change;
 mod customer_id;
 pub mod definitions;
@@ -15,6 +16,7 @@ pub mod segment;
 mod signal;
 mod trust;
 
+pub use access::Access;
 pub use change::{Change, ChangeKind, Committed, LiveEvent, Payload};
 pub use customer_id::{CustomerId, CustomerIdError};
 pub use definitions::{

@@ -10,6 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::inputs::deserialize_limit;
 use super::profiles::customer_id;
 use super::resource;
 use crate::auth::{Authorized, ReadChanges, ReadProfiles};
@@ -17,7 +18,6 @@ use crate::domain::CustomerId;
 use crate::domain::{parse_decimal, ChangeKind};
 use crate::error::{ApiError, ErrorBody};
 use crate::service::live::{ChangePage, EventStream, StreamEvent, MAX_CHANGES_PAGE};
-use crate::service::profiles::deserialize_limit;
 use crate::service::{ServiceError, Services};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::inputs::deserialize_limit;
 use super::profiles::{customer_id, LookupQuery};
 use super::resource;
 use crate::audit::{self, Action, Detail};
@@ -15,7 +16,7 @@ use crate::auth::{
 use crate::domain::{CustomerId, EpisodeStatus};
 use crate::error::{ApiError, ErrorBody};
 use crate::service::engagement::{EpisodesPage, FollowUpPage, OwnEpisodesPage};
-use crate::service::profiles::{deserialize_limit, MAX_PAGE};
+use crate::service::profiles::MAX_PAGE;
 use crate::service::views::PersonalizationView;
 use crate::service::Services;
 

@@ -6,6 +6,7 @@ pub mod changes;
 pub mod console;
 pub mod engagement;
 pub mod extract;
+pub mod inputs;
 pub mod keyed;
 pub mod ops;
 pub mod profiles;

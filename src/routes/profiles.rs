@@ -7,6 +7,10 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::extract::JsonBody;
+use super::inputs::{
+    deserialize_limit, AnswersInput, ConsentInput, HistoryParams, MergeInput, TimelineParams,
+    TraitsPatch, UnmergeInput,
+};
 use super::keyed::idempotent;
 use super::resource;
 use crate::auth::{
@@ -17,16 +21,11 @@ use crate::domain::names::{ConsentPurpose, IdentifierType};
 use crate::domain::CustomerId;
 use crate::error::{ApiError, ErrorBody};
 use crate::middleware::note_customer;
-use crate::service::profiles::{
-    deserialize_limit, valid_channel_filter, DEFAULT_CONTEXT_INTERACTIONS, MAX_PAGE,
-};
+use crate::service::profiles::{valid_channel_filter, DEFAULT_CONTEXT_INTERACTIONS, MAX_PAGE};
 use crate::service::views::{
     ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage, UnmergeResult,
 };
-use crate::service::{
-    AnswersInput, ConsentInput, HistoryQuery, MergeInput, Services, TimelineQuery, TraitsPatch,
-    UnmergeInput,
-};
+use crate::service::Services;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // `lookup` before `{customer_id}`: resources match in registration order.
@@ -250,7 +249,7 @@ pub async fn context_by_identifier(
 /// Interactions across all channels, newest first, cursor-paginated.
 #[utoipa::path(
     get, path = "/v1/profiles/{customer_id}/timeline", tag = "profiles",
-    params(("customer_id" = CustomerId, Path, description = "The customer id"), TimelineQuery),
+    params(("customer_id" = CustomerId, Path, description = "The customer id"), TimelineParams),
     responses(
         (status = 200, body = TimelinePage),
         (status = 308, description = "Merged into another profile", body = ErrorBody),
@@ -262,7 +261,7 @@ pub async fn timeline(
     auth: Authorized<ReadProfiles>,
     services: web::Data<Services>,
     path: web::Path<String>,
-    query: web::Query<TimelineQuery>,
+    query: web::Query<TimelineParams>,
 ) -> Result<web::Json<TimelinePage>, ApiError> {
     let id = customer_id(&path)?;
     check_page_limit(query.limit)?;
@@ -275,7 +274,7 @@ pub async fn timeline(
     }
     Ok(web::Json(services.timeline(
         id,
-        &query,
+        &query.into_inner().into(),
         auth.principal.access(),
     )?))
 }
@@ -303,7 +302,7 @@ pub async fn patch_traits(
         auth.principal.check_channel(&patch.channel)?;
         Ok(web::Json(
             services
-                .patch_traits(id, patch, auth.principal.access())
+                .patch_traits(id, patch.channel, patch.traits, auth.principal.access())
                 .await?,
         ))
     })
@@ -333,7 +332,7 @@ pub async fn add_answers(
         auth.principal.check_channel(&input.channel)?;
         Ok(web::Json(
             services
-                .add_answers(id, input, auth.principal.access())
+                .add_answers(id, input.channel, input.answers, auth.principal.access())
                 .await?,
         ))
     })
@@ -466,7 +465,7 @@ pub async fn unmerge(
 /// identifier's comings and goings would tell who else holds it.
 #[utoipa::path(
     get, path = "/v1/profiles/{customer_id}/history", tag = "merges",
-    params(("customer_id" = CustomerId, Path, description = "Any id, live, absorbed or erased"), HistoryQuery),
+    params(("customer_id" = CustomerId, Path, description = "Any id, live, absorbed or erased"), HistoryParams),
     responses(
         (status = 200, body = HistoryPage),
     ),
@@ -476,14 +475,14 @@ pub async fn history(
     auth: Authorized<ReadIdentity>,
     services: web::Data<Services>,
     path: web::Path<String>,
-    query: web::Query<HistoryQuery>,
+    query: web::Query<HistoryParams>,
 ) -> Result<web::Json<HistoryPage>, ApiError> {
     auth.principal.require(Scope::ProfilesRead)?;
     let id = customer_id(&path)?;
     check_page_limit(query.limit)?;
     Ok(web::Json(services.history(
         id,
-        &query,
+        &query.into_inner().into(),
         auth.principal.access(),
     )?))
 }
@@ -627,7 +626,13 @@ pub async fn set_consent(
         auth.principal.check_channel(&input.channel)?;
         Ok(web::Json(
             services
-                .set_consent(id, purpose, input, auth.principal.access())
+                .set_consent(
+                    id,
+                    purpose,
+                    input.granted,
+                    input.channel,
+                    auth.principal.access(),
+                )
                 .await?,
         ))
     })

@@ -31,13 +31,14 @@ use sha2::{Digest, Sha256};
 
 use super::erasures::Erasure;
 use super::idempotency::KeyRecord;
-use super::ingest::SignalRecord;
 use super::journal;
 use super::views::Access;
 use super::{Caller, ServiceError, Services};
 use crate::domain::{CustomerId, IdentityEvent, Interaction, Profile, Suggestion};
 use crate::store::backup::{encode_frame, encode_record, BackupPoint, StreamEnd};
-use crate::store::{decode_change, parse_key, BackupReader, RecordKey, Store, StoreError};
+use crate::store::{
+    decode_change, parse_key, BackupReader, RecordKey, SignalRecord, Store, StoreError,
+};
 
 /// How far past the old store's last handed-out position a restored store
 /// starts: room for every change the old store may have made after the

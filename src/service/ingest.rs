@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use super::idempotency::{Keyed, KEYED};
-use super::views::{ignored_view, ConflictView, IngestResult, NotStoredView};
+use super::views::{ignored_view, ConflictView, IgnoredView, IngestResult, NotStoredView};
 use super::{atomically, Caller, ServiceError, Services, Writer};
 use crate::domain::TimelinePosition;
 use crate::domain::{
@@ -16,27 +15,71 @@ use crate::domain::{
     Interaction, Journey, Link, Owner, Profile, ProfileEdit, Signal, SignalInput, SignalRules,
     Suggestion, TraitValue, Trust,
 };
-use crate::store::{StoreError, StoreTx};
+use crate::store::{
+    SignalRecord, StoreError, StoreTx, StoredConflict, StoredIgnored, StoredLeftOut, StoredResult,
+};
 
-/// What the store keeps per `signal_id`.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct SignalRecord {
-    /// Fingerprint of the signal's content, to tell a replay from a reuse.
-    pub fingerprint: String,
-    /// The first result; `None` once the profile was erased.
-    pub result: Option<IngestResult>,
+impl From<&IngestResult> for StoredResult {
+    fn from(r: &IngestResult) -> StoredResult {
+        StoredResult {
+            customer_id: r.customer_id,
+            created: r.created,
+            merged_ids: r.merged_ids.clone(),
+            conflicts: (r.conflicts.iter())
+                .map(|c| StoredConflict {
+                    kind: c.kind.clone(),
+                    value: c.value.clone(),
+                    reason: c.reason,
+                })
+                .collect(),
+            version: r.version,
+            ignored_identifiers: (r.ignored_identifiers.iter())
+                .map(|i| StoredIgnored {
+                    index: i.index,
+                    kind: i.kind.clone(),
+                    value: i.value.clone(),
+                    reason: i.reason.clone(),
+                })
+                .collect(),
+            not_stored: (r.not_stored.iter())
+                .map(|n| StoredLeftOut {
+                    item: n.item.clone(),
+                    reason: n.reason.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
-impl SignalRecord {
-    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        serde_json::to_vec(self).map_err(|e| StoreError::Engine(e.to_string()))
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<SignalRecord, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-            key: "signal record".into(),
-            reason: e.to_string(),
-        })
+impl From<StoredResult> for IngestResult {
+    fn from(r: StoredResult) -> IngestResult {
+        IngestResult {
+            customer_id: r.customer_id,
+            created: r.created,
+            merged_ids: r.merged_ids,
+            conflicts: (r.conflicts.into_iter())
+                .map(|c| ConflictView {
+                    kind: c.kind,
+                    value: c.value,
+                    reason: c.reason,
+                })
+                .collect(),
+            version: r.version,
+            ignored_identifiers: (r.ignored_identifiers.into_iter())
+                .map(|i| IgnoredView {
+                    index: i.index,
+                    kind: i.kind,
+                    value: i.value,
+                    reason: i.reason,
+                })
+                .collect(),
+            not_stored: (r.not_stored.into_iter())
+                .map(|n| NotStoredView {
+                    item: n.item,
+                    reason: n.reason,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -332,7 +375,7 @@ fn resolve(
                     Err(ServiceError::SignalIdReused(id.clone()))
                 }
                 Some(result) => Ok(Applied {
-                    result,
+                    result: result.into(),
                     fresh: false,
                 }),
             };
@@ -686,7 +729,7 @@ fn resolve(
     if let (Some(signal_id), Some(fingerprint)) = (&signal.signal_id, fingerprint) {
         let record = SignalRecord {
             fingerprint,
-            result: Some(result.clone()),
+            result: Some(StoredResult::from(&result)),
         };
         // Indexed under the member it speaks for: erasing that member turns it
         // into a tombstone, whatever it was merged into at the time.

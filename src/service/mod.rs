@@ -25,7 +25,6 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
 use crate::cache::RedisLink;
-use crate::config::Backend;
 use crate::config::Settings;
 use crate::domain::{
     Committed, ConflictReason, CustomerId, IdentifierError, LiveEvent, SignalError, SignalInput,
@@ -39,9 +38,7 @@ use tail::Tail;
 pub use committer::{AfterCommit, CommitPolicy, Committer, Writer};
 pub use ingest::{BatchItem, Ingested};
 use journal::Recording;
-pub use profiles::{
-    AnswersInput, ConsentInput, HistoryQuery, MergeInput, TimelineQuery, TraitsPatch, UnmergeInput,
-};
+pub use profiles::{HistoryQuery, TimelineQuery};
 pub use views::{Access, FieldRules, Masking};
 
 /// Failures of a use case. Every variant maps to one stable error code in
@@ -269,7 +266,7 @@ impl Services {
         // and stream replays serve it from the first request on.
         let published = Arc::new(AtomicU64::new(last_change));
         let durable = Arc::new(AtomicU64::new(0));
-        let shared = settings.storage.backend == Backend::Postgres;
+        let shared = store.shared();
         // Over a store other instances write, events come from its log.
         let tail = shared.then(|| {
             Tail::start(

@@ -7,22 +7,21 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
 
 use super::erasures::Erasure;
-use super::ingest::{absorb, detach, event, within_caps, Cause, Linking, SignalRecord};
+use super::ingest::{absorb, detach, event, within_caps, Cause, Linking};
 use super::views::{
     self, Access, ContextCard, HistoryPage, ProfileView, SuggestionView, TimelinePage,
 };
 use super::{atomically, Caller, ServiceError, Services, Writer};
 use crate::cache::Cached;
-use crate::domain::names::ChannelName;
 use crate::domain::{
-    check_answers, check_traits, is_valid_name, trait_map_schema, Answer, AnswerInput, Caps,
-    ChannelRules, ConflictReason, Consent, CustomerId, Identifier, IdentityEventKind, Interaction,
+    check_answers, check_traits, is_valid_name, Answer, AnswerInput, Caps, ChannelRules,
+    ConflictReason, Consent, CustomerId, Identifier, IdentityEventKind, Interaction,
     NormaliseOutcome, Profile, ProfileEdit, SignalRules, Suggestion, TraitValue,
 };
 use crate::domain::{parse_decimal, TimelinePosition};
+use crate::store::SignalRecord;
 use crate::store::{StoreError, StoreTx};
 
 pub const DEFAULT_CONTEXT_INTERACTIONS: usize = 10;
@@ -38,101 +37,22 @@ pub struct CardSource {
     pub(crate) recent: Vec<Interaction>,
 }
 
-/// Body of `PATCH /v1/profiles/{customer_id}/traits`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TraitsPatch {
-    #[schema(value_type = ChannelName)]
-    pub channel: String,
-    /// Trait name -> new value (at most 4 KiB as JSON); `null` deletes the trait.
-    #[schema(schema_with = trait_map_schema)]
-    pub traits: BTreeMap<String, Value>,
-}
-
-/// Body of `POST /v1/profiles/{customer_id}/answers`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AnswersInput {
-    #[schema(value_type = ChannelName)]
-    pub channel: String,
-    #[schema(max_items = 50)]
-    pub answers: Vec<AnswerInput>,
-}
-
-/// Body of `PUT /v1/profiles/{customer_id}/consents/{purpose}`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConsentInput {
-    pub granted: bool,
-    /// Where the customer gave the decision.
-    #[schema(value_type = ChannelName)]
-    pub channel: String,
-}
-
-/// Body of `POST /v1/profiles/{customer_id}/unmerge`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UnmergeInput {
-    /// The absorbed profile to restore.
-    #[schema(value_type = CustomerId)]
-    pub merged_id: String,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct HistoryQuery {
-    /// Page size, 1 to 200 (default 50).
-    #[serde(default, deserialize_with = "deserialize_limit")]
-    #[param(minimum = 1, maximum = 200)]
-    pub limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    #[param(pattern = "^[0-9]{1,19}$")]
-    pub cursor: Option<String>,
-}
-
-/// Body of `POST /v1/profiles/{target_id}/merge`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct MergeInput {
-    /// The profile to fold into the target; its id becomes an alias.
-    #[schema(value_type = CustomerId)]
-    pub source_id: String,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
+/// A page of a customer's timeline: how many, after which interaction
+/// (an interaction id as the previous page handed out), on which channel.
+#[derive(Debug, Clone, Default)]
 pub struct TimelineQuery {
-    /// Page size, 1 to 200 (default 50).
-    #[serde(default, deserialize_with = "deserialize_limit")]
-    #[param(minimum = 1, maximum = 200)]
+    /// Page size, 1 to [`MAX_PAGE`] (default 50).
     pub limit: Option<usize>,
-    /// `next_cursor` of the previous page.
-    #[param(pattern = "^[0-9]{1,19}-[0-9]{1,19}$")]
     pub cursor: Option<String>,
-    /// Only interactions on this channel (any channel name, also one no
-    /// longer configured).
-    #[param(pattern = "^[a-z][a-z0-9_]{0,31}$")]
     pub channel: Option<String>,
 }
 
-/// A `limit` query parameter. The query deserializer's own error for a value
-/// that is not a number does not name the parameter; this one does. Only
-/// plain decimal digits count (`+5` is not a page size).
-pub fn deserialize_limit<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<usize>, D::Error> {
-    let Some(raw) = Option::<String>::deserialize(d)? else {
-        return Ok(None);
-    };
-    parse_decimal(&raw)
-        .and_then(|n| usize::try_from(n).ok())
-        .map(Some)
-        .ok_or_else(|| {
-            let shown: String = raw.chars().take(32).collect();
-            serde::de::Error::custom(format!("limit must be a whole number, not `{shown}`"))
-        })
+/// A page of a customer's identity ledger: how many, after which entry.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Page size, 1 to [`MAX_PAGE`] (default 50).
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
 }
 
 impl Services {
@@ -443,38 +363,38 @@ impl Services {
     pub async fn patch_traits(
         &self,
         id: CustomerId,
-        patch: TraitsPatch,
+        channel: String,
+        traits: BTreeMap<String, Value>,
         access: Access,
     ) -> Result<ProfileView, ServiceError> {
-        self.rules.channels.check(&patch.channel)?;
-        check_traits(&patch.traits)?;
+        self.rules.channels.check(&channel)?;
+        check_traits(&traits)?;
         let now = Services::now();
-        let changes = patch
-            .traits
+        let changes = traits
             .iter()
             .map(|(name, value)| ProfileEdit::Trait {
                 name: name.clone(),
                 value: TraitValue {
                     value: (!value.is_null()).then(|| value.clone()),
-                    channel: patch.channel.clone(),
+                    channel: channel.clone(),
                     observed_at: now,
                     signal_id: None,
                 },
             })
             .collect();
-        self.write_own(id, patch.channel, changes, now, access)
-            .await
+        self.write_own(id, channel, changes, now, access).await
     }
 
     pub async fn add_answers(
         &self,
         id: CustomerId,
-        input: AnswersInput,
+        channel: String,
+        answers: Vec<AnswerInput>,
         access: Access,
     ) -> Result<ProfileView, ServiceError> {
-        self.rules.channels.check(&input.channel)?;
+        self.rules.channels.check(&channel)?;
         let now = Services::now();
-        let answers = check_answers(input.answers, now, &self.rules.answer_ttl)?;
+        let answers = check_answers(answers, now, &self.rules.answer_ttl)?;
         let changes = answers
             .into_iter()
             .map(|a| ProfileEdit::Answer {
@@ -482,15 +402,14 @@ impl Services {
                 answer: Answer {
                     value: a.value,
                     question: a.question,
-                    channel: input.channel.clone(),
+                    channel: channel.clone(),
                     captured_at: now,
                     expires_at: a.expires_at,
                     signal_id: None,
                 },
             })
             .collect();
-        self.write_own(id, input.channel, changes, now, access)
-            .await
+        self.write_own(id, channel, changes, now, access).await
     }
 
     /// Applies changes made on the profile's own behalf (an agent's or a
@@ -725,7 +644,8 @@ impl Services {
         &self,
         id: CustomerId,
         purpose: String,
-        input: ConsentInput,
+        granted: bool,
+        channel: String,
         access: Access,
     ) -> Result<ProfileView, ServiceError> {
         if !self.purposes.contains(&purpose) {
@@ -733,18 +653,17 @@ impl Services {
                 purpose.chars().take(64).collect(),
             ));
         }
-        self.rules.channels.check(&input.channel)?;
+        self.rules.channels.check(&channel)?;
         let now = Services::now();
         let change = ProfileEdit::Consent {
             purpose,
             consent: Consent {
-                granted: input.granted,
-                channel: input.channel.clone(),
+                granted,
+                channel: channel.clone(),
                 at: now,
             },
         };
-        self.write_own(id, input.channel, vec![change], now, access)
-            .await
+        self.write_own(id, channel, vec![change], now, access).await
     }
 
     /// Open merge suggestions involving this profile (or any profile it

@@ -15,13 +15,7 @@ use crate::domain::{
     IgnoredIdentifier, Interaction, Profile, SignalRules, Suggestion,
 };
 
-/// What the caller may see. Built from the token's scopes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Access {
-    /// Whether personal data (PII identifiers, PII traits, free text) is
-    /// shown in clear.
-    pub pii: bool,
-}
+pub use crate::domain::Access;
 
 /// Which fields hold personal data, from configuration: the PII traits,
 /// and the free text that is *not* personal (free text is, by default).

@@ -10,10 +10,14 @@ pub mod backup;
 pub mod copy;
 mod postgres;
 mod records;
+mod signal_record;
 mod sled;
 
 pub use self::postgres::{migrate, PgOptions, PgStore, SCHEMA_VERSION};
 pub use self::records::{kind_of, parse_key, Entry, RecordKey, RecordStats};
+pub use self::signal_record::{
+    SignalRecord, StoredConflict, StoredIgnored, StoredLeftOut, StoredResult,
+};
 pub use self::sled::{SledStore, SEQUENCE_BASE};
 
 use crate::domain::{
@@ -172,6 +176,11 @@ pub trait BackupReader: Send {
 pub type WriteFn<'a> = dyn FnMut(&mut dyn StoreTx) -> bool + 'a;
 
 pub trait Store: Send + Sync + 'static {
+    /// Whether other instances write this store too: their changes then
+    /// reach this one through the change log, and the store is backed up
+    /// with its own tools, not by the service.
+    fn shared(&self) -> bool;
+
     fn profile(&self, id: CustomerId) -> Result<Option<Profile>, StoreError>;
     fn alias(&self, id: CustomerId) -> Result<Option<CustomerId>, StoreError>;
     fn owner(&self, identifier: &Identifier) -> Result<Option<CustomerId>, StoreError>;

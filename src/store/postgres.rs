@@ -522,6 +522,8 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 impl Engine for PgStore {
+    const SHARED: bool = true;
+
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let conn = self.lend()?;
         let row = wait(conn.client.query_opt(&conn.get, &[&k])).map_err(engine)?;

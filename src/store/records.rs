@@ -263,6 +263,9 @@ fn decode_id(k: &[u8], bytes: &[u8]) -> Result<CustomerId, StoreError> {
 /// What an engine offers: an ordered map of byte keys, and writes made all
 /// at once or not at all.
 pub(super) trait Engine: Send + Sync + 'static {
+    /// See [`Store::shared`].
+    const SHARED: bool;
+
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// The entries with `start <= key < end`, ascending, or descending when
@@ -353,6 +356,10 @@ pub(super) fn stats<E: Engine>(engine: &E) -> Result<Vec<RecordStats>, StoreErro
 }
 
 impl<E: Engine> Store for E {
+    fn shared(&self) -> bool {
+        E::SHARED
+    }
+
     fn profile(&self, id: CustomerId) -> Result<Option<Profile>, StoreError> {
         let k = key(PROFILE, &id.to_key());
         self.get(&k)?.map(|v| decode(&k, &v)).transpose()

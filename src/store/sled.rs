@@ -444,6 +444,8 @@ fn heal(weak: Weak<Inner>) {
 }
 
 impl Engine for SledStore {
+    const SHARED: bool = false;
+
     fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let open = self.inner.current()?;
         match open.tree.get(k) {
