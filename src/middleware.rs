@@ -12,23 +12,8 @@ use tracing::Instrument;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const CANONICAL_ID_HEADER: &str = "canonical-customer-id";
 
-/// What error bodies and redirects need to know about the request being served.
-#[derive(Debug, Clone)]
-pub struct RequestInfo {
-    pub request_id: String,
-    pub path_and_query: String,
-    /// GET or HEAD: the request changes nothing.
-    pub reads_only: bool,
-}
-
-tokio::task_local! {
-    static REQUEST: RequestInfo;
-}
-
-/// The request being served by this task, if any.
-pub fn current_request() -> Option<RequestInfo> {
-    REQUEST.try_with(Clone::clone).ok()
-}
+use crate::telemetry::REQUEST;
+pub use crate::telemetry::{current_request, RequestInfo};
 
 /// A caller-supplied id is kept when it is short and plain, so a desk can
 /// correlate its own logs with ours; anything else is replaced.

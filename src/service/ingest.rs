@@ -321,7 +321,7 @@ fn after_commit(caller: &Caller, applied: Applied) -> IngestResult {
         metrics::counter!("anamnesis_merges_total", "kind" => "automatic")
             .increment(r.merged_ids.len() as u64);
         for merged in &r.merged_ids {
-            crate::audit::record_signal_merge(
+            crate::telemetry::record_signal_merge(
                 &caller.subject,
                 caller.channel.as_deref(),
                 r.customer_id,
