@@ -11,8 +11,8 @@
 //!
 //! - [`keys`]: the key of each kind of record, and reading a key back.
 //! - [`read`]: [`Store`] over any [`Engine`]: every read, by key or by range.
-//! - [`write`]: [`StoreTx`] over any [`Staging`]: every change a use case
-//!   makes, as keys put and removed.
+//! - [`write`](mod@write): [`StoreTx`] over any [`Staging`]: every change a
+//!   use case makes, as keys put and removed.
 //!
 //! [`Store`]: super::Store
 //! [`StoreTx`]: super::StoreTx
@@ -80,19 +80,20 @@ pub(super) trait Engine: Send + Sync + 'static {
     /// `descending`.
     fn range(&self, start: &[u8], end: &[u8], descending: bool) -> Entries<'_>;
 
-    /// Runs `op` over a [`Staging`] of this engine; see [`Store::write`].
+    /// Runs `op` over a [`Staging`] of this engine; see
+    /// [`Store::write`](super::Store::write).
     fn run_write(&self, op: &mut WriteFn<'_>) -> Result<(), StoreError>;
-    /// See [`Store::apply`].
+    /// See [`Store::apply`](super::Store::apply).
     fn apply_staged(&self) -> Result<(), StoreError>;
-    /// See [`Store::flush`].
+    /// See [`Store::flush`](super::Store::flush).
     fn make_durable(&self) -> Result<usize, StoreError>;
     fn check(&self) -> Result<(), StoreError>;
     fn disk_bytes(&self) -> Result<u64, StoreError>;
-    /// See [`Store::generation`].
+    /// See [`Store::generation`](super::Store::generation).
     fn generation(&self) -> u64 {
         0
     }
-    /// See [`Store::begin_backup`].
+    /// See [`Store::begin_backup`](super::Store::begin_backup).
     fn backup(&self) -> Result<Box<dyn BackupReader>, StoreError> {
         Err(StoreError::Engine(
             "this engine is backed up with its own tools".into(),
@@ -116,9 +117,9 @@ pub(super) trait Staging {
     /// Keys under `prefix` as stored, plus those this write added, minus
     /// those it removed.
     fn keys_with_prefix(&mut self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StoreError>;
-    /// See [`StoreTx::next_sequence`].
+    /// See [`StoreTx::next_sequence`](super::StoreTx::next_sequence).
     fn next_sequence(&mut self) -> Result<u64, StoreError>;
-    /// See [`StoreTx::allocate_change`].
+    /// See [`StoreTx::allocate_change`](super::StoreTx::allocate_change).
     fn allocate_change(&mut self) -> Result<Option<u64>, StoreError>;
 }
 
