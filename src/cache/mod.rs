@@ -59,12 +59,14 @@ use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
+mod keys;
+
+use self::keys::CLUSTER_BUCKETS;
 use crate::config::RedisSettings;
-use crate::domain::{Committed, CustomerId, Identifier, LiveEvent};
+use crate::domain::{Committed, CustomerId, LiveEvent};
 use crate::events::Publish;
 
 /// Fills an entry unless it holds a newer position (or the generation moved).
@@ -103,11 +105,6 @@ return #KEYS - 1
 
 /// A value as Redis returns it (absent: `None`).
 type Raw = Option<Vec<u8>>;
-
-/// The buckets of a cluster's keys: one hash slot each, so they spread over
-/// up to this many primaries (more than a cluster of this service needs),
-/// while bumping every generation after an outage stays one short burst.
-const CLUSTER_BUCKETS: u32 = 256;
 
 /// The connection commands go through: to one server, or to a cluster,
 /// where each command goes to the node that holds its keys' slot.
@@ -320,54 +317,6 @@ impl RedisLink {
     /// Whether Redis is in use (not degraded).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
-    }
-
-    /// What starts every key of `bucket`: on a cluster
-    /// `<prefix>{<store>:<bucket>}:`, the braces making the bucket the key's
-    /// hash slot; on one server `<prefix><store>:`.
-    fn bucket_prefix(&self, bucket: u32) -> String {
-        if self.buckets == 1 {
-            format!("{}{}:", self.prefix, self.store)
-        } else {
-            format!("{}{{{}:{bucket}}}:", self.prefix, self.store)
-        }
-    }
-
-    fn key(&self, kind: &str, id: &str) -> String {
-        let bucket = bucket_of(id, self.buckets);
-        format!("{}{kind}:{id}", self.bucket_prefix(bucket))
-    }
-
-    fn bucket_generation(&self, bucket: u32) -> String {
-        format!("{}generation", self.bucket_prefix(bucket))
-    }
-
-    /// The generation of the bucket `key` is in (on its hash slot): the
-    /// key's own bucket prefix, which the store id (alphanumeric) and the
-    /// prefix (no braces) cannot confuse.
-    fn generation_key(&self, key: &str) -> String {
-        match key.find("}:") {
-            Some(end) if self.buckets > 1 => format!("{}generation", &key[..end + 2]),
-            _ => self.bucket_generation(0),
-        }
-    }
-
-    fn channel(&self) -> String {
-        format!("{}events", self.prefix)
-    }
-
-    pub fn card_key(&self, id: CustomerId) -> String {
-        self.key("card", &id.to_string())
-    }
-
-    /// Identifiers are hashed: no phone number or email appears in a key.
-    pub fn owner_key(&self, identifier: &Identifier) -> String {
-        let digest = Sha256::digest(identifier.key());
-        let mut hex = String::with_capacity(64);
-        for b in digest {
-            hex.push_str(&format!("{b:02x}"));
-        }
-        self.key("owner", &hex)
     }
 
     /// Redis went wrong: stop using it until the check finds it again.
@@ -730,20 +679,6 @@ struct BusMessageRef<'a> {
     events: &'a [&'a LiveEvent],
 }
 
-/// Which of `buckets` an id's keys go to (FNV-1a: stable across builds and
-/// instances, which must all agree).
-fn bucket_of(id: &str, buckets: u32) -> u32 {
-    if buckets <= 1 {
-        return 0;
-    }
-    let mut hash: u32 = 0x811c_9dc5;
-    for b in id.bytes() {
-        hash ^= u32::from(b);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash % buckets
-}
-
 /// `<generation>:<position>:<body>` -> its parts.
 fn split_entry(entry: &[u8]) -> Option<(u64, u64, &[u8])> {
     let mut parts = entry.splitn(3, |b| *b == b':');
@@ -754,25 +689,7 @@ fn split_entry(entry: &[u8]) -> Option<(u64, u64, &[u8])> {
 
 #[cfg(test)]
 mod tests {
-    use super::{bucket_of, split_entry, CLUSTER_BUCKETS};
-
-    #[test]
-    fn ids_spread_over_every_bucket_and_always_to_the_same_one() {
-        assert_eq!(bucket_of("01JABCDEF", 1), 0);
-        assert_eq!(
-            bucket_of("a", CLUSTER_BUCKETS),
-            bucket_of("a", CLUSTER_BUCKETS)
-        );
-        let mut seen = vec![0u32; CLUSTER_BUCKETS as usize];
-        for i in 0..25_600 {
-            seen[bucket_of(
-                &ulid::Ulid::from(i as u128 * 7919).to_string(),
-                CLUSTER_BUCKETS,
-            ) as usize] += 1;
-        }
-        let (least, most) = (seen.iter().min().unwrap(), seen.iter().max().unwrap());
-        assert!(*least > 50 && *most < 150, "uneven: {least}..{most}");
-    }
+    use super::split_entry;
 
     #[test]
     fn entries_split_into_generation_position_and_body() {
