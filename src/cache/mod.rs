@@ -51,19 +51,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
-use redis::cluster::{ClusterClientBuilder, ClusterConfig};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Script, Value};
+use redis::{RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
+mod conn;
 mod keys;
 
+use self::conn::{Cluster, Conn};
 use self::keys::CLUSTER_BUCKETS;
 use crate::config::RedisSettings;
 use crate::domain::{Committed, CustomerId, LiveEvent};
@@ -106,42 +104,6 @@ return #KEYS - 1
 /// A value as Redis returns it (absent: `None`).
 type Raw = Option<Vec<u8>>;
 
-/// The connection commands go through: to one server, or to a cluster,
-/// where each command goes to the node that holds its keys' slot.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl redis::aio::ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
 /// What a cache read found.
 pub enum Cached {
     /// The entry's body.
@@ -175,7 +137,7 @@ pub struct RedisLink {
     /// Replaced by a new one when a cluster's was lost (see `recover`).
     conn: std::sync::Mutex<Conn>,
     /// A cluster: how to connect to it afresh.
-    cluster: Option<(redis::cluster::ClusterClient, ClusterConfig)>,
+    cluster: Option<Cluster>,
     handle: Handle,
     /// Starts every key and the event channel's name (shared by every instance).
     prefix: String,
@@ -222,59 +184,9 @@ impl RedisLink {
             !store.is_empty() && store.chars().all(|c| c.is_ascii_alphanumeric()),
             "the store id `{store}` is not alphanumeric"
         );
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("anamnesis-redis".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("the Redis runtime starts");
-                let _ = handle_tx.send(runtime.handle().clone());
-                runtime.block_on(std::future::pending::<()>());
-            })
-            .context("starting the Redis thread")?;
-        let handle = handle_rx.recv().context("the Redis thread did not start")?;
+        let handle = conn::runtime()?;
         let timeout = Duration::from_millis(settings.timeout_ms);
-        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
-        let (conn, subscribe_to, cluster) = match &settings.url {
-            Some(url) => {
-                let client = redis::Client::open(url.as_str()).context("redis.url")?;
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(200));
-                let _inside = handle.enter();
-                let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-                    .context("setting up the Redis connection")?;
-                (Conn::Single(conn), vec![client], None)
-            }
-            None => {
-                let seeds = &settings.cluster_nodes;
-                anyhow::ensure!(
-                    !seeds.is_empty(),
-                    "neither redis.url nor redis.cluster_nodes is set"
-                );
-                let subscribe_to = seeds
-                    .iter()
-                    .map(|seed| redis::Client::open(seed.as_str()))
-                    .collect::<RedisResult<Vec<_>>>()
-                    .context("redis.cluster_nodes")?;
-                // No retries: a reconnect or a redirect after a node
-                // restarted or failed over must be seen (see above).
-                let client = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-                    .retries(0)
-                    .build()
-                    .context("redis.cluster_nodes")?;
-                let config = ClusterConfig::new()
-                    .set_connection_timeout(connect_timeout)
-                    .set_response_timeout(timeout);
-                let _inside = handle.enter();
-                let conn = client.get_pending_async_connection_with_config(config.clone());
-                (Conn::Cluster(conn), subscribe_to, Some((client, config)))
-            }
-        };
+        let (conn, subscribe_to, cluster) = conn::connect(settings, &handle, timeout)?;
         let (commits, commit_rx) = mpsc::unbounded_channel();
         let link = Arc::new(RedisLink {
             subscribe_to,
@@ -308,10 +220,6 @@ impl RedisLink {
         handle.spawn(link.clone().listen());
         handle.spawn(link.clone().send_commits(commit_rx));
         Ok(link)
-    }
-
-    fn conn(&self) -> Conn {
-        self.conn.lock().expect("the connection lock").clone()
     }
 
     /// Whether Redis is in use (not degraded).
@@ -626,17 +534,6 @@ impl RedisLink {
             }
             metrics::gauge!("anamnesis_redis_up").set(1.0);
             tracing::info!("Redis is back: cache and event bus in use");
-        }
-    }
-
-    /// A cluster connection that lost a node may keep waiting on it after
-    /// it came back: while checks fail, start afresh every fifth (a second).
-    fn reconnect_now_and_then(&self, failed_checks: u32) {
-        if let Some((client, config)) = &self.cluster {
-            if failed_checks % 5 == 0 {
-                let fresh = client.get_pending_async_connection_with_config(config.clone());
-                *self.conn.lock().expect("the connection lock") = Conn::Cluster(fresh);
-            }
         }
     }
 
