@@ -50,12 +50,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::{RedisResult, Script};
-use serde::{Deserialize, Serialize};
+use redis::Script;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
+mod bus;
 mod conn;
 mod entries;
 mod health;
@@ -63,19 +62,13 @@ mod keys;
 
 pub use self::entries::Cached;
 
+use self::bus::BusMessageRef;
 use self::conn::{Cluster, Conn};
 use self::entries::{FILL, MARK};
 use self::keys::CLUSTER_BUCKETS;
 use crate::config::RedisSettings;
 use crate::domain::{Committed, CustomerId, LiveEvent};
 use crate::events::Publish;
-
-/// The events of one group of writes, as sent to the other instances.
-#[derive(Serialize, Deserialize)]
-struct BusMessage {
-    origin: String,
-    events: Vec<LiveEvent>,
-}
 
 /// A group of durable writes on its way to Redis, then to the writers.
 struct Commit {
@@ -265,42 +258,4 @@ impl RedisLink {
         });
         let _ = futures_executor::block_on(done);
     }
-
-    /// Receives the other instances' events and hands them to local streams.
-    /// A lost subscription means Redis went away: degrade, and resubscribe.
-    async fn listen(self: Arc<Self>) {
-        for turn in 0.. {
-            let client = &self.subscribe_to[turn % self.subscribe_to.len()];
-            let subscribed = tokio::time::timeout(self.timeout * 4, async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(self.channel()).await?;
-                RedisResult::Ok(pubsub)
-            })
-            .await;
-            let Ok(Ok(pubsub)) = subscribed else {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            };
-            let mut messages = pubsub.into_on_message();
-            while let Some(message) = messages.next().await {
-                let Ok(bus) = serde_json::from_slice::<BusMessage>(message.get_payload_bytes())
-                else {
-                    continue;
-                };
-                if bus.origin != self.instance && self.hub.takes_remote() {
-                    let events: Vec<Arc<LiveEvent>> =
-                        bus.events.into_iter().map(Arc::new).collect();
-                    self.hub.publish(&events);
-                }
-            }
-            self.degrade("the event subscription was lost", true);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct BusMessageRef<'a> {
-    origin: &'a str,
-    events: &'a [&'a LiveEvent],
 }
