@@ -45,6 +45,15 @@
 //! from an old snapshot) or a replica that took over shows as a failed call
 //! on the connection to it, which degrades Redis and leads to a new
 //! generation, exactly as a dropped connection to one server does.
+//!
+//! # Layout
+//!
+//! - `conn`: connecting to one server or a cluster, on a thread of its own.
+//! - `keys`: the key scheme: prefix, store, buckets and their generations.
+//! - `entries`: reading, filling and marking entries, with the Lua scripts.
+//! - `health`: in use, degraded or returning; the check that brings it back.
+//! - `commits`: the write path, from durable writes to markers to events.
+//! - `bus`: events to and from the other instances.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
