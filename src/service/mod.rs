@@ -11,6 +11,7 @@ pub mod idempotency;
 mod ingest;
 pub mod journal;
 pub mod live;
+pub mod masking;
 pub mod profiles;
 mod tail;
 pub mod upgrade;
@@ -38,8 +39,8 @@ use tail::Tail;
 pub use committer::{AfterCommit, CommitPolicy, Committer, Writer};
 pub use ingest::{BatchItem, Ingested};
 use journal::Recording;
+pub use masking::{Access, FieldRules, Masking};
 pub use profiles::{HistoryQuery, TimelineQuery};
-pub use views::{Access, FieldRules, Masking};
 
 /// Failures of a use case. Every variant maps to one stable error code in
 /// `crate::error`.
