@@ -1,6 +1,6 @@
-//! The table against the errors that use it.
+//! The table against the errors that use it, and against its documentation.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use actix_web::ResponseError;
@@ -11,6 +11,10 @@ use crate::auth::TokenError;
 use crate::domain::{CustomerId, CustomerIdError, IdentifierError, SignalError};
 use crate::service::ServiceError;
 use crate::store::StoreError;
+
+/// The file whose error table people read; the table is found in it by its
+/// header row (`| status | codes |`), wherever it stands.
+const DOCUMENTED_IN: &str = "README.md";
 
 /// Text an internal cause carries in the samples; no client may hear it.
 const SECRET: &str = "disk /var/lib/anamnesis/7 on fire";
@@ -299,4 +303,104 @@ fn every_answer_carries_the_headers_its_entry_names() {
     }
     let waited = ApiError::RateLimited(Duration::from_millis(1500)).error_response();
     assert_eq!(waited.headers().get("retry-after").unwrap(), "2");
+}
+
+/// The error table of the documentation: each status with the codes its row
+/// names. Text in parentheses explains a code and is not read; the codes are
+/// the backticked snake_case words.
+fn documented_codes(text: &str) -> BTreeMap<u16, BTreeSet<String>> {
+    let cells = |line: &str| -> Vec<String> {
+        line.trim()
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_owned())
+            .collect()
+    };
+    let mut lines = text.lines();
+    lines
+        .by_ref()
+        .find(|l| l.trim_start().starts_with('|') && cells(l) == ["status", "codes"])
+        .unwrap_or_else(|| panic!("{DOCUMENTED_IN} has no `| status | codes |` table"));
+    let mut rows = BTreeMap::new();
+    for line in lines.skip(1) {
+        if !line.trim_start().starts_with('|') {
+            break;
+        }
+        let row = cells(line);
+        let [status, codes] = &row[..] else {
+            panic!("{DOCUMENTED_IN}: a row of the error table has not two cells: {line}");
+        };
+        let status: u16 = status
+            .parse()
+            .unwrap_or_else(|_| panic!("{DOCUMENTED_IN}: `{status}` is not a status"));
+        let mut depth = 0usize;
+        let mut outside = String::new();
+        for c in codes.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth = depth.saturating_sub(1),
+                c if depth == 0 => outside.push(c),
+                _ => {}
+            }
+        }
+        let named: BTreeSet<String> = outside
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| {
+                w.starts_with(|c: char| c.is_ascii_lowercase())
+                    && w.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            })
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            rows.insert(status, named).is_none(),
+            "{DOCUMENTED_IN}: status {status} has two rows"
+        );
+    }
+    rows
+}
+
+#[test]
+fn the_documented_table_is_the_table() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(DOCUMENTED_IN);
+    let text = std::fs::read_to_string(&path).expect("the documentation is readable");
+    let documented = documented_codes(&text);
+    let mut wrong = Vec::new();
+    for entry in TABLE {
+        let status = entry.status.as_u16();
+        if !documented
+            .get(&status)
+            .is_some_and(|codes| codes.contains(entry.code))
+        {
+            wrong.push(format!(
+                "`{}` is missing from the row of {status}",
+                entry.code
+            ));
+        }
+    }
+    for (status, named) in &documented {
+        for code in named {
+            if !TABLE
+                .iter()
+                .any(|e| e.code == code && e.status.as_u16() == *status)
+            {
+                wrong.push(format!(
+                    "the row of {status} names `{code}`, which the table has not under {status}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{DOCUMENTED_IN}:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_documented_table_is_read_as_written() {
+    let text = "# Errors\n\nintro\n\n| status | codes |\n|---|---|\n| 409 | `a_b` (of `c_d`), `e`, `Retry-After` |\n| 410 | `f_1` |\n\nafter `g_h`\n";
+    let rows = documented_codes(text);
+    let names = |s: &[&str]| s.iter().map(|c| c.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(rows[&409], names(&["a_b", "e"]));
+    assert_eq!(rows[&410], names(&["f_1"]));
+    assert_eq!(rows.len(), 2);
 }
