@@ -48,6 +48,8 @@ use actix_web::rt::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::error::HttpRefusal;
+
 /// Where the connection is in the request it is receiving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -211,33 +213,6 @@ impl DeadlineStream {
     }
 }
 
-/// Why the HTTP layer refused a request by itself, as the service would say it.
-fn refusal(status: u16) -> (&'static str, &'static str) {
-    match status {
-        400 => (
-            "malformed_request",
-            "the request line or headers are not valid HTTP/1.1, or the request line is too long",
-        ),
-        408 => (
-            "request_timeout",
-            "the request line and headers did not arrive in time (server.request_head_timeout_ms)",
-        ),
-        413 => (
-            "payload_too_large",
-            "the request is larger than the server accepts",
-        ),
-        431 => (
-            "headers_too_large",
-            "the request line and headers are larger than the server accepts (about 32 KB in all)",
-        ),
-        s if s < 500 => (
-            "malformed_request",
-            "the request could not be read as HTTP/1.1",
-        ),
-        _ => ("internal_error", "an internal error occurred"),
-    }
-}
-
 /// The service's answer in place of an empty error response the HTTP layer
 /// wrote by itself (see the module): how many bytes of `buf` it replaces,
 /// and the bytes to send instead. `None` for any other write.
@@ -273,12 +248,11 @@ fn envelope_for(buf: &[u8]) -> Option<(usize, Vec<u8>)> {
         return None;
     }
     let request_id = ulid::Ulid::new().to_string();
-    let (code, message) = refusal(status);
-    let body = serde_json::json!({
-        "error": { "code": code, "message": message, "request_id": request_id }
-    })
-    .to_string();
-    tracing::warn!(status, %request_id, code, "request refused before it reached the service");
+    let refusal = HttpRefusal::for_status(status);
+    let code = refusal.entry().code;
+    let body =
+        serde_json::to_string(&refusal.body(request_id.clone())).expect("an error body serialises");
+    tracing::warn!(status, %request_id, code, %refusal, "request refused before it reached the service");
     metrics::counter!("anamnesis_http_requests_total", "method" => "OTHER", "route" => "unparsed", "status" => status.to_string()).increment(1);
     let mut out = format!(
         "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n",

@@ -9,6 +9,7 @@
 //! answer, each with the error envelope and the `x-request-id` header every
 //! response carries. A fuzzer (`tests/fuzz.rs`) holds the service to it.
 
+use actix_web::http::StatusCode;
 use serde_json::{json, Map, Value};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -16,6 +17,7 @@ use utoipa::{Modify, OpenApi};
 use crate::config::Settings;
 use crate::domain::names::{ChannelName, ConsentPurpose, IdentifierType, JourneyStage};
 use crate::domain::CustomerId;
+use crate::error::codes::{self, Header};
 use crate::routes::{admin, changes, engagement, ops, profiles, signals};
 
 #[derive(OpenApi)]
@@ -156,23 +158,123 @@ fn restrict(schema: &mut Value, names: &[String]) {
     }
 }
 
-/// The error answers shared by many operations: `(component name, status,
-/// description)`.
-const SHARED_ERRORS: &[(&str, &str, &str)] = &[
-    ("BadRequest", "400", "Malformed JSON, query string or path: `malformed_json`, `invalid_query`, `invalid_customer_id`, `invalid_cursor`"),
-    ("Unauthorized", "401", "Missing or refused bearer token, with a code naming the fault: `missing_token`, `invalid_token`, `token_in_query`, `token_algorithm_not_allowed`, `unknown_key_id`, `token_signature_invalid`, `token_expired`, `token_not_yet_valid`, `token_audience_mismatch`, `token_issuer_mismatch`, `token_claim_missing`, `token_claims_invalid`, `token_lifetime_too_long`, `token_critical_header`"),
-    ("Forbidden", "403", "The token lacks the scope, may not write for this channel, carries a scope its channel is not allowed, or is bound to a customer: `insufficient_scope`, `channel_not_allowed`, `scope_not_allowed_for_channel`, `customer_token_not_allowed`, `customer_token_required`"),
-    ("NotFound", "404", "No such profile (or identifier, suggestion, purpose), or no such route"),
-    ("MethodNotAllowed", "405", "The path does not support this method; `Allow` lists the ones it does"),
-    ("RequestTimeout", "408", "The body did not arrive within the configured time: `request_timeout`"),
-    ("PayloadTooLarge", "413", "The body is larger than the configured limit: `payload_too_large`"),
-    ("UnsupportedMediaType", "415", "The body is not declared as JSON: `unsupported_media_type`"),
-    ("Conflict", "409", "The write conflicts with the state of the resource, or its `Idempotency-Key` is still in use: `idempotency_key_in_flight` (and, where the operation says so, its own codes)"),
-    ("Gone", "410", "The customer this write's `Idempotency-Key` spoke of was erased, so its answer is gone: `profile_erased`"),
-    ("UnprocessableEntity", "422", "The body is JSON but breaks a rule, or the `Idempotency-Key` was used with another request (`idempotency_key_reused`); the code and message name it"),
-    ("TooManyRequests", "429", "The token's subject is over its rate limit or its signals per second (`rate_limited`; a batch spends one per signal, and nothing of a refused request is applied), or has spent its budget of lookups that find nobody (`lookup_budget_exhausted`), or holds the most event streams (`too_many_streams_for_subject`) or exports (`too_many_exports_for_subject`) one subject may; retry after `Retry-After` seconds"),
-    ("Unavailable", "503", "The store could not be read or could not confirm the write (`store_unavailable`), the write waited past its deadline and was withdrawn unapplied (`store_busy`), or the service is shutting down (`shutting_down`); retry after `Retry-After` seconds where given"),
+/// An error answer shared by many operations, under `components/responses`.
+struct Shared {
+    name: &'static str,
+    status: StatusCode,
+    /// What the answer means; see `codes`.
+    prose: &'static str,
+    codes: Listing,
+}
+
+/// Which codes a shared answer's description names.
+enum Listing {
+    /// Every code the table has for the status, after the prose.
+    Every,
+    /// The ones the prose names (a test holds them to the table): the
+    /// status's other codes belong to the operations that answer them.
+    InProse,
+}
+
+const SHARED_ERRORS: &[Shared] = &[
+    Shared {
+        name: "BadRequest",
+        status: StatusCode::BAD_REQUEST,
+        prose: "Malformed JSON, query string, path or `Idempotency-Key`, or a request that is not HTTP/1.1",
+        codes: Listing::Every,
+    },
+    Shared {
+        name: "Unauthorized",
+        status: StatusCode::UNAUTHORIZED,
+        prose: "Missing or refused bearer token, with a code naming the fault",
+        codes: Listing::Every,
+    },
+    Shared {
+        name: "Forbidden",
+        status: StatusCode::FORBIDDEN,
+        prose: "The token lacks the scope, may not write for this channel, carries a scope its channel is not allowed, or is bound to a customer",
+        codes: Listing::Every,
+    },
+    Shared {
+        name: "NotFound",
+        status: StatusCode::NOT_FOUND,
+        prose: "No such profile (or identifier, suggestion, purpose), or no such route",
+        codes: Listing::InProse,
+    },
+    Shared {
+        name: "MethodNotAllowed",
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        prose: "The path does not support this method; `Allow` lists the ones it does",
+        codes: Listing::InProse,
+    },
+    Shared {
+        name: "RequestTimeout",
+        status: StatusCode::REQUEST_TIMEOUT,
+        prose: "The body did not arrive within the configured time",
+        codes: Listing::Every,
+    },
+    Shared {
+        name: "PayloadTooLarge",
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        prose: "The body is larger than the configured limit",
+        codes: Listing::Every,
+    },
+    Shared {
+        name: "UnsupportedMediaType",
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        prose: "The body is not declared as JSON",
+        codes: Listing::Every,
+    },
+    Shared {
+        name: "Conflict",
+        status: StatusCode::CONFLICT,
+        prose: "The write conflicts with the state of the resource, or its `Idempotency-Key` is still in use: `idempotency_key_in_flight` (and, where the operation says so, its own codes)",
+        codes: Listing::InProse,
+    },
+    Shared {
+        name: "Gone",
+        status: StatusCode::GONE,
+        prose: "The customer this write's `Idempotency-Key` spoke of was erased, so its answer is gone: `profile_erased`",
+        codes: Listing::InProse,
+    },
+    Shared {
+        name: "UnprocessableEntity",
+        status: StatusCode::UNPROCESSABLE_ENTITY,
+        prose: "The body is JSON but breaks a rule, or the `Idempotency-Key` was used with another request (`idempotency_key_reused`); the code and message name it",
+        codes: Listing::InProse,
+    },
+    Shared {
+        name: "TooManyRequests",
+        status: StatusCode::TOO_MANY_REQUESTS,
+        prose: "The token's subject is over its rate limit or its signals per second (`rate_limited`; a batch spends one per signal, and nothing of a refused request is applied), or has spent its budget of lookups that find nobody (`lookup_budget_exhausted`), or holds the most event streams (`too_many_streams_for_subject`) or exports (`too_many_exports_for_subject`) one subject may; retry after `Retry-After` seconds",
+        codes: Listing::InProse,
+    },
+    Shared {
+        name: "Unavailable",
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        prose: "The store could not be read or could not confirm the write (`store_unavailable`), the write waited past its deadline and was withdrawn unapplied (`store_busy`), or the service is shutting down (`shutting_down`); retry after `Retry-After` seconds where given",
+        codes: Listing::InProse,
+    },
 ];
+
+impl Shared {
+    fn description(&self) -> String {
+        match self.codes {
+            Listing::Every => {
+                let codes: Vec<String> = codes::with_status(self.status)
+                    .map(|e| format!("`{}`", e.code))
+                    .collect();
+                format!("{}: {}", self.prose, codes.join(", "))
+            }
+            Listing::InProse => self.prose.to_owned(),
+        }
+    }
+}
+
+/// The shared answer for a status, if there is one.
+fn shared(status: &str) -> Option<&'static Shared> {
+    SHARED_ERRORS.iter().find(|s| s.status.as_str() == status)
+}
 
 fn request_id_header() -> Value {
     json!({
@@ -186,32 +288,47 @@ fn error_content() -> Value {
     json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}})
 }
 
-/// Headers an answer with this status always carries besides `x-request-id`.
+/// Headers an answer with this status always carries besides
+/// `x-request-id`: those the table gives every code of the status.
 fn status_headers(status: &str) -> Vec<(&'static str, Value)> {
-    match status {
-        "308" => vec![
-            (
-                "location",
-                json!({"description": "The same request on the surviving profile", "required": true, "schema": {"type": "string"}}),
-            ),
-            (
-                "canonical-customer-id",
-                json!({"description": "The id the profile now lives under", "required": true, "schema": {"$ref": "#/components/schemas/CustomerId"}}),
-            ),
-        ],
-        "401" => vec![(
-            "www-authenticate",
-            json!({"description": "`Bearer`", "required": true, "schema": {"type": "string"}}),
-        )],
-        "429" => vec![(
-            "retry-after",
-            json!({"description": "Seconds to wait before retrying", "required": true, "schema": {"type": "integer", "minimum": 1}}),
-        )],
-        "405" => vec![(
-            "allow",
-            json!({"description": "The methods the path supports", "required": true, "schema": {"type": "string"}}),
-        )],
-        _ => Vec::new(),
+    let Ok(status) = status.parse::<u16>() else {
+        return Vec::new();
+    };
+    let Ok(status) = StatusCode::from_u16(status) else {
+        return Vec::new();
+    };
+    let mut entries = codes::with_status(status);
+    let Some(first) = entries.next() else {
+        return Vec::new();
+    };
+    let mut common: Vec<Header> = first.headers.to_vec();
+    for entry in entries {
+        common.retain(|h| entry.headers.iter().any(|o| o.name() == h.name()));
+    }
+    common
+        .into_iter()
+        .map(|h| (h.name(), header_spec(h)))
+        .collect()
+}
+
+/// How the document describes a header of an error answer.
+fn header_spec(header: Header) -> Value {
+    match header {
+        Header::RetryAfter(_) => {
+            json!({"description": "Seconds to wait before retrying", "required": true, "schema": {"type": "integer", "minimum": 1}})
+        }
+        Header::Location => {
+            json!({"description": "The same request on the surviving profile", "required": true, "schema": {"type": "string"}})
+        }
+        Header::CanonicalCustomerId => {
+            json!({"description": "The id the profile now lives under", "required": true, "schema": {"$ref": "#/components/schemas/CustomerId"}})
+        }
+        Header::Allow => {
+            json!({"description": "The methods the path supports", "required": true, "schema": {"type": "string"}})
+        }
+        Header::WwwAuthenticate => {
+            json!({"description": "`Bearer`", "required": true, "schema": {"type": "string"}})
+        }
     }
 }
 
@@ -219,15 +336,15 @@ fn status_headers(status: &str) -> Vec<(&'static str, Value)> {
 /// the headers it always carries, and has a description.
 fn complete_responses(doc: &mut Value) {
     let mut shared = Map::new();
-    for (name, status, description) in SHARED_ERRORS {
+    for answer in SHARED_ERRORS {
         let mut headers = Map::new();
         headers.insert("x-request-id".into(), request_id_header());
-        for (header, spec) in status_headers(status) {
+        for (header, spec) in status_headers(answer.status.as_str()) {
             headers.insert(header.into(), spec);
         }
         shared.insert(
-            (*name).into(),
-            json!({"description": description, "headers": headers, "content": error_content()}),
+            answer.name.into(),
+            json!({"description": answer.description(), "headers": headers, "content": error_content()}),
         );
     }
     doc["components"]["responses"] = Value::Object(shared);
@@ -254,7 +371,13 @@ fn add_idempotency_key(operation: &mut Value) {
         "name": "Idempotency-Key",
         "in": "header",
         "required": false,
-        "description": "Makes a retry safe: the same key (per token subject, kept `idempotency.retention_secs`, a day by default) with the same request answers the first answer again, with `idempotent-replayed: true`, and applies nothing; with another request `422 idempotency_key_reused`; while the first is still being served `409 idempotency_key_in_flight`; once the customer it spoke of is erased `410 profile_erased`. A malformed key is `400 invalid_idempotency_key`.",
+        "description": format!(
+            "Makes a retry safe: the same key (per token subject, kept `idempotency.retention_secs`, a day by default) with the same request answers the first answer again, with `idempotent-replayed: true`, and applies nothing; with another request `{}`; while the first is still being served `{}`; once the customer it spoke of is erased `{}`. A malformed key is `{}`.",
+            codes::IDEMPOTENCY_KEY_REUSED.cited(),
+            codes::IDEMPOTENCY_KEY_IN_FLIGHT.cited(),
+            codes::PROFILE_ERASED.cited(),
+            codes::INVALID_IDEMPOTENCY_KEY.cited(),
+        ),
         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": crate::domain::names::IDEMPOTENCY_KEY_PATTERN},
         "example": "01JD5V6X8QK4Q6M9W1E7T3C2ZB"
     });
@@ -297,13 +420,10 @@ fn complete_operation(path: &str, operation: &mut Value) {
     };
     for status in wanted {
         if !responses.contains_key(status) {
-            let (name, _, _) = SHARED_ERRORS
-                .iter()
-                .find(|(_, s, _)| *s == status)
-                .expect("every wanted status has a shared response");
+            let answer = shared(status).expect("every wanted status has a shared response");
             responses.insert(
                 status.into(),
-                json!({"$ref": format!("#/components/responses/{name}")}),
+                json!({"$ref": format!("#/components/responses/{}", answer.name)}),
             );
         }
     }
@@ -319,10 +439,7 @@ fn complete_operation(path: &str, operation: &mut Value) {
             .and_then(Value::as_str)
             .is_some_and(|d| !d.is_empty());
         if !described {
-            let fallback = SHARED_ERRORS
-                .iter()
-                .find(|(_, s, _)| s == status)
-                .map_or("Success", |(_, _, d)| d);
+            let fallback = shared(status).map_or_else(|| "Success".to_owned(), Shared::description);
             response.insert("description".into(), json!(fallback));
         }
         let headers = response
@@ -378,6 +495,28 @@ mod tests {
         assert!(found.len() > 5, "{found:?}");
         for p in found {
             assert!(known.contains(&p.as_str()), "untested pattern {p}");
+        }
+    }
+
+    /// A shared answer names only codes the table has under its status.
+    #[test]
+    fn shared_answers_name_codes_of_their_status() {
+        for answer in SHARED_ERRORS {
+            let description = answer.description();
+            let named: Vec<&str> = description
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|w| w.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+                .collect();
+            for code in named {
+                assert!(
+                    codes::with_status(answer.status).any(|e| e.code == code),
+                    "{}: `{code}` is not a code of {}",
+                    answer.name,
+                    answer.status
+                );
+            }
         }
     }
 

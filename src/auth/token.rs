@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Why a token was refused. Every variant answers 401.
+use crate::error::codes::{self, ErrorCode};
+
+/// Why a token was refused. Every variant answers 401 (see its [`entry`](TokenError::entry)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("the Authorization header is not `Bearer <token>`")]
@@ -86,22 +88,22 @@ pub fn misfit_claim(token: &str) -> TokenError {
 }
 
 impl TokenError {
-    /// The stable code clients match on.
-    pub fn code(self) -> &'static str {
+    /// Its entry in the error-code table: the stable code clients match on.
+    pub fn entry(self) -> &'static ErrorCode {
         match self {
-            TokenError::NotBearer | TokenError::Malformed => "invalid_token",
-            TokenError::InQuery => "token_in_query",
-            TokenError::AlgorithmNotAllowed => "token_algorithm_not_allowed",
-            TokenError::UnknownKey | TokenError::NoKeyId => "unknown_key_id",
-            TokenError::BadSignature => "token_signature_invalid",
-            TokenError::Expired => "token_expired",
-            TokenError::NotYetValid => "token_not_yet_valid",
-            TokenError::WrongAudience => "token_audience_mismatch",
-            TokenError::WrongIssuer => "token_issuer_mismatch",
-            TokenError::MissingClaim(_) => "token_claim_missing",
-            TokenError::BadClaim(_) | TokenError::BadClaims => "token_claims_invalid",
-            TokenError::CriticalHeader => "token_critical_header",
-            TokenError::LifetimeTooLong(_) => "token_lifetime_too_long",
+            TokenError::NotBearer | TokenError::Malformed => &codes::INVALID_TOKEN,
+            TokenError::InQuery => &codes::TOKEN_IN_QUERY,
+            TokenError::AlgorithmNotAllowed => &codes::TOKEN_ALGORITHM_NOT_ALLOWED,
+            TokenError::UnknownKey | TokenError::NoKeyId => &codes::UNKNOWN_KEY_ID,
+            TokenError::BadSignature => &codes::TOKEN_SIGNATURE_INVALID,
+            TokenError::Expired => &codes::TOKEN_EXPIRED,
+            TokenError::NotYetValid => &codes::TOKEN_NOT_YET_VALID,
+            TokenError::WrongAudience => &codes::TOKEN_AUDIENCE_MISMATCH,
+            TokenError::WrongIssuer => &codes::TOKEN_ISSUER_MISMATCH,
+            TokenError::MissingClaim(_) => &codes::TOKEN_CLAIM_MISSING,
+            TokenError::BadClaim(_) | TokenError::BadClaims => &codes::TOKEN_CLAIMS_INVALID,
+            TokenError::CriticalHeader => &codes::TOKEN_CRITICAL_HEADER,
+            TokenError::LifetimeTooLong(_) => &codes::TOKEN_LIFETIME_TOO_LONG,
         }
     }
 

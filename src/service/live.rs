@@ -92,7 +92,14 @@ impl EventStream {
                 self.followed.retain(|f| *f != survivor);
                 self.followed.len() != before
             }
-            _ => false,
+            ChangeKind::Merged
+            | ChangeKind::Unmerged
+            | ChangeKind::Created
+            | ChangeKind::Updated
+            | ChangeKind::AnswerCaptured
+            | ChangeKind::InteractionAdded
+            | ChangeKind::EpisodeUpdated
+            | ChangeKind::Erased => false,
         }
     }
 }
@@ -338,7 +345,7 @@ pub(super) fn payload_from_store(
             .and_then(|e| p.episodes.get(e))
             .cloned()
             .map(Payload::Episode),
-        _ => match change
+        ChangeKind::InteractionAdded => match change
             .interaction_id
             .as_deref()
             .and_then(TimelinePosition::from_id)
@@ -355,5 +362,11 @@ pub(super) fn payload_from_store(
             }
             None => None,
         },
+        // Carry no payload (and returned above).
+        ChangeKind::Created
+        | ChangeKind::Updated
+        | ChangeKind::Merged
+        | ChangeKind::Unmerged
+        | ChangeKind::Erased => None,
     })
 }
