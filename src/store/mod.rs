@@ -8,10 +8,12 @@
 
 pub mod backup;
 pub mod copy;
+mod open;
 mod postgres;
 mod records;
 mod sled;
 
+pub use self::open::open;
 pub use self::postgres::{migrate, PgOptions, PgStore, SCHEMA_VERSION};
 pub use self::records::{kind_of, parse_key, Entry, RecordKey, RecordStats};
 pub use self::sled::{SledStore, SEQUENCE_BASE};
