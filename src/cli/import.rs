@@ -30,7 +30,7 @@ use crate::service::{BatchItem, ServiceError, Services};
 
 /// The API's code for what the service refuses (`signal_id_reused`,
 /// `invalid_identifier`, ...), which the report promises to use. That table
-/// is the HTTP layer's (`crate::error`), which the commands do not use: the
+/// is the HTTP layer's (its `error` module), which the commands do not use: the
 /// binary hands it to [`super::run`].
 pub type RefusalCode = fn(ServiceError) -> &'static str;
 
