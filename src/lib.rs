@@ -26,19 +26,19 @@
 //! - [`store`]: the durable store behind a trait, and its sled implementation.
 //! - [`cache`]: Redis, when configured: the hot-profile cache and the event bus between instances.
 //! - [`events`]: live event streams in process: subscriptions and bounded fan-out.
-//! - [`import`]: `anamnesis import`: NDJSON signals through the API's validation and resolution.
-//! - [`backup`]: `anamnesis backup`, `restore` and `verify` of the embedded store.
+//! - [`cli`]: the command line, a module per command or family; only `serve` and `openapi`
+//!   reach the HTTP layer, the data commands (import, export, backup, store administration)
+//!   call the service and the store.
 
 pub mod audit;
 pub mod auth;
-pub mod backup;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod domain;
 pub mod error;
 pub mod events;
-pub mod import;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;

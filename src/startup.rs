@@ -20,14 +20,13 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::auth::{
     default_secret, Authenticator, Concurrency, LookupBudget, RateLimiter, Scope, SecretSource,
 };
-use crate::config::Backend;
 use crate::config::Settings;
 use crate::conn::DeadlineStream;
 use crate::middleware::request_context;
 use crate::routes;
 use crate::routes::extract::{path_error_handler, query_error, BodyLimit, BodyTimeout};
 use crate::service::Services;
-use crate::store::{PgStore, SledStore, Store};
+use crate::store::Store;
 
 /// Histogram buckets in seconds: fine below a millisecond, where reads live.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -64,31 +63,9 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// The configured store: sled under `storage.path` (`create`: a new one
-/// when there is none), or the database of `storage.postgres`, whose schema
-/// must be at this build's version (`anamnesis migrate`).
+/// The configured store of `settings` (see [`crate::store::open`]).
 pub fn open_store(settings: &Settings, create: bool) -> anyhow::Result<Arc<dyn Store>> {
-    match settings.storage.backend {
-        Backend::Sled => {
-            let path = settings.storage.path.join("db");
-            anyhow::ensure!(create || path.exists(), "no store at {}", path.display());
-            let store =
-                SledStore::open_with(&path, settings.storage.cache_bytes).with_context(|| {
-                    format!(
-                        "opening the store in {} (is the service running?)",
-                        path.display()
-                    )
-                })?;
-            Ok(Arc::new(store))
-        }
-        Backend::Postgres => {
-            let options = settings.storage.postgres.options()?;
-            let schema = options.schema.clone();
-            let store = PgStore::open(options)
-                .with_context(|| format!("opening the database store (schema `{schema}`)"))?;
-            Ok(Arc::new(store))
-        }
-    }
+    crate::store::open(&settings.storage, create)
 }
 
 pub struct Application {
@@ -104,7 +81,7 @@ impl Application {
         let data_dir = settings.storage.path.clone();
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-        let store = open_store(&settings, true)?;
+        let store = crate::store::open(&settings.storage, true)?;
         let (secret, source) =
             default_secret(&settings.auth, &data_dir).context("loading the auth secret")?;
         let authenticator = Arc::new(

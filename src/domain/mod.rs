@@ -8,6 +8,7 @@ mod customer_id;
 pub mod definitions;
 mod history;
 mod identifier;
+pub mod json;
 pub mod names;
 mod position;
 mod profile;

@@ -8,11 +8,13 @@
 
 pub mod backup;
 pub mod copy;
+mod open;
 mod postgres;
 mod records;
 mod signal_record;
 mod sled;
 
+pub use self::open::open;
 pub use self::postgres::{migrate, PgOptions, PgStore, SCHEMA_VERSION};
 pub use self::records::{kind_of, parse_key, Entry, RecordKey, RecordStats};
 pub use self::signal_record::{

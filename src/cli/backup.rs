@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use super::BackupArgs;
+use crate::auth::{default_secret, Authenticator, Scope};
 use crate::config::{Backend, Settings};
 use crate::service::backup::{mark_restored, verify as verify_store, ErasuresReapplied, Verified};
 use crate::service::erasures::ErasureLog;
@@ -36,11 +38,112 @@ use crate::store::backup::{
 };
 use crate::store::{SledStore, Store};
 
+/// Lifetime of the admin token minted for one backup.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
 /// How long the backup client waits for the next bytes of the stream.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Problems `verify` lists (it counts them all).
-pub const MAX_LISTED: usize = 50;
+const MAX_LISTED: usize = 50;
+
+/// `anamnesis backup`: from the running service, or `--offline` from the
+/// stopped store.
+pub fn backup(settings: &Settings, args: BackupArgs) -> anyhow::Result<()> {
+    let BackupArgs {
+        to,
+        offline,
+        url,
+        token,
+    } = args;
+    let started = Instant::now();
+    let manifest = if offline {
+        take_offline(settings, &to)?
+    } else {
+        let token = match token {
+            Some(token) => token,
+            None => {
+                let (secret, _) = default_secret(&settings.auth, &settings.storage.path)?;
+                Authenticator::new(&settings.auth, secret.as_deref())?
+                    .mint("cli:backup", &[Scope::Admin], None, TOKEN_TTL)
+                    .context("minting an admin token (or give one with --token)")?
+            }
+        };
+        let url = url.unwrap_or_else(|| format!("http://{}", settings.server.listen));
+        from_service(&url, &token, &to)?
+    };
+    println!(
+        "backed up {} records ({} bytes) into {} in {:.1} s; backup point: change {} at {}",
+        manifest.records,
+        manifest.bytes,
+        to.display(),
+        started.elapsed().as_secs_f64(),
+        manifest.point.last_change,
+        manifest.point.at.to_rfc3339(),
+    );
+    Ok(())
+}
+
+/// `anamnesis restore`: what [`restore_store`] did, then the verification.
+pub fn restore(settings: &Settings, from: &Path, force: bool) -> anyhow::Result<()> {
+    let r = restore_store(settings, from, force)?;
+    println!(
+        "restored {} records from {} (backup point: change {} at {}) in {:.1} s",
+        r.manifest.records,
+        from.display(),
+        r.manifest.point.last_change,
+        r.manifest.point.at.to_rfc3339(),
+        r.elapsed.as_secs_f64()
+    );
+    if let Some(aside) = &r.replaced {
+        println!(
+            "the store it replaced is in {}; remove it once the restore is checked",
+            aside.display()
+        );
+    }
+    let e = &r.erasures;
+    println!(
+        "erasure log {}: {} profiles erased again, {} already gone, {} split off a merge and erased",
+        settings.storage.erasure_log_path().display(),
+        e.erased,
+        e.gone,
+        e.split_off
+    );
+    for (id, whole) in &e.whole {
+        println!(
+            "erased {whole} whole: it holds {id}, which was erased and could not be split off"
+        );
+    }
+    report_verified(&r.verified)
+}
+
+/// `anamnesis verify`: the stopped store in `storage.path`.
+pub fn verify(settings: &Settings) -> anyhow::Result<()> {
+    ensure_embedded(settings)?;
+    let store = crate::store::open(&settings.storage, false)?;
+    report_verified(&verify_store(&*store, MAX_LISTED)?)
+}
+
+/// Prints each problem found; fails when there is one.
+fn report_verified(v: &Verified) -> anyhow::Result<()> {
+    for problem in &v.problems {
+        println!("problem: {problem}");
+    }
+    if v.problem_count == 0 {
+        println!("verified {} records: no problems", v.records);
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} problems in {} records{}",
+        v.problem_count,
+        v.records,
+        if v.problem_count as usize > v.problems.len() {
+            format!(" (the first {} listed)", v.problems.len())
+        } else {
+            String::new()
+        }
+    )
+}
 
 fn ensure_embedded(settings: &Settings) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -97,7 +200,7 @@ fn host_port(url: &str) -> anyhow::Result<String> {
 }
 
 /// Takes a backup from the running service at `url` into `dir`.
-pub fn from_service(url: &str, token: &str, dir: &Path) -> anyhow::Result<Manifest> {
+fn from_service(url: &str, token: &str, dir: &Path) -> anyhow::Result<Manifest> {
     let host = host_port(url)?;
     let stream = TcpStream::connect(&host).with_context(|| {
         format!(
@@ -202,9 +305,9 @@ impl<R: BufRead> Read for Chunked<R> {
 }
 
 /// Takes a backup of the stopped store in `storage.path` into `dir`.
-pub fn offline(settings: &Settings, dir: &Path) -> anyhow::Result<Manifest> {
+fn take_offline(settings: &Settings, dir: &Path) -> anyhow::Result<Manifest> {
     ensure_embedded(settings)?;
-    let store = crate::startup::open_store(settings, false)?;
+    let store = crate::store::open(&settings.storage, false)?;
     let mut reader = store.begin_backup()?;
     let last_change = store.last_change()?;
     let point = BackupPoint {
@@ -233,17 +336,17 @@ pub fn offline(settings: &Settings, dir: &Path) -> anyhow::Result<Manifest> {
 }
 
 /// What a restore did.
-pub struct Restored {
-    pub manifest: Manifest,
+struct Restored {
+    manifest: Manifest,
     /// Where the store it replaced was moved (with `--force`).
-    pub replaced: Option<PathBuf>,
-    pub erasures: ErasuresReapplied,
-    pub verified: Verified,
-    pub elapsed: Duration,
+    replaced: Option<PathBuf>,
+    erasures: ErasuresReapplied,
+    verified: Verified,
+    elapsed: Duration,
 }
 
 /// Restores the backup in `from` into `storage.path` (the service stopped).
-pub fn restore(settings: &Settings, from: &Path, force: bool) -> anyhow::Result<Restored> {
+fn restore_store(settings: &Settings, from: &Path, force: bool) -> anyhow::Result<Restored> {
     ensure_embedded(settings)?;
     let started = Instant::now();
     let data = &settings.storage.path;
@@ -333,14 +436,14 @@ pub fn restore(settings: &Settings, from: &Path, force: bool) -> anyhow::Result<
     let mut offline = settings.clone();
     offline.redis.url = None;
     offline.redis.cluster_nodes.clear();
-    let (erasures, verified) = actix_web::rt::System::new().block_on(async {
-        let store = crate::startup::open_store(&offline, false)?;
+    let (erasures, verified) = super::block_on(async {
+        let store = crate::store::open(&offline.storage, false)?;
         let services = Services::new(&offline, store.clone())?;
         let report = services.reapply_erasures(&erasures).await?;
         services.sync().await?;
         let verified = verify_store(&*store, MAX_LISTED)?;
         anyhow::Ok((report, verified))
-    })?;
+    })??;
     Ok(Restored {
         manifest,
         replaced,
@@ -348,11 +451,4 @@ pub fn restore(settings: &Settings, from: &Path, force: bool) -> anyhow::Result<
         verified,
         elapsed: started.elapsed(),
     })
-}
-
-/// Verifies the stopped store in `storage.path`.
-pub fn verify(settings: &Settings) -> anyhow::Result<Verified> {
-    ensure_embedded(settings)?;
-    let store = crate::startup::open_store(settings, false)?;
-    Ok(verify_store(&*store, MAX_LISTED)?)
 }

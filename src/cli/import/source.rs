@@ -1,60 +1,19 @@
-//! `anamnesis import`: newline-delimited JSON signals, one per line, or the
-//! rows of a CSV file turned into signals by a column mapping, through the
-//! same validation and resolution as `POST /v1/signals/batch`.
-//!
-//! Lines go to the committer in batches; a batch is acknowledged once it is
-//! durable, so after an interruption everything before the first line of the
-//! unacknowledged batch is in the store, and `--from-line` resumes there.
-//! Signals that carry a `signal_id` may be sent again without harm (a replay
-//! returns the first result); signals without one would be counted twice.
+//! Where the signals of an import come from: the lines of an NDJSON file,
+//! or the rows of a CSV file made into signals by a column mapping. Each
+//! record keeps its line number and the bytes read up to its end, so that
+//! the summary can name the line to go on from and the bar can show
+//! progress.
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 
-use serde::Serialize;
-
-use crate::domain::SignalInput;
-use crate::error::ApiError;
-use crate::routes::extract::parse_json;
-use crate::service::{BatchItem, ServiceError, Services};
-
-/// How an import ran.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
-pub struct Summary {
-    /// Lines read, blank ones and those before `from_line` included.
-    pub lines: u64,
-    /// Lines left out because they come before `from_line`.
-    pub skipped: u64,
-    pub blank: u64,
-    /// Signals that created a profile.
-    pub created: u64,
-    /// Signals that joined an existing profile.
-    pub attached: u64,
-    /// Profiles merged into others by the imported signals.
-    pub merged: u64,
-    /// Lines refused, each written to the rejects report.
-    pub rejected: u64,
-    /// The line to pass as `--from-line` to go on after this run.
-    pub next_line: u64,
-    /// Whether the whole input was read (not stopped early).
-    pub finished: bool,
-}
-
-/// One refused line, as the rejects report writes it.
-#[derive(Debug, Serialize)]
-struct Rejection<'a> {
-    line: u64,
-    code: &'static str,
-    message: String,
-    /// The line as read (its first 1,000 characters).
-    input: &'a str,
-}
+use super::Refusal;
 
 /// One record of the input: its line number, the input bytes read up to
 /// its end, and the signal as JSON text (or why the record cannot be one).
 pub struct Record {
     pub line: u64,
     pub read_bytes: u64,
-    pub text: Result<String, ApiError>,
+    pub text: Result<String, Refusal>,
 }
 
 /// Where records come from.
@@ -126,13 +85,11 @@ impl<R: BufRead> Source for Ndjson<R> {
             bytes.drain(..3);
         }
         let text = if cut || bytes.len() > self.max_line {
-            Err(ApiError::PayloadTooLarge(self.max_line))
+            Err(Refusal::TooLong(self.max_line))
         } else {
             match String::from_utf8(bytes) {
                 Ok(text) => Ok(text.trim().to_owned()),
-                Err(_) => Err(ApiError::MalformedJson(
-                    "the line is not UTF-8 text".to_owned(),
-                )),
+                Err(_) => Err(Refusal::malformed("the line is not UTF-8 text")),
             }
         };
         Ok(Some(Record {
@@ -301,151 +258,8 @@ impl<R: std::io::Read> Source for Csv<R> {
                 // Where the bad row starts, not where the reader stopped.
                 line: e.position().map_or(line, csv::Position::line),
                 read_bytes,
-                text: Err(ApiError::MalformedJson(format!("not a CSV row: {e}"))),
+                text: Err(Refusal::malformed(format!("not a CSV row: {e}"))),
             })),
         }
     }
-}
-
-/// What to import and how.
-pub struct Options {
-    /// The first line to import (1-based); earlier ones are skipped.
-    pub from_line: u64,
-    /// Signals per batch (1 to `server.max_batch_signals`).
-    pub batch: usize,
-}
-
-fn reject(
-    rejects: &mut dyn Write,
-    line: u64,
-    error: &ApiError,
-    input: &str,
-) -> std::io::Result<()> {
-    let clipped: String = input.chars().take(1000).collect();
-    let rejection = Rejection {
-        line,
-        code: error.status_and_code().1,
-        message: error.to_string(),
-        input: &clipped,
-    };
-    serde_json::to_writer(&mut *rejects, &rejection)?;
-    rejects.write_all(b"\n")
-}
-
-/// Imports the signals of `input`. `progress` hears the bytes read so far
-/// after each batch; `stop` is asked between batches whether to stop early
-/// (an interrupt). Fails only when the store does: the summary up to the
-/// last acknowledged batch is then in the error's context.
-pub async fn import(
-    services: &Services,
-    input: &mut dyn Source,
-    rejects: &mut dyn Write,
-    options: &Options,
-    progress: &mut dyn FnMut(u64, &Summary),
-    stop: &dyn Fn() -> bool,
-) -> anyhow::Result<Summary> {
-    let mut summary = Summary {
-        next_line: options.from_line.max(1),
-        ..Summary::default()
-    };
-    // After a failure part-way, this names the line to go on from.
-    let resume = |s: &Summary| format!("resume with --from-line {}", s.next_line);
-    let mut read_bytes = 0u64;
-    let mut done = false;
-    while !done && !stop() {
-        // (line number, the line, the parsed signal or why not)
-        let mut batch: Vec<(u64, String, Result<SignalInput, ApiError>)> = Vec::new();
-        while batch.len() < options.batch {
-            let read = input.next_record().map_err(|e| {
-                anyhow::anyhow!("reading the input failed ({e}); {}", resume(&summary))
-            })?;
-            let Some(record) = read else {
-                done = true;
-                break;
-            };
-            read_bytes = record.read_bytes;
-            summary.lines += 1;
-            let number = record.line;
-            if number < options.from_line {
-                summary.skipped += 1;
-                continue;
-            }
-            let (line, parsed) = match record.text {
-                Ok(line) if line.is_empty() => {
-                    summary.blank += 1;
-                    continue;
-                }
-                Ok(line) => {
-                    let parsed = parse_json::<SignalInput>(line.as_bytes()).and_then(|s| {
-                        s.check_shape(services.rules())
-                            .map_err(|e| ApiError::Service(ServiceError::Signal(e)))?;
-                        Ok(s)
-                    });
-                    (line, parsed)
-                }
-                Err(e) => (String::new(), Err(e)),
-            };
-            batch.push((number, line, parsed));
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let last_line = batch.last().map_or(summary.next_line, |(n, _, _)| *n);
-        let mut lines = Vec::with_capacity(batch.len());
-        let mut items = Vec::with_capacity(batch.len());
-        for (number, line, parsed) in batch {
-            lines.push((number, line));
-            items.push(match parsed {
-                Ok(signal) => BatchItem::Signal(Box::new(signal)),
-                Err(e) => BatchItem::Rejected(e),
-            });
-        }
-        // The operator running an import is the back office: the table's
-        // `unbound` row judges what the file asserts.
-        let caller = crate::service::Caller::unbound("cli:import");
-        let outcomes = services
-            .ingest_batch_unlimited(items, caller)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("the store refused a batch ({e}); {}", resume(&summary))
-            })?;
-        // The store failing is no fault of the line: stop, and resume from
-        // this batch (lines with a signal_id replay without harm).
-        let store_failed = outcomes.iter().find_map(|o| match o {
-            Err(Err(
-                e
-                @ (ServiceError::Store(_) | ServiceError::NotDurable | ServiceError::ShuttingDown),
-            )) => Some(e.to_string()),
-            _ => None,
-        });
-        if let Some(e) = store_failed {
-            rejects.flush()?;
-            anyhow::bail!("the store failed ({e}); {}", resume(&summary));
-        }
-        for ((number, line), outcome) in lines.iter().zip(outcomes) {
-            match outcome {
-                Ok(result) => {
-                    if result.created {
-                        summary.created += 1;
-                    } else {
-                        summary.attached += 1;
-                    }
-                    summary.merged += result.merged_ids.len() as u64;
-                }
-                Err(error) => {
-                    let error = match error {
-                        Ok(api) => api,
-                        Err(service) => ApiError::Service(service),
-                    };
-                    summary.rejected += 1;
-                    reject(rejects, *number, &error, line)?;
-                }
-            }
-        }
-        summary.next_line = last_line + 1;
-        progress(read_bytes, &summary);
-    }
-    summary.finished = done;
-    rejects.flush()?;
-    Ok(summary)
 }
