@@ -15,7 +15,7 @@
 //! the seed, e.g. for a longer run by hand; `FUZZ_REPORT` the report formats
 //! (`junit,har` also records every request and response).
 
-#[path = "api/helpers.rs"]
+#[path = "api/helpers/mod.rs"]
 mod helpers;
 
 use std::path::{Path, PathBuf};

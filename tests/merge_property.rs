@@ -32,24 +32,24 @@
 //! become "suggest"-only), and the pool is small enough that no per-type limit
 //! or cap is ever reached, so every signal and merge is accepted.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use anamnesis::config::Settings;
 use anamnesis::domain::{CustomerId, SignalInput};
 use anamnesis::service::views::{IngestResult, InteractionView, ProfileView, TraitView};
-use anamnesis::service::{Access, Caller, ServiceError, Services, TimelineQuery};
-use anamnesis::store::SledStore;
-use chrono::{DateTime, TimeZone, Utc};
+use anamnesis::service::{Access, Caller, ServiceError, Services};
+use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
-#[path = "support/fleet.rs"]
-mod fleet;
+mod support;
+
+use support::{
+    config, fail, held, latest_wins_key, ready, runtime, time, whole_timeline, World, CHANNELS,
+    EPISODES, EVENT_TYPES,
+};
 
 /// The identifiers signals draw from: at most one account id, two e-mails and
 /// two loyalty cards, so even the whole pool on one profile is within limits.
@@ -84,19 +84,10 @@ fn key(i: usize) -> String {
 
 const ALL: usize = POOL.len() + EXTRA.len();
 
-const CHANNELS: &[&str] = &["ivr", "chat", "web", "store", "agent"];
 /// Traits several signals write; reconciled by the rules.
 const SHARED_TRAITS: &[&str] = &["tier", "preferred_language"];
-const EVENT_TYPES: &[&str] = &["page_view", "call_started", "order_placed"];
-const EPISODES: &[&str] = &["order-A-1001", "case-7"];
 const ACCESS: Access = Access { pii: true };
 const SUBJECT: &str = "merge-property";
-
-/// Few distinct times, so ties are common.
-fn time(i: usize) -> DateTime<Utc> {
-    let base = Utc.with_ymd_and_hms(2025, 3, 1, 9, 0, 0).unwrap();
-    base + chrono::TimeDelta::minutes([0, 0, 5, 60][i])
-}
 
 fn shared_value(i: usize) -> Value {
     [json!("gold"), json!("silver"), json!(2), Value::Null][i].clone()
@@ -257,42 +248,14 @@ fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op(), 1..=max)
 }
 
-/// A service over a fresh sled store in its own temp directory.
-/// One instance over sled, or several over one database.
-struct World {
-    instances: Vec<Services>,
-    // Dropped after the instances.
-    _dir: tempfile::TempDir,
-}
-
+/// One instance over a fresh sled store, with the shipped configuration.
 fn world() -> World {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings::defaults();
-    settings.storage.path = dir.path().to_path_buf();
-    let store = SledStore::open(&settings.storage.path.join("db")).expect("sled opens");
-    World {
-        instances: vec![Services::new(&settings, Arc::new(store)).expect("services start")],
-        _dir: dir,
-    }
+    World::sled(|_| {})
 }
 
+/// `n` instances over one new PostgreSQL schema.
 fn fleet_world(n: usize) -> World {
-    let (instances, dir) = fleet::fleet(n, |_| {});
-    World {
-        instances,
-        _dir: dir,
-    }
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn fail(what: impl std::fmt::Display) -> TestCaseError {
-    TestCaseError::fail(what.to_string())
+    World::fleet(n, |_| {})
 }
 
 /// Everything observable about the store, read through the service.
@@ -392,16 +355,7 @@ impl<'a> Run<'a> {
             match ready(services.profile(id, ACCESS)) {
                 Ok(view) => {
                     prop_assert_eq!(view.customer_id, id);
-                    let query = TimelineQuery {
-                        limit: Some(200),
-                        cursor: None,
-                        channel: None,
-                    };
-                    let page = services
-                        .timeline(id, &query, Access { pii: true })
-                        .map_err(|e| fail(format!("timeline of {id}: {e}")))?;
-                    prop_assert!(page.next_cursor.is_none(), "timeline longer than a page");
-                    live.insert(id, (view, page.interactions));
+                    live.insert(id, (view, whole_timeline(services, id)?));
                 }
                 Err(ServiceError::Moved { from, to }) => {
                     prop_assert_eq!(from, id);
@@ -541,11 +495,11 @@ impl<'a> Run<'a> {
                     .iter()
                     .filter_map(|s| s.spec.traits.get(&n).map(|v| (s, shared_value(*v))))
                     .max_by_key(|(s, v)| {
-                        (
+                        latest_wins_key(
                             time(s.spec.at),
-                            Reverse(rank(s.spec.channel)),
-                            signal_id(s.k),
-                            (!v.is_null()).then(|| v.to_string()),
+                            rank(s.spec.channel),
+                            Some(signal_id(s.k)),
+                            v,
                         )
                     });
                 if let Some((s, value)) = winner {
@@ -944,11 +898,7 @@ type Outcome = (
 fn outcome(run: &Run<'_>, state: &State) -> Result<Outcome, TestCaseError> {
     let mut live = BTreeMap::new();
     for (id, (view, timeline)) in &state.live {
-        let part: BTreeSet<String> = view
-            .identifiers
-            .iter()
-            .map(|i| format!("{}:{}", i.kind, i.value))
-            .collect();
+        let part = held(view);
         let mut json = serde_json::to_value(view).expect("views serialise");
         let object = json.as_object_mut().expect("a view is an object");
         // Wall-clock times and generated ids differ between runs.
@@ -980,33 +930,13 @@ fn partition(state: &State) -> Vec<(BTreeSet<String>, String)> {
         .live
         .values()
         .map(|(view, _)| {
-            let part = view
-                .identifiers
-                .iter()
-                .map(|i| format!("{}:{}", i.kind, i.value))
-                .collect();
+            let part = held(view);
             let traits = serde_json::to_string(&view.traits).expect("traits serialise");
             (part, traits)
         })
         .collect();
     parts.sort();
     parts
-}
-
-/// `cases` unless `PROPTEST_CASES` asks for another number.
-fn config(cases: u32) -> ProptestConfig {
-    let from_env = std::env::var("PROPTEST_CASES").is_ok();
-    ProptestConfig {
-        cases: if from_env {
-            ProptestConfig::default().cases
-        } else {
-            cases
-        },
-        // Keep the tree clean: a failure prints its minimal case instead of
-        // writing a regressions file next to this one.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
 }
 
 proptest! {
@@ -1197,9 +1127,4 @@ fn merge_then_unmerge_restores_the_survivors_updated_at() {
         },
         before
     );
-}
-
-/// Without Redis the reads never wait: their futures are ready at once.
-fn ready<F: std::future::Future>(f: F) -> F::Output {
-    futures_util::FutureExt::now_or_never(f).expect("a read without Redis is ready at once")
 }

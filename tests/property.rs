@@ -23,9 +23,7 @@
 //! be reached, so every signal resolves without conflicts; the test
 //! `pool_respects_the_preconditions` proves it against the shipped configuration.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use anamnesis::config::Settings;
 use anamnesis::domain::CustomerId;
@@ -34,17 +32,20 @@ use anamnesis::domain::{
     NormaliseOutcome, SignalInput,
 };
 use anamnesis::service::views::{IngestResult, InteractionView, ProfileView, TraitView};
-use anamnesis::service::{Access, Caller, ServiceError, Services, TimelineQuery};
-use anamnesis::store::SledStore;
-use chrono::{DateTime, TimeZone, Utc};
+use anamnesis::service::{Access, Caller, ServiceError, Services};
+use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
-#[path = "support/fleet.rs"]
-mod fleet;
+mod support;
+
+use support::{
+    config, held, latest_wins_key, ready, runtime, time, whole_timeline, World, CHANNELS, EPISODES,
+    EVENT_TYPES,
+};
 
 /// One identifier of the pool: its type, its canonical (normalised) value, and
 /// spellings channels might send that must all normalise to it.
@@ -124,16 +125,7 @@ const POOL: &[PoolEntry] = &[
 /// A placeholder some signals carry besides real identifiers: it must link nobody.
 const WITHHELD: (&str, &str) = ("phone", "Withheld");
 
-const CHANNELS: &[&str] = &["ivr", "chat", "web", "store", "agent"];
 const TRAIT_NAMES: &[&str] = &["preferred_language", "tier", "first_name"];
-const EVENT_TYPES: &[&str] = &["page_view", "call_started", "order_placed"];
-const EPISODES: &[&str] = &["order-A-1001", "case-7"];
-
-/// Few distinct times, so equal `occurred_at`s (ties) are common.
-fn time(i: usize) -> DateTime<Utc> {
-    let base = Utc.with_ymd_and_hms(2025, 3, 1, 9, 0, 0).unwrap();
-    base + chrono::TimeDelta::minutes([0, 0, 5, 60][i])
-}
 
 /// How many minutes a signal's `occurred_at` may lie ahead of its receipt
 /// (clock skew, or a sender claiming the future): within the 5 allowed.
@@ -301,13 +293,6 @@ fn stream_and_shuffle(with_id: u32) -> impl Strategy<Value = (Vec<Spec>, Vec<Spe
     stream(with_id).prop_flat_map(|s| (Just(s.clone()), Just(s).prop_shuffle()))
 }
 
-/// A service over a fresh sled store in its own temp directory.
-struct World {
-    services: Services,
-    // Dropped after `services`.
-    _dir: tempfile::TempDir,
-}
-
 /// Order independence is a property of merging types. A `suggest` type (the
 /// default for phones) deliberately refuses to fuse profiles that already
 /// exist, so who-is-who then depends on which signal came first: that rule
@@ -321,23 +306,9 @@ fn phones_merge(settings: &mut Settings) {
         .merge = anamnesis::config::MergePolicy::Merge;
 }
 
+/// One instance over a fresh sled store, phones merging.
 fn world() -> World {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings::defaults();
-    settings.storage.path = dir.path().to_path_buf();
-    phones_merge(&mut settings);
-    let store = SledStore::open(&settings.storage.path.join("db")).expect("sled opens");
-    World {
-        services: Services::new(&settings, Arc::new(store)).expect("services start"),
-        _dir: dir,
-    }
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    World::sled(phones_merge)
 }
 
 fn ingest_all(
@@ -394,11 +365,7 @@ fn resolution(services: &Services) -> Result<Resolution, TestCaseError> {
     Ok(profiles(services)?
         .into_values()
         .map(|view| {
-            let part = view
-                .identifiers
-                .iter()
-                .map(|i| format!("{}:{}", i.kind, i.value))
-                .collect();
+            let part = held(&view);
             (part, view.traits)
         })
         .collect())
@@ -412,11 +379,7 @@ fn full_state(services: &Services) -> Result<FullState, TestCaseError> {
     Ok(profiles(services)?
         .into_values()
         .map(|view| {
-            let part = view
-                .identifiers
-                .iter()
-                .map(|i| format!("{}:{}", i.kind, i.value))
-                .collect();
+            let part = held(&view);
             let mut json = serde_json::to_value(&view).expect("views serialise");
             let object = json.as_object_mut().expect("a view is an object");
             for order_dependent in [
@@ -435,15 +398,15 @@ fn full_state(services: &Services) -> Result<FullState, TestCaseError> {
 
 fn full_state_in_order(rt: &Runtime, signals: &[Spec]) -> Result<FullState, TestCaseError> {
     let w = world();
-    ingest_all(rt, &w.services, signals)?;
-    full_state(&w.services)
+    ingest_all(rt, w.one(), signals)?;
+    full_state(w.one())
 }
 
 /// Applies `signals` in order to a fresh store and reads back the resolution.
 fn resolve_in_order(rt: &Runtime, signals: &[Spec]) -> Result<Resolution, TestCaseError> {
     let w = world();
-    ingest_all(rt, &w.services, signals)?;
-    resolution(&w.services)
+    ingest_all(rt, w.one(), signals)?;
+    resolution(w.one())
 }
 
 /// What the product brief says should come out, computed without the service:
@@ -495,13 +458,7 @@ fn model(signals: &[Spec]) -> Resolution {
         .map(|(root, part)| {
             let mut winners: BTreeMap<&str, (&Spec, Value)> = BTreeMap::new();
             let key = |s: &Spec, v: &Value| {
-                let text = (!v.is_null()).then(|| v.to_string());
-                (
-                    s.ordered(),
-                    Reverse(rank(s.channel)),
-                    s.signal_id.clone(),
-                    text,
-                )
+                latest_wins_key(s.ordered(), rank(s.channel), s.signal_id.clone(), v)
             };
             for s in signals {
                 let first = s.canonical().into_iter().next().expect("one identifier");
@@ -545,33 +502,12 @@ type Snapshot = BTreeMap<CustomerId, (ProfileView, Vec<InteractionView>)>;
 fn snapshot(services: &Services) -> Result<Snapshot, TestCaseError> {
     profiles(services)?
         .into_iter()
-        .map(|(id, view)| {
-            let query = TimelineQuery {
-                limit: Some(200),
-                cursor: None,
-                channel: None,
-            };
-            let page = services
-                .timeline(id, &query, Access { pii: true })
-                .map_err(|e| TestCaseError::fail(format!("timeline of {id}: {e}")))?;
-            prop_assert!(page.next_cursor.is_none(), "timeline longer than a page");
-            Ok((id, (view, page.interactions)))
-        })
+        .map(|(id, view)| Ok((id, (view, whole_timeline(services, id)?))))
         .collect()
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 64,
-        // Keep the tree clean: a failure prints its minimal case instead of
-        // writing a regressions file next to this one.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(config(64))]
 
     /// Applying the same signals in any order ends in the same profiles with
     /// the same traits, and that is what the rules say it should be.
@@ -607,28 +543,28 @@ proptest! {
     fn replaying_a_stream_changes_nothing((signals, shuffled) in stream_and_shuffle(100)) {
         let rt = runtime();
         let w = world();
-        let first = ingest_all(&rt, &w.services, &signals)?;
-        let before = snapshot(&w.services)?;
+        let first = ingest_all(&rt, w.one(), &signals)?;
+        let before = snapshot(w.one())?;
         prop_assert!(!before.is_empty());
 
-        let again = ingest_all(&rt, &w.services, &signals)?;
+        let again = ingest_all(&rt, w.one(), &signals)?;
         prop_assert_eq!(&again, &first, "a replay answered differently");
-        prop_assert_eq!(&snapshot(&w.services)?, &before, "a replay changed the store");
+        prop_assert_eq!(&snapshot(w.one())?, &before, "a replay changed the store");
 
         let by_id: BTreeMap<_, _> = signals
             .iter()
             .zip(&first)
             .map(|(s, r)| (s.signal_id.clone(), r))
             .collect();
-        for (s, r) in shuffled.iter().zip(ingest_all(&rt, &w.services, &shuffled)?) {
+        for (s, r) in shuffled.iter().zip(ingest_all(&rt, w.one(), &shuffled)?) {
             prop_assert_eq!(&r, by_id[&s.signal_id], "a shuffled replay answered differently");
         }
-        prop_assert_eq!(&snapshot(&w.services)?, &before, "a shuffled replay changed the store");
+        prop_assert_eq!(&snapshot(w.one())?, &before, "a shuffled replay changed the store");
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..config() })]
+    #![proptest_config(config(32))]
 
     /// Three instances over one database, each taking a third of the
     /// signals on a thread of its own, all at once, end in the profiles one
@@ -639,7 +575,8 @@ proptest! {
         let rt = runtime();
         let expected = model(&signals);
         let alone = full_state_in_order(&rt, &signals)?;
-        let (instances, _dir) = fleet::fleet(3, phones_merge);
+        let fleet = World::fleet(3, phones_merge);
+        let instances = &fleet.instances;
         std::thread::scope(|scope| {
             let posters: Vec<_> = instances
                 .iter()
@@ -653,7 +590,7 @@ proptest! {
                 .into_iter()
                 .try_for_each(|p| p.join().expect("a poster panicked").map(drop))
         })?;
-        for services in &instances {
+        for services in instances {
             prop_assert_eq!(&resolution(services)?, &expected, "the fleet differs from the model");
             prop_assert_eq!(&full_state(services)?, &alone, "the fleet says something else");
         }
@@ -695,9 +632,4 @@ fn pool_respects_the_preconditions() {
     for c in CHANNELS {
         assert!(settings.channels.priority.iter().any(|p| p == c), "{c}");
     }
-}
-
-/// Without Redis the reads never wait: their futures are ready at once.
-fn ready<F: std::future::Future>(f: F) -> F::Output {
-    futures_util::FutureExt::now_or_never(f).expect("a read without Redis is ready at once")
 }

@@ -64,6 +64,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Every test binary: the unit tests beside the code, tests/rules.rs (the
+# pure rules, as properties), the property tests through the service
+# (tests/property.rs, tests/merge_property.rs; their fleet properties are
+# ignored here), the HTTP suite (tests/api/) and tests/fuzz.rs. A new
+# binary under tests/ runs here without being named.
 step "cargo test"
 cargo test --locked --all-features -- --test-threads="${TEST_THREADS:-4}"
 

@@ -12,26 +12,9 @@ use reqwest::{Method, Response};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    admin_claims, assert_error, body, id_of, signal, spawn_app, spawn_app_with, TestApp, SECRET,
+    admin_claims, assert_error, body, id_of, send, signal, spawn_app, spawn_app_with, TestApp,
+    SECRET,
 };
-
-/// A request with `token` instead of the admin's.
-async fn send(
-    app: &TestApp,
-    token: &str,
-    method: Method,
-    path: &str,
-    json: Option<&Value>,
-) -> Response {
-    let mut request = app
-        .client
-        .request(method, format!("{}{path}", app.address))
-        .bearer_auth(token);
-    if let Some(json) = json {
-        request = request.json(json);
-    }
-    request.send().await.unwrap()
-}
 
 async fn lookup_as(app: &TestApp, token: &str, path: &str, kind: &str, value: &str) -> Response {
     app.client
@@ -87,7 +70,7 @@ async fn masks_show_too_little_to_guess_and_lookups_that_miss_run_out() {
     let card = body(
         send(
             &app,
-            &desk,
+            Some(&desk),
             Method::GET,
             &format!("/v1/profiles/{id}/context"),
             None,
@@ -146,7 +129,7 @@ async fn masks_show_too_little_to_guess_and_lookups_that_miss_run_out() {
     assert_eq!(resp.status(), 200);
     let resp = send(
         &app,
-        &desk,
+        Some(&desk),
         Method::GET,
         &format!("/v1/profiles/{id}"),
         None,
@@ -187,7 +170,7 @@ async fn a_claim_tells_nothing_about_who_else_holds_the_value() {
         let profile = body(
             send(
                 &app,
-                &web,
+                Some(&web),
                 Method::GET,
                 &format!("/v1/profiles/{own}"),
                 None,
@@ -198,7 +181,7 @@ async fn a_claim_tells_nothing_about_who_else_holds_the_value() {
         let card = body(
             send(
                 &app,
-                &web,
+                Some(&web),
                 Method::GET,
                 &format!("/v1/profiles/{own}/context"),
                 None,
@@ -209,7 +192,7 @@ async fn a_claim_tells_nothing_about_who_else_holds_the_value() {
         for path in ["suggestions", "history"] {
             let resp = send(
                 &app,
-                &web,
+                Some(&web),
                 Method::GET,
                 &format!("/v1/profiles/{own}/{path}"),
                 None,
@@ -262,7 +245,7 @@ async fn a_claim_tells_nothing_about_who_else_holds_the_value() {
     let suggestions = body(
         send(
             &app,
-            &desk,
+            Some(&desk),
             Method::GET,
             &format!(
                 "/v1/profiles/{}/suggestions",
@@ -350,7 +333,7 @@ async fn merging_unmerging_and_removing_identifiers_need_identity_write() {
     for token in [&web, &crm] {
         let resp = send(
             &app,
-            token,
+            Some(token),
             Method::POST,
             &merge,
             Some(&json!({"source_id": b})),
@@ -359,16 +342,16 @@ async fn merging_unmerging_and_removing_identifiers_need_identity_write() {
         assert_error(resp, 403, "insufficient_scope").await;
         let resp = send(
             &app,
-            token,
+            Some(token),
             Method::POST,
             &unmerge,
             Some(&json!({"merged_id": b})),
         )
         .await;
         assert_error(resp, 403, "insufficient_scope").await;
-        let resp = send(&app, token, Method::DELETE, &remove, None).await;
+        let resp = send(&app, Some(token), Method::DELETE, &remove, None).await;
         assert_error(resp, 403, "insufficient_scope").await;
-        let resp = send(&app, token, Method::DELETE, &dismiss, None).await;
+        let resp = send(&app, Some(token), Method::DELETE, &dismiss, None).await;
         assert_error(resp, 403, "insufficient_scope").await;
         // Vouching for an identifier decides who is who as well.
         let mut vouch = signal(
@@ -381,11 +364,11 @@ async fn merging_unmerging_and_removing_identifiers_need_identity_write() {
     }
     // Nothing changed; the identity desk may.
     assert_eq!(app.profile(&a).await["merged_ids"], json!([]));
-    let resp = send(&app, &identity, Method::DELETE, &dismiss, None).await;
+    let resp = send(&app, Some(&identity), Method::DELETE, &dismiss, None).await;
     assert_eq!(resp.status(), 204);
     let resp = send(
         &app,
-        &identity,
+        Some(&identity),
         Method::POST,
         &merge,
         Some(&json!({"source_id": b})),
@@ -394,14 +377,14 @@ async fn merging_unmerging_and_removing_identifiers_need_identity_write() {
     assert_eq!(resp.status(), 200);
     let resp = send(
         &app,
-        &identity,
+        Some(&identity),
         Method::POST,
         &unmerge,
         Some(&json!({"merged_id": b})),
     )
     .await;
     assert_eq!(resp.status(), 200);
-    let resp = send(&app, &identity, Method::DELETE, &remove, None).await;
+    let resp = send(&app, Some(&identity), Method::DELETE, &remove, None).await;
     assert_eq!(resp.status(), 200);
 }
 
@@ -422,7 +405,7 @@ async fn a_channel_token_carrying_a_scope_its_channel_may_not_is_refused_everywh
             .iter()
             .find(|s| s.contains(':') && **s != "profiles:read" && **s != "signals:write")
             .unwrap_or(&"admin");
-        let resp = send(&app, &web, Method::GET, &profile, None).await;
+        let resp = send(&app, Some(&web), Method::GET, &profile, None).await;
         let error = assert_error(resp, 403, "scope_not_allowed_for_channel").await;
         let message = error["error"]["message"].as_str().unwrap();
         assert!(
@@ -433,7 +416,7 @@ async fn a_channel_token_carrying_a_scope_its_channel_may_not_is_refused_everywh
             .post_signal_as(&web, &signal("web", &[("web_cookie", "c-1")]))
             .await;
         assert_error(resp, 403, "scope_not_allowed_for_channel").await;
-        let resp = send(&app, &web, Method::DELETE, &profile, None).await;
+        let resp = send(&app, Some(&web), Method::DELETE, &profile, None).await;
         assert_error(resp, 403, "scope_not_allowed_for_channel").await;
     }
     // The profile is intact and nothing leaked.
@@ -447,7 +430,7 @@ async fn a_channel_token_carrying_a_scope_its_channel_may_not_is_refused_everywh
         &["profiles:read", "pii:read", "identity:write"],
         Some("agent"),
     );
-    let p = body(send(&app, &agent, Method::GET, &profile, None).await).await;
+    let p = body(send(&app, Some(&agent), Method::GET, &profile, None).await).await;
     assert_eq!(p["traits"]["first_name"]["value"], "Anna");
 }
 
@@ -464,7 +447,7 @@ async fn a_company_may_allow_a_channel_a_sensitive_scope() {
     let p = body(
         send(
             &app,
-            &till,
+            Some(&till),
             Method::GET,
             &format!("/v1/profiles/{id}"),
             None,
@@ -476,7 +459,7 @@ async fn a_company_may_allow_a_channel_a_sensitive_scope() {
     let till = app.token_as("till-4", &["identity:write"], Some("store"));
     let resp = send(
         &app,
-        &till,
+        Some(&till),
         Method::GET,
         &format!("/v1/profiles/{id}"),
         None,
@@ -491,8 +474,9 @@ async fn a_company_may_allow_a_channel_a_sensitive_scope() {
 
 /// Every free-text field of `customer`, wherever a reader sees it.
 async fn free_text(app: &TestApp, token: &str, id: &str) -> Value {
-    let get =
-        |path: String| async move { body(send(app, token, Method::GET, &path, None).await).await };
+    let get = |path: String| async move {
+        body(send(app, Some(token), Method::GET, &path, None).await).await
+    };
     let p = get(format!("/v1/profiles/{id}")).await;
     let card = get(format!("/v1/profiles/{id}/context")).await;
     let timeline = get(format!("/v1/profiles/{id}/timeline")).await;
@@ -548,7 +532,7 @@ async fn free_text_is_masked_without_pii_read_except_what_is_configured_not_pers
         format!("/v1/profiles/{id}/episodes"),
         format!("/v1/profiles/{id}/history"),
     ] {
-        let text = send(&app, &web, Method::GET, &path, None)
+        let text = send(&app, Some(&web), Method::GET, &path, None)
             .await
             .text()
             .await
@@ -572,7 +556,7 @@ async fn resolved_episodes_feedback_and_follow_ups_mask_their_text() {
     }))
     .await;
     let web = app.token_as("web-frontend", &["profiles:read"], Some("web"));
-    let page = body(send(&app, &web, Method::GET, "/v1/follow-ups", None).await).await;
+    let page = body(send(&app, Some(&web), Method::GET, "/v1/follow-ups", None).await).await;
     let due: Vec<&Value> = page["follow_ups"]
         .as_array()
         .unwrap()
@@ -582,7 +566,7 @@ async fn resolved_episodes_feedback_and_follow_ups_mask_their_text() {
     assert_eq!(due.len(), 1, "{page}");
     assert_eq!(due[0]["title"], "****");
     let desk = app.token_as("desk-12", &["profiles:read", "pii:read"], None);
-    let page = body(send(&app, &desk, Method::GET, "/v1/follow-ups", None).await).await;
+    let page = body(send(&app, Some(&desk), Method::GET, "/v1/follow-ups", None).await).await;
     assert!(page
         .to_string()
         .contains("Complaint about Oudegracht courier"));
@@ -596,11 +580,17 @@ async fn resolved_episodes_feedback_and_follow_ups_mask_their_text() {
                               "feedback": {"nps": 9, "comment": "Thanks Joost, my neighbour at number 16 was home"}}}
     }))
     .await;
-    let text = send(&app, &web, Method::GET, &format!("/v1/profiles/{id}"), None)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = send(
+        &app,
+        Some(&web),
+        Method::GET,
+        &format!("/v1/profiles/{id}"),
+        None,
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
     assert!(!text.contains("neighbour"), "{text}");
     assert!(text.contains("\"nps\":9"), "{text}");
 }
@@ -700,7 +690,7 @@ async fn a_customer_reads_their_own_open_episodes_and_nothing_else() {
         .await,
     );
     let token = customer_token("account_id", "C-1001", "");
-    let mine = body(send(&app, &token, Method::GET, "/v1/me/episodes", None).await).await;
+    let mine = body(send(&app, Some(&token), Method::GET, "/v1/me/episodes", None).await).await;
     let episodes = mine["episodes"].as_array().unwrap();
     assert_eq!(episodes.len(), 1, "{mine}");
     let fields: Vec<&String> = episodes[0].as_object().unwrap().keys().collect();
@@ -719,7 +709,7 @@ async fn a_customer_reads_their_own_open_episodes_and_nothing_else() {
     // The same customer by another of their identifiers.
     let by_email = customer_token("email", "AnnaDeVries@example.com", "");
     assert_eq!(
-        body(send(&app, &by_email, Method::GET, "/v1/me/episodes", None).await).await,
+        body(send(&app, Some(&by_email), Method::GET, "/v1/me/episodes", None).await).await,
         mine
     );
 
@@ -740,7 +730,7 @@ async fn a_customer_reads_their_own_open_episodes_and_nothing_else() {
             "/v1/follow-ups".to_owned(),
             "/v1/changes".to_owned(),
         ] {
-            let resp = send(&app, &token, Method::GET, &path, None).await;
+            let resp = send(&app, Some(&token), Method::GET, &path, None).await;
             assert_error(resp, 403, "customer_token_not_allowed").await;
         }
         let resp = app
@@ -749,7 +739,7 @@ async fn a_customer_reads_their_own_open_episodes_and_nothing_else() {
         assert_error(resp, 403, "customer_token_not_allowed").await;
         let resp = send(
             &app,
-            &token,
+            Some(&token),
             Method::PATCH,
             &format!("/v1/profiles/{anna}/traits"),
             Some(&json!({"channel": "web", "traits": {"vip": true}})),
@@ -758,7 +748,7 @@ async fn a_customer_reads_their_own_open_episodes_and_nothing_else() {
         assert_error(resp, 403, "customer_token_not_allowed").await;
     }
     // Staff tokens have no "own" view.
-    let resp = send(&app, &app.admin, Method::GET, "/v1/me/episodes", None).await;
+    let resp = send(&app, Some(&app.admin), Method::GET, "/v1/me/episodes", None).await;
     assert_error(resp, 403, "customer_token_required").await;
 }
 
@@ -780,16 +770,16 @@ async fn a_customer_token_naming_a_claimed_or_session_identifier_sees_nothing() 
     assert!(resp.status().is_success());
     // The real owner of that address logs in later: the claim is not theirs to read.
     let token = customer_token("email", "victim.later@example.com", "");
-    let mine = body(send(&app, &token, Method::GET, "/v1/me/episodes", None).await).await;
+    let mine = body(send(&app, Some(&token), Method::GET, "/v1/me/episodes", None).await).await;
     assert_eq!(mine, json!({"episodes": []}));
     // A cookie names a browser, a phone may be a household's: not a customer.
     for (kind, value) in [("web_cookie", "attacker-cookie"), ("phone", "06 1234 5678")] {
         let token = customer_token(kind, value, "");
-        let resp = send(&app, &token, Method::GET, "/v1/me/episodes", None).await;
+        let resp = send(&app, Some(&token), Method::GET, "/v1/me/episodes", None).await;
         assert_error(resp, 422, "invalid_identifier").await;
     }
     // Nobody by that account: nothing, and no hint.
     let token = customer_token("account_id", "C-9999", "");
-    let mine = body(send(&app, &token, Method::GET, "/v1/me/episodes", None).await).await;
+    let mine = body(send(&app, Some(&token), Method::GET, "/v1/me/episodes", None).await).await;
     assert_eq!(mine, json!({"episodes": []}));
 }

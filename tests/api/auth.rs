@@ -1,14 +1,16 @@
 //! Access: bearer tokens are verified (signature, expiry, audience), each route
 //! demands its scope, channel-bound tokens write only for their channel, and PII
-//! is masked for callers without `pii:read`.
+//! is masked for callers without `pii:read`: in reads, in write answers, and
+//! in refusals and error messages, which never echo a stored or sent value.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use reqwest::{Method, Response};
+use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{admin_claims, assert_error, body, now, signal, spawn_app, TestApp, SECRET};
-
-const NOBODY: &str = "cus_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+use crate::helpers::{
+    admin_claims, assert_error, assert_none_of, body, id_of, identifier_list, now, send, signal,
+    spawn_app, with_token, TestApp, NOBODY, SECRET,
+};
 
 fn claims() -> Value {
     admin_claims("forger")
@@ -27,26 +29,6 @@ fn forge_with(change: impl FnOnce(&mut Value)) -> String {
     let mut c = claims();
     change(&mut c);
     forge(&c, SECRET, Algorithm::HS256)
-}
-
-/// A request with `token` (or none) instead of the admin token.
-async fn send(
-    app: &TestApp,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-    json: Option<&Value>,
-) -> Response {
-    let mut request = app
-        .client
-        .request(method, format!("{}{}", app.address, path));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(json) = json {
-        request = request.json(json);
-    }
-    request.send().await.unwrap()
 }
 
 async fn customer(app: &TestApp, signal: Value) -> String {
@@ -660,4 +642,163 @@ async fn ingest_results_mask_conflicting_identifiers_without_pii_read() {
         let value = c["value"].as_str().unwrap();
         assert!([PHONE, EMAIL].contains(&value), "{result}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Masking in write answers, refusals and error messages.
+
+#[tokio::test]
+async fn writes_without_pii_read_answer_masked_and_refusals_echo_no_stored_pii() {
+    let app = spawn_app().await;
+    let mut mila = signal(
+        "agent",
+        &[
+            ("account_id", "C-71"),
+            ("email", "mila@example.com"),
+            ("phone", "06 2222 3333"),
+        ],
+    );
+    mila["traits"] = json!({ "first_name": "Mila" });
+    let a = id_of(&app.ingest(mila).await);
+    let b = id_of(
+        &app.ingest(signal(
+            "web",
+            &[("account_id", "C-72"), ("email", "noor@example.com")],
+        ))
+        .await,
+    );
+    let c = id_of(&app.ingest(signal("web", &[("web_cookie", "mask-c")])).await);
+    let stored = [
+        "mila@example.com",
+        "+31622223333",
+        "Mila",
+        "noor@example.com",
+    ];
+    let no_stored_pii = |v: &Value, what: &str| assert_none_of(&v.to_string(), &stored, what);
+    let editor = app.token(&["profiles:write", "identity:write"], None);
+    let merge = format!("/v1/profiles/{a}/merge");
+
+    // Two account ids cannot share a profile: refused, naming no value.
+    let resp = with_token(&app, &editor, Method::POST, &merge)
+        .json(&json!({ "source_id": b }))
+        .send()
+        .await
+        .unwrap();
+    no_stored_pii(
+        &assert_error(resp, 409, "merge_conflict").await,
+        "merge_conflict",
+    );
+
+    // Accepted writes answer with the profile masked.
+    let resp = with_token(&app, &editor, Method::POST, &merge)
+        .json(&json!({ "source_id": c }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let merged = body(resp).await;
+    no_stored_pii(&merged, "merge");
+    let identifiers = identifier_list(&merged);
+    assert!(
+        identifiers.contains(&"phone:+31****33".to_owned())
+            && identifiers.contains(&"email:***@example.com".to_owned()),
+        "{merged}"
+    );
+    assert_eq!(merged["traits"]["first_name"]["value"], "Mi****");
+
+    let resp = with_token(
+        &app,
+        &editor,
+        Method::POST,
+        &format!("/v1/profiles/{a}/unmerge"),
+    )
+    .json(&json!({ "merged_id": c }))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let unmerged = body(resp).await;
+    no_stored_pii(&unmerged, "unmerge");
+    assert_eq!(
+        unmerged["survivor"]["traits"]["first_name"]["value"],
+        "Mi****"
+    );
+
+    let identifier = |value: &str| format!("/v1/profiles/{a}/identifiers/email/{value}");
+    let resp = with_token(
+        &app,
+        &editor,
+        Method::DELETE,
+        &identifier("mila@example.com"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let removed = body(resp).await;
+    no_stored_pii(&removed, "remove_identifier");
+    assert!(
+        identifier_list(&removed).contains(&"phone:+31****33".to_owned()),
+        "{removed}"
+    );
+    // Another customer's address is not on this profile; the refusal does not
+    // say whose it is.
+    let resp = with_token(
+        &app,
+        &editor,
+        Method::DELETE,
+        &identifier("noor@example.com"),
+    )
+    .send()
+    .await
+    .unwrap();
+    no_stored_pii(
+        &assert_error(resp, 404, "identifier_not_found").await,
+        "identifier_not_found",
+    );
+
+    // A batch item's conflicts are masked like a single ingest's.
+    let writer = app.token(&["signals:write"], None);
+    let resp = with_token(&app, &writer, Method::POST, "/v1/signals/batch")
+        .json(&json!({ "signals": [
+            signal("chat", &[("email", "noor@example.com"), ("phone", "06 2222 3333")]),
+        ] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let batch = body(resp).await;
+    no_stored_pii(&batch, "batch");
+    let conflicts = batch["results"][0]["conflicts"].as_array().unwrap();
+    assert!(!conflicts.is_empty(), "{batch}");
+    for conflict in conflicts {
+        let value = conflict["value"].as_str().unwrap();
+        assert!(["+31****33", "***@example.com"].contains(&value), "{batch}");
+    }
+}
+
+#[tokio::test]
+async fn namespaced_pii_traits_are_masked_and_errors_do_not_echo_values() {
+    let app = spawn_app().await;
+    let r = app
+        .ingest(json!({"channel": "agent", "identifiers": [{"type": "account_id", "value": "C-55"}],
+                       "traits": {"address.street": "Main 1", "address": "Main 1, Utrecht", "tier": "gold"}}))
+        .await;
+    let id = r["customer_id"].as_str().unwrap();
+    let reader = app.token(&["profiles:read"], None);
+    let resp = app.get_as(&reader, &format!("/v1/profiles/{id}")).await;
+    let p = body(resp).await;
+    assert_eq!(p["traits"]["address.street"]["value"], "Ma****");
+    assert_eq!(p["traits"]["address"]["value"], "Ma****");
+    assert_eq!(p["traits"]["tier"]["value"], "gold");
+
+    let resp = app
+        .post_signal(
+            &json!({"channel": "ivr", "identifiers": [{"type": "phone", "value": 612345678}]}),
+        )
+        .await;
+    let err = assert_error(resp, 422, "invalid_field").await;
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("612345678"), "{message}");
+    assert!(message.contains("identifiers[0].value"), "{message}");
 }

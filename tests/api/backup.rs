@@ -17,7 +17,7 @@ use anamnesis::store::{SledStore, Store};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::binary::{token_for, Binary};
+use crate::helpers::binary::{token_for, Binary};
 use crate::helpers::{body, id_of, SECRET};
 
 const ON_SLED: [(&str, &str); 1] = [("ANAMNESIS__STORAGE__BACKEND", "sled")];

@@ -5,14 +5,12 @@
 use reqwest::{Method, Response};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, body, signal, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{assert_error, body, signal, spawn_app, spawn_app_with, TestApp, NOBODY};
 
 /// The identifier of the profile that exists before the bad requests arrive.
 const EXISTING_COOKIE: &str = "bad-input-existing";
 /// `server.max_batch_signals` of the app the table runs against.
 const MAX_BATCH: usize = 5;
-/// A well-formed customer id nobody owns (the ULID spec's example).
-const NOBODY: &str = "cus_01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
 enum Body {
     None,
@@ -1236,4 +1234,65 @@ async fn a_streamed_body_over_the_limit_gets_413() {
         "profile_not_found",
     )
     .await;
+}
+
+fn nested(depth: usize) -> Value {
+    let mut v = json!(1);
+    for _ in 0..depth {
+        v = json!([v]);
+    }
+    v
+}
+
+#[tokio::test]
+async fn values_nested_too_deep_are_refused_and_deep_ones_stay_readable() {
+    let app = spawn_app().await;
+    let victim = app
+        .ingest(signal("web", &[("email", "victim@example.com")]))
+        .await;
+    let victim = victim["customer_id"].as_str().unwrap();
+    let too_deep = nested(33);
+    let cases = [
+        json!({"channel": "web", "identifiers": [{"type": "email", "value": "victim@example.com"}], "traits": {"x": too_deep}}),
+        json!({"channel": "web", "identifiers": [{"type": "email", "value": "victim@example.com"}],
+               "answers": [{"key": "q", "value": too_deep}]}),
+        json!({"channel": "web", "identifiers": [{"type": "email", "value": "victim@example.com"}],
+               "event": {"type": "page_view", "properties": {"p": nested(32)}}}),
+    ];
+    for case in &cases {
+        assert_error(app.post_signal(case).await, 422, "value_too_deep").await;
+    }
+    let resp = app
+        .patch_traits(
+            victim,
+            &json!({"channel": "agent", "traits": {"x": too_deep}}),
+        )
+        .await;
+    assert_error(resp, 422, "value_too_deep").await;
+    let resp = app
+        .post_answers(
+            victim,
+            &json!({"channel": "agent", "answers": [{"key": "q", "value": too_deep}]}),
+        )
+        .await;
+    assert_error(resp, 422, "value_too_deep").await;
+
+    // The deepest accepted value stays readable, also once the profile is
+    // merged (merged profiles store values a few levels deeper).
+    app.ingest(
+        json!({"channel": "web", "identifiers": [{"type": "email", "value": "victim@example.com"}],
+                      "traits": {"x": nested(32)}, "answers": [{"key": "q", "value": nested(32)}]}),
+    )
+    .await;
+    let other = app
+        .ingest(signal("store", &[("loyalty_card", "LC-deep")]))
+        .await;
+    let other = other["customer_id"].as_str().unwrap();
+    assert_eq!(app.merge(other, victim).await.status(), 200);
+    let p = app.profile(other).await;
+    assert_eq!(p["traits"]["x"]["value"], nested(32));
+    assert_eq!(
+        body(app.context_by("email", "victim@example.com").await).await["customer_id"],
+        other
+    );
 }

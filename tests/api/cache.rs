@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::helpers::redis_server::{RedisCluster, RedisServer, TestRedis};
 use crate::helpers::{body, id_of, spawn_app_with, TestApp};
 use crate::live::EventClient;
-use crate::redis_server::{RedisCluster, RedisServer, TestRedis};
 
 async fn app_with(redis: &impl TestRedis) -> TestApp {
     app_with_layer(redis, true).await

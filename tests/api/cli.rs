@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-use crate::binary::{token_for, Binary};
+use crate::helpers::binary::{token_for, Binary};
 use crate::helpers::{backend_env, body, SECRET};
 use anamnesis::auth::Scope;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::binary::free_port;
+use crate::helpers::binary::free_port;
 use crate::helpers::{body, id_of, spawn_app};
 
 /// The W3C name of an element reference in WebDriver answers.

@@ -1,5 +1,6 @@
 //! `Idempotency-Key` on every write: a retry never applies a write twice,
-//! a key names one request, and a key belongs to its subject.
+//! a key names one request, and a key belongs to its subject. A signal's
+//! own `signal_id` likewise names one signal: reused for another, refused.
 
 use std::time::{Duration, Instant};
 
@@ -335,4 +336,20 @@ async fn a_retry_while_the_first_request_is_served_is_told_to_wait() {
         let id = id_of(&body(app.lookup("phone", &format!("+316130{i:05}")).await).await);
         assert_eq!(interactions(&app, &id).await, 1);
     }
+}
+
+#[tokio::test]
+async fn reusing_a_signal_id_for_a_different_event_is_refused() {
+    let app = spawn_app().await;
+    let first = json!({"signal_id": "s-1", "channel": "web", "identifiers": [{"type": "web_cookie", "value": "r1"}],
+                       "event": {"type": "page_view", "properties": {"path": "/a"}}});
+    assert_eq!(app.post_signal(&first).await.status(), 201);
+    let mut other = first.clone();
+    other["event"]["properties"]["path"] = json!("/b");
+    assert_error(app.post_signal(&other).await, 409, "signal_id_reused").await;
+    assert_eq!(
+        app.post_signal(&first).await.status(),
+        201,
+        "the true replay still answers"
+    );
 }

@@ -1,8 +1,15 @@
-//! The stories the service exists for, end to end through HTTP.
+//! The stories the service exists for, end to end through HTTP; and the
+//! customer's journey: the stage each event reaches (named by the signal,
+//! by a `[[journey.rules]]` entry, or by its event type) and the history of
+//! the stages reached.
 
+use anamnesis::config::JourneyRule;
 use serde_json::json;
 
-use crate::helpers::{assert_error, body, signal, spawn_app};
+use crate::helpers::{
+    assert_error, body, card, event_at, field_list, id_of, now_s, ok, page_view, rfc, shift,
+    signal, spawn_app, spawn_app_with, HOUR, MINUTE,
+};
 
 #[tokio::test]
 async fn ivr_then_chat_then_agent_lookup_by_a_differently_written_number() {
@@ -547,5 +554,159 @@ async fn merged_profiles_keep_episodes_and_answers_of_both() {
     assert_eq!(
         body(app.lookup("phone", "06 8765 4321").await).await["customer_id"],
         a
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Journey stages: which stage each event reaches, and the history of stages.
+
+/// An explicit `journey_stage` beats a `[[journey.rules]]` entry, which beats
+/// `event_stages`; the history keeps, per stage, when and on which channel it
+/// was first and last reached, ordered by first reach whatever the arrival
+/// order.
+#[tokio::test]
+async fn journey_stage_comes_from_the_signal_then_the_rules_then_the_event_type() {
+    let app = spawn_app_with(|s| {
+        s.journey.rules = vec![serde_json::from_value::<JourneyRule>(json!({
+            "event": "page_view",
+            "properties": {"category": "checkout"},
+            "stage": "purchase",
+        }))
+        .unwrap()];
+    })
+    .await;
+    let t = now_s();
+    let who = ("email", "journey@example.com");
+    // A page view the rule does not match: awareness, by event_stages.
+    let id = id_of(
+        &app.ingest(page_view(
+            "web",
+            who,
+            shift(t, -5 * HOUR),
+            json!({"category": "shoes"}),
+        ))
+        .await,
+    );
+    assert_eq!(app.profile(&id).await["journey"]["stage"], "awareness");
+    // The rule matches on type and the listed property; others do not matter.
+    app.ingest(page_view(
+        "app",
+        who,
+        shift(t, -4 * HOUR),
+        json!({"category": "checkout", "path": "/checkout/pay"}),
+    ))
+    .await;
+    let p = app.profile(&id).await;
+    assert_eq!(p["journey"]["stage"], "purchase", "{p}");
+    assert_eq!(p["journey"]["updated_at"], rfc(shift(t, -4 * HOUR)));
+    // Property values compare as JSON: "Checkout" is not "checkout".
+    app.ingest(page_view(
+        "app",
+        who,
+        shift(t, -3 * HOUR - 30 * MINUTE),
+        json!({"category": "Checkout"}),
+    ))
+    .await;
+    assert_eq!(app.profile(&id).await["journey"]["stage"], "awareness");
+    // An explicit stage beats the rule.
+    app.ingest(event_at(
+        "chat",
+        who,
+        shift(t, -3 * HOUR),
+        json!({"type": "page_view", "journey_stage": "service", "properties": {"category": "checkout"}}),
+    ))
+    .await;
+    assert_eq!(app.profile(&id).await["journey"]["stage"], "service");
+    app.ingest(page_view("app", who, shift(t, -2 * HOUR), json!({})))
+        .await;
+    // A checkout seen in the store long ago arrives last: it is the first
+    // purchase, but the current stage stays the latest one.
+    app.ingest(page_view(
+        "store",
+        who,
+        shift(t, -6 * HOUR),
+        json!({"category": "checkout"}),
+    ))
+    .await;
+
+    let p = app.profile(&id).await;
+    assert_eq!(
+        p["journey"],
+        json!({
+            "stage": "awareness",
+            "updated_at": rfc(shift(t, -2 * HOUR)),
+            "history": [
+                {"stage": "purchase",
+                 "first_at": rfc(shift(t, -6 * HOUR)), "first_channel": "store",
+                 "last_at": rfc(shift(t, -4 * HOUR)), "last_channel": "app"},
+                {"stage": "awareness",
+                 "first_at": rfc(shift(t, -5 * HOUR)), "first_channel": "web",
+                 "last_at": rfc(shift(t, -2 * HOUR)), "last_channel": "app"},
+                {"stage": "service",
+                 "first_at": rfc(shift(t, -3 * HOUR)), "first_channel": "chat",
+                 "last_at": rfc(shift(t, -3 * HOUR)), "last_channel": "chat"},
+            ],
+        })
+    );
+    assert_eq!(card(&app, &id).await["journey_stage"], "awareness");
+    // Each interaction keeps the stage it was given.
+    let timeline = ok(app.timeline(&id, &[]).await, "timeline").await;
+    assert_eq!(
+        field_list(&timeline["interactions"], "journey_stage"),
+        [
+            "awareness",
+            "service",
+            "awareness",
+            "purchase",
+            "awareness",
+            "purchase"
+        ]
+    );
+}
+
+/// Rules are tried in order and the first match wins; a rule with no
+/// properties matches every event of its type, ahead of `event_stages`.
+#[tokio::test]
+async fn the_first_matching_journey_rule_wins() {
+    let app = spawn_app_with(|s| {
+        s.journey.rules = serde_json::from_value::<Vec<JourneyRule>>(json!([
+            {"event": "page_view", "properties": {"category": "checkout"}, "stage": "purchase"},
+            {"event": "page_view", "stage": "consideration"},
+        ]))
+        .unwrap();
+    })
+    .await;
+    let t = now_s();
+    let who = ("web_cookie", "ck-rules");
+    let id = id_of(
+        &app.ingest(page_view(
+            "web",
+            who,
+            shift(t, -2 * HOUR),
+            json!({"category": "checkout"}),
+        ))
+        .await,
+    );
+    assert_eq!(app.profile(&id).await["journey"]["stage"], "purchase");
+    app.ingest(page_view(
+        "web",
+        who,
+        shift(t, -HOUR),
+        json!({"category": "shoes"}),
+    ))
+    .await;
+    assert_eq!(
+        app.profile(&id).await["journey"]["stage"],
+        "consideration",
+        "the catch-all rule beats event_stages (page_view = awareness)"
+    );
+    // Other event types still follow event_stages.
+    app.ingest(event_at("web", who, t, json!({"type": "add_to_cart"})))
+        .await;
+    let p = app.profile(&id).await;
+    assert_eq!(p["journey"]["stage"], "consideration");
+    assert_eq!(
+        field_list(&p["journey"]["history"], "stage"),
+        ["purchase", "consideration"]
     );
 }

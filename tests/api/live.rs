@@ -640,7 +640,7 @@ async fn an_unmerge_takes_the_survivor_out_of_the_stream_live_and_replayed() {
 
 #[tokio::test]
 async fn positions_are_never_reused_even_when_retention_emptied_the_log() {
-    use crate::binary::{token_for, Binary};
+    use crate::helpers::binary::{token_for, Binary};
     use anamnesis::auth::Scope;
     let dir = tempfile::tempdir().unwrap();
     let env = [("ANAMNESIS__CHANGES__RETENTION_SECS", "1")];

@@ -1,7 +1,8 @@
 //! Merges you can trust and undo: unmerge restores both sides exactly, chains
-//! unmerge link by link, identifiers can be detached, every identity change is
-//! in the ledger, caps hold, and concurrent merging keeps the identity
-//! invariants.
+//! unmerge link by link, identifiers can be detached, erasing an unmerged
+//! profile leaves none of its identifiers on the survivor, every identity
+//! change is in the ledger, caps hold, and concurrent merging keeps the
+//! identity invariants.
 //!
 //! Automatic merges here always link profiles through identifiers whose type
 //! fuses profiles (email, account_id, loyalty_card, device_id, chat_session,
@@ -14,10 +15,9 @@ use reqwest::{Method, Response};
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_error, body, id_of, identifier_list, signal, spawn_app, spawn_app_with, TestApp,
+    assert_error, body, id_of, identifier_list, owner, signal, spawn_app, spawn_app_with, TestApp,
+    NOBODY,
 };
-
-const NOBODY: &str = "cus_01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -207,18 +207,6 @@ fn nanos(s: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{s}: {e}"))
         .timestamp_nanos_opt()
         .unwrap()
-}
-
-async fn owner(app: &TestApp, kind: &str, value: &str) -> Option<String> {
-    let resp = app.lookup(kind, value).await;
-    match resp.status().as_u16() {
-        200 => Some(id_of(&body(resp).await)),
-        404 => {
-            assert_error(resp, 404, "profile_not_found").await;
-            None
-        }
-        other => panic!("lookup {kind}:{value}: {other} {}", body(resp).await),
-    }
 }
 
 async fn assert_redirects(app: &TestApp, absorbed: &str, survivor: &str) {
@@ -1864,4 +1852,49 @@ async fn concurrent_signals_merges_and_unmerges_keep_every_identity_invariant() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_automatic_merges_and_unmerges_keep_every_identity_invariant() {
     concurrent_identity_traffic(true).await;
+}
+
+// ---------------------------------------------------------------------------
+// 10: erasing after an unmerge
+
+#[tokio::test]
+async fn erasing_an_unmerged_profile_leaves_none_of_its_identifiers_elsewhere() {
+    let app = spawn_app().await;
+    let a = app
+        .ingest(signal("web", &[("email", "anna@example.com")]))
+        .await;
+    let b = app
+        .ingest(signal("web", &[("email", "bob@example.com")]))
+        .await;
+    let (a, b) = (
+        a["customer_id"].as_str().unwrap(),
+        b["customer_id"].as_str().unwrap(),
+    );
+    assert_eq!(app.merge(a, b).await.status(), 200);
+    // While merged, Bob's signal brings a new phone (it joins Bob's share).
+    app.ingest(json!({"signal_id": "bob-phone", "channel": "ivr",
+                      "identifiers": [{"type": "email", "value": "bob@example.com"}, {"type": "phone", "value": "0687654321"}]}))
+        .await;
+    let resp = app.unmerge(a, b).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.erase(b).await.status(), 204);
+
+    let history = body(
+        app.get(&format!("/v1/profiles/{a}/history?limit=200"))
+            .await,
+    )
+    .await;
+    let text = history.to_string();
+    assert!(!text.contains("bob@example.com"), "{text}");
+    assert!(!text.contains("+31687654321"), "{text}");
+    // Bob's signal, replayed, does not come back.
+    let replay = json!({"signal_id": "bob-phone", "channel": "ivr",
+                        "identifiers": [{"type": "email", "value": "bob@example.com"}, {"type": "phone", "value": "0687654321"}]});
+    assert_error(app.post_signal(&replay).await, 410, "profile_erased").await;
+    assert_error(
+        app.lookup("phone", "0687654321").await,
+        404,
+        "profile_not_found",
+    )
+    .await;
 }

@@ -12,10 +12,10 @@ use anamnesis::auth::Scope;
 use anamnesis::store::{copy, migrate, PgOptions, PgStore, SledStore, SCHEMA_VERSION};
 use serde_json::{json, Value};
 
-use crate::binary::{token_for, Binary};
+use crate::helpers::binary::{token_for, Binary};
+use crate::helpers::redis_server::{RedisCluster, RedisServer, TestRedis};
 use crate::helpers::{body, schema_for, spawn_app_with, TestApp, TEST_POSTGRES};
 use crate::live::EventClient;
-use crate::redis_server::{RedisCluster, RedisServer, TestRedis};
 
 const NEEDS_PG: &str = "needs ANAMNESIS_TEST_POSTGRES (tests/run.sh sets it)";
 

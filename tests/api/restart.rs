@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anamnesis::auth::Scope;
 use serde_json::json;
 
-use crate::binary::{token_for, wait_until_gone, Binary};
+use crate::helpers::binary::{token_for, wait_until_gone, Binary};
 
 fn admin_token() -> String {
     token_for("restart-test", &[Scope::Admin])

@@ -1,5 +1,6 @@
-//! Merge suggestions instead of over-merging, verified identifiers, and
-//! consents across merges.
+//! Merge suggestions instead of over-merging (a dismissed one stays
+//! dismissed, through a merge too), verified identifiers, and consents
+//! across merges.
 
 use serde_json::json;
 
@@ -332,5 +333,58 @@ async fn after_an_unmerge_every_identifier_is_on_exactly_one_side() {
     assert_eq!(
         body(app.lookup("email", "e1@example.com").await).await["customer_id"],
         m
+    );
+}
+
+#[tokio::test]
+async fn a_dismissed_suggestion_stays_dismissed_after_a_merge() {
+    let app = spawn_app().await;
+    let a = app
+        .ingest(signal(
+            "web",
+            &[("email", "ha@example.com"), ("phone", "0611112222")],
+        ))
+        .await;
+    let b = app
+        .ingest(signal("web", &[("email", "hb@example.com")]))
+        .await;
+    let (a, b) = (
+        a["customer_id"].as_str().unwrap(),
+        b["customer_id"].as_str().unwrap(),
+    );
+    app.ingest(signal(
+        "ivr",
+        &[("email", "hb@example.com"), ("phone", "0611112222")],
+    ))
+    .await;
+    let resp = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/v1/profiles/{a}/suggestions/{b}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    // A is absorbed by C; the same evidence arrives again.
+    let c = app
+        .ingest(signal(
+            "web",
+            &[("account_id", "HC-1"), ("email", "ha@example.com")],
+        ))
+        .await;
+    let c = c["customer_id"].as_str().unwrap();
+    app.ingest(signal(
+        "ivr",
+        &[("email", "hb@example.com"), ("phone", "0611112222")],
+    ))
+    .await;
+    assert_eq!(
+        body(app.get(&format!("/v1/profiles/{c}/suggestions")).await).await,
+        json!([])
+    );
+    assert_eq!(
+        body(app.get(&format!("/v1/profiles/{b}/suggestions")).await).await,
+        json!([])
     );
 }

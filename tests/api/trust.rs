@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_error, body, id_of, identifier_list, signal, spawn_app, spawn_app_with, TestApp,
+    assert_error, body, id_of, identifier_list, owner, signal, spawn_app, spawn_app_with, TestApp,
 };
 
 /// A customer the back office knows well: e-mail, phone, a name, an answer
@@ -58,16 +58,6 @@ async fn snapshot(app: &TestApp, id: &str) -> Value {
         "episodes": p["episodes"],
         "merged_ids": p["merged_ids"],
     })
-}
-
-/// Whom `type:value` resolves to, if anyone.
-async fn owner(app: &TestApp, kind: &str, value: &str) -> Option<String> {
-    let resp = app.lookup(kind, value).await;
-    match resp.status().as_u16() {
-        200 => Some(id_of(&body(resp).await)),
-        404 => None,
-        other => panic!("lookup {kind}:{value}: {other}"),
-    }
 }
 
 /// The ids of the profiles `id` has an open suggestion with, and the evidence.

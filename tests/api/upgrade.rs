@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use reqwest::Method;
 
-use crate::binary::{token_for, Binary};
 use crate::cli::{anamnesis, text};
+use crate::helpers::binary::{token_for, Binary};
 use crate::helpers::{backend_env, body, use_test_backend, SECRET};
 use anamnesis::auth::Scope;
 use anamnesis::config::Settings;

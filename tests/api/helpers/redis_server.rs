@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anamnesis::config::Settings;
 
-use crate::binary::free_port;
+use super::binary::free_port;
 
 /// What the cache tests need of a Redis, whether one server or a cluster.
 pub trait TestRedis {

@@ -1,13 +1,18 @@
 //! Black-box test harness: a real server on port 0 over a sled store in a temp
-//! directory, and typed helpers per call.
+//! directory, and typed helpers per call; the real binary as a process of its
+//! own (`binary`) and private Redis servers (`redis_server`).
 
 #![allow(dead_code)]
+
+pub mod binary;
+pub mod redis_server;
 
 use std::time::Duration;
 
 use anamnesis::auth::{Authenticator, Scope};
-use anamnesis::config::Settings;
+use anamnesis::config::{SegmentSettings, Settings};
 use anamnesis::startup::Application;
+use chrono::{DateTime, SecondsFormat, SubsecRound, TimeDelta, Utc};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -308,6 +313,20 @@ impl TestApp {
     }
 }
 
+/// Whom a lookup of `type:value` answers, if anyone (a miss must be the
+/// whole `profile_not_found` envelope).
+pub async fn owner(app: &TestApp, kind: &str, value: &str) -> Option<String> {
+    let resp = app.lookup(kind, value).await;
+    match resp.status().as_u16() {
+        200 => Some(id_of(&body(resp).await)),
+        404 => {
+            assert_error(resp, 404, "profile_not_found").await;
+            None
+        }
+        other => panic!("lookup {kind}:{value}: {other} {}", body(resp).await),
+    }
+}
+
 /// The `customer_id` of an ingest result or a profile.
 pub fn id_of(result: &Value) -> String {
     result["customer_id"]
@@ -358,4 +377,223 @@ pub fn admin_claims(subject: &str) -> Value {
         "sub": subject,
         "scope": "admin",
     })
+}
+
+// ---------------------------------------------------------------------------
+// Requests with another token than the admin's, and what their answers must
+// not hold.
+
+/// A request with `token` (or none) instead of the admin token.
+pub async fn send(
+    app: &TestApp,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    json: Option<&Value>,
+) -> Response {
+    let mut request = app
+        .client
+        .request(method, format!("{}{}", app.address, path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(json) = json {
+        request = request.json(json);
+    }
+    request.send().await.unwrap()
+}
+
+/// A request to the in-process app with `token` instead of the admin's.
+pub fn with_token(app: &TestApp, token: &str, method: Method, path: &str) -> RequestBuilder {
+    app.client
+        .request(method, format!("{}{path}", app.address))
+        .bearer_auth(token)
+}
+
+/// The value of header `name`, which the response must carry.
+pub fn header(resp: &Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Fails when `text` holds any of `needles`, compared case-insensitively.
+pub fn assert_none_of(text: &str, needles: &[&str], what: &str) {
+    let folded = text.to_lowercase();
+    for needle in needles {
+        assert!(
+            !folded.contains(&needle.to_lowercase()),
+            "{what} holds `{needle}`:\n{text}"
+        );
+    }
+}
+
+/// A well-formed customer id nobody has.
+pub const NOBODY: &str = "cus_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+// ---------------------------------------------------------------------------
+// Times. Segment windows are relative to now, so every `occurred_at` the
+// tests of the profile's memory send is too, to the whole second, so that
+// times sent in come back spelled the same.
+
+/// Seconds in a minute, an hour and a day, for [`shift`].
+pub const MINUTE: i64 = 60;
+pub const HOUR: i64 = 3600;
+pub const DAY: i64 = 86_400;
+
+/// Now, to the whole second.
+pub fn now_s() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(0)
+}
+
+/// `base` moved by `secs` seconds (negative: earlier).
+pub fn shift(base: DateTime<Utc>, secs: i64) -> DateTime<Utc> {
+    base + TimeDelta::seconds(secs)
+}
+
+/// RFC 3339 as the service writes whole seconds: `2026-11-22T09:15:00Z`.
+pub fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A signal from `channel` for one identifier, at `at`, with `event`.
+pub fn event_at(channel: &str, who: (&str, &str), at: DateTime<Utc>, event: Value) -> Value {
+    json!({
+        "channel": channel,
+        "occurred_at": rfc(at),
+        "identifiers": [{"type": who.0, "value": who.1}],
+        "event": event,
+    })
+}
+
+/// A page view from `channel` with these properties.
+pub fn page_view(channel: &str, who: (&str, &str), at: DateTime<Utc>, properties: Value) -> Value {
+    event_at(
+        channel,
+        who,
+        at,
+        json!({"type": "page_view", "properties": properties}),
+    )
+}
+
+/// A signal that reports on an episode (`episode` is the `event.episode` object).
+pub fn episode_at(
+    channel: &str,
+    who: (&str, &str),
+    at: DateTime<Utc>,
+    kind: &str,
+    episode: Value,
+) -> Value {
+    event_at(channel, who, at, json!({"type": kind, "episode": episode}))
+}
+
+// ---------------------------------------------------------------------------
+// Typed calls for the profile's memory: the card, episodes, follow-ups,
+// consent and segments.
+
+/// A GET with the admin token and these query parameters.
+pub async fn get_query(app: &TestApp, path: &str, query: &[(&str, &str)]) -> Response {
+    app.request(Method::GET, path)
+        .query(query)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A GET with `token` and these query parameters.
+pub async fn get_query_as(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    query: &[(&str, &str)],
+) -> Response {
+    app.client
+        .get(format!("{}{path}", app.address))
+        .bearer_auth(token)
+        .query(query)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The body of a response that must be 200.
+pub async fn ok(resp: Response, what: &str) -> Value {
+    let status = resp.status();
+    let b = body(resp).await;
+    assert_eq!(status, 200, "{what}: {b}");
+    b
+}
+
+/// `field` of each object of a JSON array, in order.
+pub fn field_list(list: &Value, field: &str) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|e| {
+            e[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {field} in {e}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The context card of profile `id`, which must answer 200.
+pub async fn card(app: &TestApp, id: &str) -> Value {
+    ok(app.context(id).await, "context").await
+}
+
+/// `GET /v1/profiles/{id}/episodes`, filtered by `status` when given.
+pub async fn episodes(app: &TestApp, id: &str, status: Option<&str>) -> Response {
+    let query: Vec<(&str, &str)> = status.map(|s| ("status", s)).into_iter().collect();
+    get_query(app, &format!("/v1/profiles/{id}/episodes"), &query).await
+}
+
+/// The one episode `episode` of profile `id`, from the episodes list.
+pub async fn episode(app: &TestApp, id: &str, episode: &str) -> Value {
+    let list = ok(episodes(app, id, None).await, "episodes").await;
+    list["episodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == episode)
+        .unwrap_or_else(|| panic!("no episode {episode} in {list}"))
+        .clone()
+}
+
+/// `GET /v1/follow-ups` with these query parameters.
+pub async fn follow_ups(app: &TestApp, query: &[(&str, &str)]) -> Response {
+    get_query(app, "/v1/follow-ups", query).await
+}
+
+/// Records a consent decision for `purpose`, as given on `channel`.
+pub async fn put_consent(
+    app: &TestApp,
+    id: &str,
+    purpose: &str,
+    granted: bool,
+    channel: &str,
+) -> Response {
+    app.request(
+        Method::PUT,
+        &format!("/v1/profiles/{id}/consents/{purpose}"),
+    )
+    .json(&json!({"granted": granted, "channel": channel}))
+    .send()
+    .await
+    .unwrap()
+}
+
+/// Grants the consent personalisation needs (on the web).
+pub async fn grant_personalization(app: &TestApp, id: &str) {
+    let resp = put_consent(app, id, "personalization", true, "web").await;
+    assert_eq!(resp.status(), 200, "consent granted");
+}
+
+/// A segment definition with these `when` predicates.
+pub fn segment(when: Value) -> SegmentSettings {
+    serde_json::from_value(json!({ "when": when })).expect("segment settings")
 }
