@@ -9,6 +9,16 @@ command), and each step below records the text it ran with `ran(...)`. A
 command shown that no step ran fails the script, so a new command in the
 docs needs a step here.
 
+A command CI cannot run (a Docker engine, for one) is shown in a ```sh block
+of its own, and the line just above the block (blank lines aside) is a quote
+that starts with RUNBOOK_MARK and gives the reason:
+
+    > Runbook step, not run by CI: the CI machine has no Docker engine.
+
+Such blocks are not required to run: the script prints each of their
+commands with the reason. A marker with no reason, a marker that marks no
+```sh block, or a step that runs a marked block fails the script.
+
 Steps find a block by the heading (or the words a paragraph starts with)
 above it on the page it lives on: `block_after("## Backup and restore",
 page="docs/operations.md")`.
@@ -51,6 +61,7 @@ def load_pages():
 
 
 PAGES = load_pages()
+RUNBOOK_MARK = "Runbook step, not run by CI:"
 WORK = tempfile.mkdtemp(prefix="anamnesis-readme-")
 RELEASE = os.path.join(ROOT, "target", "release")
 COVERED = set()
@@ -152,27 +163,56 @@ class Server:
             fail(f"{self.name} exited {code} on SIGTERM:\n{self.output()[-3000:]}")
 
 
+class Block:
+    """A ```sh block of a page: its text, where its fence starts, and the
+    reason its runbook marker gives (None when the check runs it)."""
+
+    def __init__(self, page, text, start, reason):
+        self.page, self.text, self.start, self.reason = page, text, start, reason
+
+
 def sh_blocks(page):
-    """The ```sh blocks of `page`, in order: (where the fence starts, text)."""
-    return [(m.start(), m.group(1))
-            for m in re.finditer(r"^```sh\n(.*?)^```", PAGES[page], flags=re.S | re.M)]
+    """The ```sh blocks of `page`, in order, each with its runbook reason.
+    Fails on a marker without a reason or one that marks no ```sh block."""
+    text = PAGES[page]
+    blocks = []
+    for m in re.finditer(r"^```sh\n(.*?)^```", text, flags=re.S | re.M):
+        above = text[:m.start()].rstrip().split("\n")
+        quote = []
+        while above and above[-1].startswith(">"):
+            quote.insert(0, above.pop()[1:].strip())
+        reason = None
+        if quote and quote[0].startswith(RUNBOOK_MARK):
+            reason = " ".join(" ".join(quote)[len(RUNBOOK_MARK):].split())
+            if not reason:
+                fail(f"{page}: a runbook marker without a reason above the block at "
+                     f"line {text[:m.start()].count(chr(10)) + 1}")
+        blocks.append(Block(page, m.group(1), m.start(), reason))
+    marked = sum(1 for b in blocks if b.reason is not None)
+    markers = len(re.findall(r"^>\s*" + re.escape(RUNBOOK_MARK), text, flags=re.M))
+    if markers != marked:
+        fail(f"{page}: {markers} runbook markers, but {marked} ```sh blocks stand right "
+             f"below one; a marker goes on the line just above the block it marks")
+    return blocks
 
 
 def shown_commands():
-    """Every command the pages show, as (command, page): the command lines
-    of ```sh blocks (continuations folded in) and inline code spans that
-    start with a command."""
-    run = []
+    """Every command the pages show, as two lists of (command, page,
+    reason): those the check must run (reason None), and those in blocks
+    marked as runbook steps. Commands are the command lines of ```sh blocks
+    (continuations folded in) and inline code spans that start with one."""
+    run, runbook = [], []
     starts = re.compile(r"^([A-Z_]+=\S+ )*(anamnesis|cargo|bash|curl|docker) ")
     for page in PAGES:
-        for _, text in sh_blocks(page):
-            for command in split_commands(text):
-                run.append((" ".join(command.split()), page))
+        for block in sh_blocks(page):
+            target = runbook if block.reason is not None else run
+            for command in split_commands(block.text):
+                target.append((" ".join(command.split()), page, block.reason))
         for span in code_spans(prose(PAGES[page])):
             span = " ".join(span.split())
             if starts.match(span):
-                run.append((span, page))
-    return run
+                run.append((span, page, None))
+    return run, runbook
 
 
 def code_spans(text):
@@ -194,16 +234,20 @@ def code_spans(text):
 
 def block_after(heading, page="README.md"):
     """The first ```sh block of `page` after `heading`: a line that is the
-    heading (or, for a paragraph, starts with the given words)."""
+    heading (or, for a paragraph, starts with the given words). A step runs
+    the block, so a block marked as a runbook step is refused."""
     text = PAGES[page]
     pattern = "^" + re.escape(heading) + (r"[ \t]*$" if heading.startswith("#") else "")
     found = [m.start() for m in re.finditer(pattern, text, flags=re.M)]
     if len(found) != 1:
         fail(f"{page} has {len(found)} lines starting {heading!r}, not one; "
              "update tests/readme.py")
-    for start, block in sh_blocks(page):
-        if start > found[0]:
-            return block
+    for block in sh_blocks(page):
+        if block.start > found[0]:
+            if block.reason is not None:
+                fail(f"{page}: the block after {heading!r} is marked as a runbook step, "
+                     "but this check runs it: drop the marker, or the step")
+            return block.text
     fail(f"{page}: no ```sh block after {heading!r}")
 
 
@@ -478,10 +522,14 @@ def main():
     # ---- Benchmarks (smoke) ---------------------------------------------
     benches()
 
-    missing = sorted({f"{page}: {c}" for c, page in shown_commands() if c not in COVERED})
+    to_run, runbook = shown_commands()
+    missing = sorted({f"{page}: {c}" for c, page, _ in to_run if c not in COVERED})
     if missing:
         fail("commands the docs show that no step ran:\n  " + "\n  ".join(missing))
-    print(f"\nREADME and docs/: every command ran as shown ({len(COVERED)} commands "
+    print(f"\nRunbook steps the docs mark as not run by CI ({len(runbook)}):")
+    for command, page, reason in runbook:
+        print(f"    {page}: {command}\n        reason: {reason}")
+    print(f"\nREADME and docs/: every other command ran as shown ({len(COVERED)} commands "
           f"on {len(PAGES)} pages, {time.monotonic() - STARTED:.0f} s)")
 
 
@@ -625,8 +673,9 @@ def production_check(env):
 
 def dockerfile(data):
     """The runtime stage of the Dockerfile, run here: its environment, its
-    command (`serve`) and its health check. With a Docker engine, the image
-    itself is built and run as docs/operations.md shows."""
+    command (`serve`) and its health check. The image's own build and run
+    (docs/operations.md, Deployment) are a runbook step, since CI has no
+    Docker engine; where an engine answers, the image is built and run too."""
     text = open(os.path.join(ROOT, "Dockerfile")).read()
     env_lines = re.search(r"^ENV (.*?)\n\S", text, flags=re.S | re.M).group(1)
     settings = dict(re.findall(r"(ANAMNESIS__\w+)=(\S+)", env_lines))
@@ -655,9 +704,13 @@ def dockerfile(data):
     if code == 0:
         fail("anamnesis healthcheck exited 0 with the service stopped")
 
-    command = ("docker build -t anamnesis . && "
-               "docker run -p 8080:8080 -v anamnesis-data:/data anamnesis")
-    ran(command)
+    _, runbook = shown_commands()
+    marked = {c for c, page, _ in runbook if page == "docs/operations.md"}
+    for command in ("docker build -t anamnesis .",
+                    "docker run -p 8080:8080 -v anamnesis-data:/data anamnesis"):
+        if command not in marked:
+            fail(f"docs/operations.md no longer shows `{command}` as a runbook step; "
+                 "update tests/readme.py")
     engine = shutil.which("docker") and subprocess.run(
         ["docker", "info"], capture_output=True, timeout=30).returncode == 0
     if not engine:
