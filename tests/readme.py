@@ -7,7 +7,8 @@ How "every" is kept: the script lists the commands it finds on every page
 (the lines of its ```sh blocks and the inline code that starts with a
 command), and each step below records the text it ran with `ran(...)`. A
 command shown that no step ran fails the script, so a new command in the
-docs needs a step here.
+docs needs a step here; so does a step that records a command no page shows
+any more.
 
 A command CI cannot run (a Docker engine, for one) is shown in a ```sh block
 of its own, and the line just above the block (blank lines aside) is a quote
@@ -526,6 +527,11 @@ def main():
     missing = sorted({f"{page}: {c}" for c, page, _ in to_run if c not in COVERED})
     if missing:
         fail("commands the docs show that no step ran:\n  " + "\n  ".join(missing))
+    shown = {c for c, _, _ in to_run + runbook}
+    stale = sorted(COVERED - shown)
+    if stale:
+        fail("steps ran commands no page shows any more (update tests/readme.py):\n  "
+             + "\n  ".join(stale))
     print(f"\nRunbook steps the docs mark as not run by CI ({len(runbook)}):")
     for command, page, reason in runbook:
         print(f"    {page}: {command}\n        reason: {reason}")
