@@ -1,22 +1,37 @@
-"""Runs every command README.md shows, as it shows it, and checks that each
-does what the README says it does. tests/run.sh (so CI) runs this after the
-test suite: `python3 tests/readme.py`.
+"""Runs every command the documentation shows (README.md and the pages under
+docs/), as it shows it, and checks that each does what the text says it
+does. tests/run.sh (so CI) runs this after the test suite:
+`python3 tests/readme.py`.
 
-How "every" is kept: the script lists the commands it finds in the README
+How "every" is kept: the script lists the commands it finds on every page
 (the lines of its ```sh blocks and the inline code that starts with a
-command), and each step below records the README text it ran with
-`ran(...)`. A README command that no step ran fails the script, so a new
-command in the README needs a step here.
+command), and each step below records the text it ran with `ran(...)`. A
+command shown that no step ran fails the script, so a new command in the
+docs needs a step here; so does a step that records a command no page shows
+any more.
 
-Where the README shows a placeholder (`anamnesis import FILE`) the step runs
-a concrete instance. Settings the README leaves to the environment (the data
+A command CI cannot run (a Docker engine, for one) is shown in a ```sh block
+of its own, and the line just above the block (blank lines aside) is a quote
+that starts with RUNBOOK_MARK and gives the reason:
+
+    > Runbook step, not run by CI: the CI machine has no Docker engine.
+
+Such blocks are not required to run: the script prints each of their
+commands with the reason. A marker with no reason, a marker that marks no
+```sh block, or a step that runs a marked block fails the script.
+
+Steps find a block by the heading (or the words a paragraph starts with)
+above it on the page it lives on: `block_after("## Backup and restore",
+page="docs/operations.md")`.
+
+Where a page shows a placeholder (`anamnesis import FILE`) the step runs a
+concrete instance. Settings the docs leave to the environment (the data
 directory, a free port instead of 8080) are given as ANAMNESIS__* variables,
-the configuration layer the README documents. The benchmark scripts run with
+the configuration layer the docs describe. The benchmark scripts run with
 small sizes through the settings they document, as a smoke test: their
 figures are not checked here (BENCHMARKS.md holds the measured runs). The
 criterion benchmarks run through `cargo test --bench` (see `benches()`).
 """
-
 import base64
 import json
 import os
@@ -35,7 +50,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benches"))
 from ports import free_port  # noqa: E402
 
-README = open(os.path.join(ROOT, "README.md")).read()
+
+
+def load_pages():
+    """README.md, then every docs/*.md in name order, by path from ROOT."""
+    pages = {"README.md": open(os.path.join(ROOT, "README.md")).read()}
+    for name in sorted(os.listdir(os.path.join(ROOT, "docs"))):
+        if name.endswith(".md"):
+            pages[f"docs/{name}"] = open(os.path.join(ROOT, "docs", name)).read()
+    return pages
+
+
+PAGES = load_pages()
+RUNBOOK_MARK = "Runbook step, not run by CI:"
 WORK = tempfile.mkdtemp(prefix="anamnesis-readme-")
 RELEASE = os.path.join(ROOT, "target", "release")
 COVERED = set()
@@ -52,7 +79,7 @@ def fail(why):
 
 
 def ran(*commands):
-    """Records README command texts (whitespace-normalised) as exercised."""
+    """Records command texts the docs show (whitespace-normalised) as run."""
     for c in commands:
         COVERED.add(" ".join(c.split()))
 
@@ -137,35 +164,119 @@ class Server:
             fail(f"{self.name} exited {code} on SIGTERM:\n{self.output()[-3000:]}")
 
 
-def readme_commands():
-    """Every command the README shows: the command lines of its ```sh
-    blocks (continuations folded in) and inline code spans that start with a
-    command."""
-    commands = []
-    for block in re.findall(r"```sh\n(.*?)```", README, flags=re.S):
-        current = ""
-        for line in block.splitlines():
-            if not current and (not line.strip() or line.lstrip().startswith("#")):
-                continue
-            current += line + "\n"
-            quotes = current.count("'") % 2
-            if line.endswith("\\") or quotes:
-                continue
-            commands.append(current)
-            current = ""
-    prose = re.sub(r"```.*?```", "", README, flags=re.S)
+class Block:
+    """A ```sh block of a page: its text, where its fence starts, and the
+    reason its runbook marker gives (None when the check runs it)."""
+
+    def __init__(self, page, text, start, reason):
+        self.page, self.text, self.start, self.reason = page, text, start, reason
+
+
+def sh_blocks(page):
+    """The ```sh blocks of `page`, in order, each with its runbook reason.
+    Fails on a marker without a reason or one that marks no ```sh block."""
+    text = PAGES[page]
+    blocks = []
+    for m in re.finditer(r"^```sh\n(.*?)^```", text, flags=re.S | re.M):
+        above = text[:m.start()].rstrip().split("\n")
+        quote = []
+        while above and above[-1].startswith(">"):
+            quote.insert(0, above.pop()[1:].strip())
+        reason = None
+        if quote and quote[0].startswith(RUNBOOK_MARK):
+            reason = " ".join(" ".join(quote)[len(RUNBOOK_MARK):].split())
+            if not reason:
+                fail(f"{page}: a runbook marker without a reason above the block at "
+                     f"line {text[:m.start()].count(chr(10)) + 1}")
+        blocks.append(Block(page, m.group(1), m.start(), reason))
+    marked = sum(1 for b in blocks if b.reason is not None)
+    markers = len(re.findall(r"^>\s*" + re.escape(RUNBOOK_MARK), text, flags=re.M))
+    if markers != marked:
+        fail(f"{page}: {markers} runbook markers, but {marked} ```sh blocks stand right "
+             f"below one; a marker goes on the line just above the block it marks")
+    return blocks
+
+
+def shown_commands():
+    """Every command the pages show, as two lists of (command, page,
+    reason): those the check must run (reason None), and those in blocks
+    marked as runbook steps. Commands are the command lines of ```sh blocks
+    (continuations folded in) and inline code spans that start with one."""
+    run, runbook = [], []
     starts = re.compile(r"^([A-Z_]+=\S+ )*(anamnesis|cargo|bash|curl|docker) ")
-    for span in re.findall(r"`([^`]+)`", prose):
-        span = " ".join(span.split())
-        if starts.match(span):
-            commands.append(span)
-    return sorted({" ".join(c.split()) for c in commands})
+    for page in PAGES:
+        for block in sh_blocks(page):
+            target = runbook if block.reason is not None else run
+            for command in split_commands(block.text):
+                target.append((" ".join(command.split()), page, block.reason))
+        for span in code_spans(prose(PAGES[page])):
+            span = " ".join(span.split())
+            if starts.match(span):
+                run.append((span, page, None))
+    return run, runbook
 
 
-def block_after(heading):
-    """The first ```sh block after `heading`."""
-    at = README.index(heading)
-    return re.search(r"```sh\n(.*?)```", README[at:], flags=re.S).group(1)
+def code_spans(text):
+    """The inline code spans of `text`, as Markdown reads them: a run of N
+    backticks opens one, the next run of exactly N closes it (so a span
+    in double backticks may hold single ones)."""
+    spans, at = [], 0
+    while True:
+        m = re.compile(r"`+").search(text, at)
+        if not m:
+            return spans
+        close = re.compile(r"(?<!`)" + m.group() + r"(?!`)").search(text, m.end())
+        if not close:
+            at = m.end()
+            continue
+        spans.append(text[m.end():close.start()].strip())
+        at = close.end()
+
+
+def block_after(heading, page="README.md"):
+    """The first ```sh block of `page` after `heading`: a line that is the
+    heading (or, for a paragraph, starts with the given words). A step runs
+    the block, so a block marked as a runbook step is refused."""
+    text = PAGES[page]
+    pattern = "^" + re.escape(heading) + (r"[ \t]*$" if heading.startswith("#") else "")
+    found = [m.start() for m in re.finditer(pattern, text, flags=re.M)]
+    if len(found) != 1:
+        fail(f"{page} has {len(found)} lines starting {heading!r}, not one; "
+             "update tests/readme.py")
+    for block in sh_blocks(page):
+        if block.start > found[0]:
+            if block.reason is not None:
+                fail(f"{page}: the block after {heading!r} is marked as a runbook step, "
+                     "but this check runs it: drop the marker, or the step")
+            return block.text
+    fail(f"{page}: no ```sh block after {heading!r}")
+
+
+def section(heading, page):
+    """The part of `page` from the line `heading` to the next heading of
+    the same or a higher level."""
+    text = PAGES[page]
+    level = len(heading) - len(heading.lstrip("#"))
+    found = [m.start() for m in re.finditer("^" + re.escape(heading) + r"[ \t]*$", text,
+                                             flags=re.M)]
+    if len(found) != 1:
+        fail(f"{page} has {len(found)} headings {heading!r}, not one; update tests/readme.py")
+    rest = text[found[0] + len(heading):]
+    following = re.search(r"^#{1,%d} " % level, prose(rest), flags=re.M)
+    return heading + (rest[:following.start()] if following else rest)
+
+
+def prose(text):
+    """`text` with its fenced blocks (of any language, fences included)
+    blanked out, offsets kept: a `# comment` in a block is no heading, and
+    a block's lines are no inline code."""
+    out, fenced = [], False
+    for line in text.split("\n"):
+        fence = line.startswith("```")
+        out.append(" " * len(line) if fenced or fence else line)
+        if fence:
+            fenced = not fenced
+    return "\n".join(out)
 
 
 def split_commands(block):
@@ -207,7 +318,7 @@ def main():
 
     # ---- Walk-through: the README's block verbatim ------------------------
     step("walk-through: IVR -> chat -> agent, as the README shows it")
-    walk = split_commands(block_after("## Walk-through"))
+    walk = split_commands(block_after("## Walk-through: IVR → chat → agent"))
     if not (walk[0].startswith("export TOKEN=") and walk[1].startswith("B=")):
         fail("the walk-through no longer starts with TOKEN and B; update tests/readme.py")
     prelude = f"export TOKEN={shlex.quote(admin)}\nB={base}\n"
@@ -324,7 +435,7 @@ def main():
 
     # ---- Command line -----------------------------------------------------
     step("--help everywhere")
-    table = README[README.index("## Command line"):README.index("## Configuration")]
+    table = section("## Command line", page="docs/operations.md")
     commands = sorted(set(re.findall(r"^\| `anamnesis ([a-z-]+)", table, flags=re.M)))
     _, top, _ = sh("anamnesis --help", env)
     for name in commands:
@@ -335,14 +446,14 @@ def main():
             fail(f"`anamnesis {name} --help` printed no usage")
     ran("anamnesis --help", "anamnesis COMMAND --help")
 
-    step("anamnesis import: the README's CSV example, then a resume")
+    step("anamnesis import: the CSV example (docs/operations.md), then a resume")
     csv = os.path.join(WORK, "crm-2025.csv")
     with open(csv, "w") as f:
         f.write("row_id,customer_no,email,mobile,first_name\n"
                 "crm-1,A-1,ann@example.com,06 1234 5678,Ann\n"
                 "crm-2,A-2,bob@example.com,not a phone,Bob\n"
                 "crm-3,A-3,cor@example.com,+31 6 87654321,Cor\n")
-    block = split_commands(block_after("**Importing.**"))
+    block = split_commands(block_after("### Importing", page="docs/operations.md"))
     if len(block) != 1 or not block[0].startswith("anamnesis import crm-2025.csv"):
         fail(f"the CSV example changed: {block}; update tests/readme.py")
     _, out, err = sh(block[0], env, cwd=WORK)
@@ -371,7 +482,7 @@ def main():
     # the walk-through customer, the web cookie, the chat session, Cor, and
     # Ann: her row has the walk-through caller's number, a shared number,
     # which never brings a newcomer's account and e-mail onto a customer
-    # (README, Trust in identity): her own profile, and a suggestion
+    # (docs/identity.md, Trust in identity): her own profile, and a suggestion
     if len(exported) != 5:
         fail(f"the export holds {len(exported)} profiles, not 5")
     caller = [p for p in exported if any(i["value"] == "+31612345678" for i in p["identifiers"])]
@@ -394,7 +505,7 @@ def main():
             fail(f"upgrade-identifiers found something to do in a canonical store:\n{out}")
 
     # ---- Backup and restore -----------------------------------------------
-    step("backup and restore: the README's routine over this store")
+    step("backup and restore: the routine of docs/operations.md over this store")
     backup_routine(env, base, data)
 
     # ---- Configuration: the production example --------------------------
@@ -412,19 +523,28 @@ def main():
     # ---- Benchmarks (smoke) ---------------------------------------------
     benches()
 
-    missing = [c for c in readme_commands() if c not in COVERED]
+    to_run, runbook = shown_commands()
+    missing = sorted({f"{page}: {c}" for c, page, _ in to_run if c not in COVERED})
     if missing:
-        fail("README commands no step ran:\n  " + "\n  ".join(missing))
-    print(f"\nREADME: every command ran as shown ({len(COVERED)} commands, "
-          f"{time.monotonic() - STARTED:.0f} s)")
+        fail("commands the docs show that no step ran:\n  " + "\n  ".join(missing))
+    shown = {c for c, _, _ in to_run + runbook}
+    stale = sorted(COVERED - shown)
+    if stale:
+        fail("steps ran commands no page shows any more (update tests/readme.py):\n  "
+             + "\n  ".join(stale))
+    print(f"\nRunbook steps the docs mark as not run by CI ({len(runbook)}):")
+    for command, page, reason in runbook:
+        print(f"    {page}: {command}\n        reason: {reason}")
+    print(f"\nREADME and docs/: every other command ran as shown ({len(COVERED)} commands "
+          f"on {len(PAGES)} pages, {time.monotonic() - STARTED:.0f} s)")
 
 
 def backup_routine(env, base, data):
-    """The README's backup routine, as it shows it, over the store in
+    """The backup routine of docs/operations.md, as it shows it, over the store in
     `data` (run from the directory above it): a backup from the running
     service while a signal goes in, the restore drill into a scratch
     directory, verify, and a restore over the store with --force."""
-    block = split_commands(block_after("## Backup and restore"))
+    block = split_commands(block_after("## Backup and restore", page="docs/operations.md"))
     if [c.split()[0:2] for c in block] != [
         ["anamnesis", "backup"],
         ["ANAMNESIS__STORAGE__PATH=restore-drill", "ANAMNESIS__STORAGE__ERASURE_LOG=data/erasures.log"],
@@ -559,8 +679,9 @@ def production_check(env):
 
 def dockerfile(data):
     """The runtime stage of the Dockerfile, run here: its environment, its
-    command (`serve`) and its health check. With a Docker engine, the image
-    itself is built and run as the README shows."""
+    command (`serve`) and its health check. The image's own build and run
+    (docs/operations.md, Deployment) are a runbook step, since CI has no
+    Docker engine; where an engine answers, the image is built and run too."""
     text = open(os.path.join(ROOT, "Dockerfile")).read()
     env_lines = re.search(r"^ENV (.*?)\n\S", text, flags=re.S | re.M).group(1)
     settings = dict(re.findall(r"(ANAMNESIS__\w+)=(\S+)", env_lines))
@@ -568,7 +689,7 @@ def dockerfile(data):
         if key not in settings:
             fail(f"the Dockerfile no longer sets {key}; update tests/readme.py")
     if settings["ANAMNESIS__SERVER__LISTEN"] != "0.0.0.0:8080":
-        fail("the Dockerfile no longer listens on 0.0.0.0:8080 as the README says")
+        fail("the Dockerfile no longer listens on 0.0.0.0:8080 as docs/operations.md says")
     health = re.search(r'CMD \["/usr/local/bin/anamnesis", "healthcheck"\]', text)
     cmd = re.search(r'^CMD \["serve"\]', text, flags=re.M)
     if not (health and cmd):
@@ -589,9 +710,13 @@ def dockerfile(data):
     if code == 0:
         fail("anamnesis healthcheck exited 0 with the service stopped")
 
-    command = ("docker build -t anamnesis . && "
-               "docker run -p 8080:8080 -v anamnesis-data:/data anamnesis")
-    ran(command)
+    _, runbook = shown_commands()
+    marked = {c for c, page, _ in runbook if page == "docs/operations.md"}
+    for command in ("docker build -t anamnesis .",
+                    "docker run -p 8080:8080 -v anamnesis-data:/data anamnesis"):
+        if command not in marked:
+            fail(f"docs/operations.md no longer shows `{command}` as a runbook step; "
+                 "update tests/readme.py")
     engine = shutil.which("docker") and subprocess.run(
         ["docker", "info"], capture_output=True, timeout=30).returncode == 0
     if not engine:
@@ -620,7 +745,7 @@ def dockerfile(data):
 
 
 def fleet():
-    """The README's fleet block, run in the directory holding the
+    """The block of docs/fleet.md, run in the directory holding the
     walk-through's store (its `./data`), against the test database
     (ANAMNESIS_TEST_POSTGRES, as tests/run.sh sets it; else a private server
     started here) under a schema of this run's own."""
@@ -632,7 +757,7 @@ def fleet():
         _, out, _ = sh(f"bash tests/tools/postgres.sh start {pg_dir}/data", base_env())
         url = out.strip().splitlines()[-1]
     try:
-        block = split_commands(block_after("## A fleet over PostgreSQL"))
+        block = split_commands(block_after("# A fleet over PostgreSQL", page="docs/fleet.md"))
         if not (block[0].startswith("export DATABASE_URL=") and len(block) == 5
                 and block[-1] == "anamnesis serve"):
             fail(f"the fleet block changed: {block}; update tests/readme.py")
@@ -671,7 +796,8 @@ def fleet():
 
 def benches():
     """The benchmark commands, each once with small sizes: they must run to
-    the end and print their figures."""
+    the end and print their figures. A run stands for every text in its
+    first field (docs/scaling.md shows the fleet script with each REDIS)."""
     runs = [
         ("bash benches/load.sh",
          "POPULATION=300 INTERACTIONS=2 DURATION=1s OPEN_LOOP=0 bash benches/load.sh",
@@ -683,9 +809,12 @@ def benches():
          "POPULATION=300 INTERACTIONS=2 DURATION=1s OPEN_LOOP=0 SCENARIOS=reads REDIS=1 "
          "bash benches/load.sh", "redis: private redis-server"),
         ("bash benches/crash.sh", "ROUNDS=2 bash benches/crash.sh", "acknowledged"),
-        ("bash benches/fleet.sh",
+        (("bash benches/fleet.sh", "REDIS=cluster bash benches/fleet.sh"),
          'REDIS=cluster POPULATION=500 DURATION=1s INSTANCES="1 2" bash benches/fleet.sh',
          "postgres, 2 instances: durable single signal"),
+        ("REDIS=1 bash benches/fleet.sh",
+         'REDIS=1 POPULATION=500 DURATION=1s INSTANCES="1" bash benches/fleet.sh',
+         "postgres, 1 instance: durable single signal"),
         ("bash benches/flood.sh", "DURATION=1s ROUNDS=1 bash benches/flood.sh", "p99"),
         ("MODE=batch bash benches/flood.sh",
          "MODE=batch DURATION=1s ROUNDS=1 bash benches/flood.sh", "p99"),
@@ -707,7 +836,7 @@ def benches():
         _, out, err = sh(command, base_env(), timeout=900)
         if expect not in out + err:
             fail(f"`{command}` did not print {expect!r}:\n{out[-2000:]}\n{err[-2000:]}")
-        ran(shown)
+        ran(*([shown] if isinstance(shown, str) else shown))
     # The fuzz test (tests/fuzz.rs) runs tests/tools/schemathesis.sh against a
     # served document, which is the README's by-hand command with a real URL.
     ran("bash tests/tools/schemathesis.sh run URL/openapi.json ...")

@@ -111,7 +111,7 @@ enum Command {
     /// counts and a SHA-256. By default the running service sends the copy
     /// (GET /v1/admin/backup, as of the moment it was asked) while it goes
     /// on serving and writing; --offline reads a stopped store instead. The
-    /// auth secret is not included (see the README, Backup and restore).
+    /// auth secret is not included (see docs/operations.md, Backup and restore).
     Backup(BackupArgs),
     /// Bring a backup back into storage.path (stop the service first): the
     /// whole backup is checked against its manifest while it loads into a

@@ -6,7 +6,7 @@
 //! (with exhaustive matches, so a new variant does not compile until it has
 //! one), the HTTP layer's own refusals ([`HttpRefusal`](super::HttpRefusal))
 //! do the same, and the OpenAPI document takes its per-status headers and
-//! code lists from it. A test holds the README's table to it.
+//! code lists from it. A test holds the table in `docs/errors.md` to it.
 //!
 //! An entry shows its error's own text to the client only when it says so
 //! ([`ErrorCode::shows_own_message`]); a new entry answers with a fixed text

@@ -14,7 +14,7 @@ use crate::store::StoreError;
 
 /// The file whose error table people read; the table is found in it by its
 /// header row (`| status | codes |`), wherever it stands.
-const DOCUMENTED_IN: &str = "README.md";
+const DOCUMENTED_IN: &str = "docs/errors.md";
 
 /// Text an internal cause carries in the samples; no client may hear it.
 const SECRET: &str = "disk /var/lib/anamnesis/7 on fire";
