@@ -8,8 +8,8 @@ use super::resource;
 use crate::audit::{self, Action};
 use crate::auth::{Authorized, BackupStore};
 use crate::error::{ApiError, ErrorBody};
+use crate::service::backup::STREAM_TYPE;
 use crate::service::Services;
-use crate::store::backup::STREAM_TYPE;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/admin/backup", "GET").route(web::get().to(backup)));

@@ -42,6 +42,8 @@ use crate::domain::CustomerId;
 use crate::store::backup::{encode_frame, encode_record, BackupPoint, StreamEnd};
 use crate::store::{BackupReader, Store, StoreError};
 
+/// The media type of a backup stream, for the route that sends one.
+pub use crate::store::backup::STREAM_TYPE;
 pub use verify::{verify, Verified};
 
 /// How far past the old store's last handed-out position a restored store
