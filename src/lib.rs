@@ -6,29 +6,37 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: typed, validated settings loaded in layers (defaults, file, environment).
-//! - [`telemetry`]: the `tracing` subscriber, and the audit log's JSON lines.
-//! - [`startup`]: `Application::build`: store, services, listener, routes, middleware.
-//! - [`conn`]: deadlines on every request of a connection (slow clients).
-//! - [`middleware`]: request ids, request spans, HTTP metrics.
-//! - [`error`]: the one error-code table and the one `ResponseError`.
-//! - [`openapi`]: the OpenAPI document generated from the handlers.
-//! - [`auth`]: keys by `kid` (configuration, JWKS), JWT verification and its cache,
-//!   scopes, per-subject rate limits, the typed `Authorized<Policy>` extractor.
-//! - [`audit`]: one audit line per destructive or administrative action.
-//! - [`routes`]: one module per resource; thin handlers.
-//! - [`service`]: use cases (ingest, read, write, merge, erase; episodes, follow-ups,
-//!   personalisation, export, the identifier upgrade), the group-commit writer, the change
-//!   journal, response views.
-//! - [`domain`]: identifiers, normalisers, signals, profiles, reconciliation and resolution
-//!   rules, the trust table (who verifies which identifier), journey rules, segments and
-//!   offers; pure.
-//! - [`store`]: the durable store behind a trait, and its sled implementation.
-//! - [`cache`]: Redis, when configured: the hot-profile cache and the event bus between instances.
+//! The arrows point one way (`tests/architecture.rs` holds them; the picture
+//! is in `docs/architecture.md`): `routes → service → {domain, store, cache,
+//! events}`, and the domain imports nothing above it.
+//!
+//! - [`domain`]: the rules, pure: identifiers and their normalisers, signals and how they are
+//!   checked, profiles and how observations reconcile (`ProfileEdit`), resolution, the trust
+//!   table, journey rules, segments and offers, change events, positions and cursor texts, the
+//!   strict JSON reader, and the shapes of the rule sections of the configuration.
+//! - [`config`]: typed settings in layers (defaults, file, environment), a file per section;
+//!   `Settings::validate` returns the compiled rules.
+//! - [`store`]: the durable store behind a trait, with its embedded (`sled/`) and database
+//!   (`postgres/`) engines, the record layout (`records/`), backups and the store's own records.
+//! - [`cache`]: Redis, when configured: connections, keys, cached entries, health, commits and
+//!   the event bus between instances.
 //! - [`events`]: live event streams in process: subscriptions and bounded fan-out.
+//! - [`telemetry`]: the `tracing` subscriber, the request a task serves, the audit line.
+//! - [`service`]: the use cases (ingest, read, write, merge, erase; episodes, follow-ups,
+//!   personalisation, export, backup and verify, the identifier upgrade), the group-commit
+//!   writer, the change journal, masking and the response views.
+//! - [`auth`]: keys by `kid` (configuration, JWKS), tokens (verify and mint), scopes, per-subject
+//!   limits, and the typed `Authorized<Policy>` extractor.
+//! - [`routes`]: one module per resource, thin handlers, and the request bodies and query strings
+//!   (`routes::inputs`).
+//! - [`error`]: the one error-code table (`error::codes`) and the one `ResponseError`.
+//! - [`audit`]: the edge's audit helpers (a token's action and how it ended).
+//! - [`openapi`]: the OpenAPI document generated from the handlers and the error table.
+//! - [`middleware`], [`conn`]: request ids, spans and metrics; deadlines on every request of a
+//!   connection.
+//! - [`startup`]: `Application::build`: store, services, listener, routes, middleware.
 //! - [`cli`]: the command line, a module per command or family; only `serve` and `openapi`
-//!   reach the HTTP layer, the data commands (import, export, backup, store administration)
-//!   call the service and the store.
+//!   reach the HTTP layer, the data commands call the service and the store.
 
 pub mod audit;
 pub mod auth;

@@ -4,6 +4,10 @@
 //! Every "latest wins" field compares `(observed time, channel rank, signal id,
 //! value)` in that order, a total order: two replicas that saw the same signals
 //! in any order hold the same values.
+//!
+//! Size: about 1,000 lines, kept in one file for now because the value
+//! types, their ordering and `Profile::apply`/`absorb`/`split` share private
+//! helpers; the planned split is `profile/{values,order,edit,merge,unmerge}`.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};

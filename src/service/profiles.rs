@@ -1,5 +1,8 @@
 //! Reading profiles and context cards; writing traits and answers; manual merge
 //! and erasure.
+//!
+//! Size: over 900 lines, one `impl Services` block of read and write use
+//! cases; the planned split is reads, writes and identity operations.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
