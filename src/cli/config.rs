@@ -8,7 +8,6 @@ use anyhow::Context;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
-use crate::domain::TrustRules;
 
 pub fn check(settings: &Settings) -> anyhow::Result<()> {
     // Key files are read now, as at start-up. Without a configured secret
@@ -21,9 +20,11 @@ pub fn check(settings: &Settings) -> anyhow::Result<()> {
         .is_none()
         .then_some(stand_in.as_slice());
     let auth = Authenticator::new(&settings.auth, secret).context("checking the auth keys")?;
+    // The rules are compiled here, as at start-up: a journey rule, segment
+    // or offer that cannot work fails the check.
+    let rules = settings.validate()?.trust;
     print!("{}", settings.effective_toml()?);
     // The trust table as the service applies it, one caller a line.
-    let rules = TrustRules::new(&settings.trust);
     let types: Vec<&str> = settings
         .identifiers
         .types

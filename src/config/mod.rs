@@ -109,8 +109,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Loads the layers in order and validates the result. `file` wins over
-    /// the `ANAMNESIS_CONFIG` variable.
+    /// Loads the layers in order and checks the result ([`Settings::check`]:
+    /// every setting but the rules, which [`Settings::validate`] compiles,
+    /// once, where they are used). `file` wins over the `ANAMNESIS_CONFIG`
+    /// variable.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let env_file = std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from);
         let file = file.map(Path::to_path_buf).or(env_file);
@@ -146,7 +148,7 @@ impl Settings {
                 .source(env),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
-        settings.validate()?;
+        settings.check()?;
         Ok(settings)
     }
 

@@ -17,8 +17,16 @@ use crate::domain::{SignalRules, MAX_IDENTIFIERS as MAX_IDENTIFIERS_PER_SIGNAL};
 
 impl Settings {
     /// Checks every section and returns the rules they compile to (the
-    /// journey rules, segments and offers are checked by compiling them).
+    /// journey rules, segments and offers are checked by compiling them):
+    /// what was checked is what runs. Whoever needs the rules calls it, once.
     pub fn validate(&self) -> Result<SignalRules, ConfigError> {
+        self.check()?;
+        self.signal_rules().map_err(|e| invalid(e.key, e.reason))
+    }
+
+    /// Checks every setting but the rules, which only compiling them can
+    /// check ([`Settings::validate`] does both): what loading does.
+    pub fn check(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         if self.server.max_body_bytes < 1024 {
             return Err(invalid("server.max_body_bytes", "must be at least 1024"));
@@ -288,7 +296,7 @@ impl Settings {
                 ),
             ));
         }
-        self.signal_rules().map_err(|e| invalid(e.key, e.reason))
+        Ok(())
     }
 
     fn validate_redis(&self) -> Result<(), ConfigError> {
