@@ -446,30 +446,42 @@ fn an_interrupted_import_says_where_to_go_on() {
         ("ANAMNESIS__STORAGE__PATH", data.to_str().unwrap()),
         ("ANAMNESIS__AUTH__HS256_SECRET", SECRET),
     ];
-    let mut command = Command::new(env!("CARGO_BIN_EXE_anamnesis"));
-    command
-        .args(["import", file.to_str().unwrap(), "--batch", "100"])
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = command.spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stdout = text(&out.stdout);
-    assert!(
-        !out.status.success(),
-        "interrupted is not success: {stdout}"
-    );
-    let next: u64 = stdout
-        .split("go on with --from-line ")
-        .nth(1)
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no line to go on from: {stdout}"));
+    // Interrupted once the import is under way. An interrupt that lands
+    // before the first batch is answered "go on with --from-line 1" (nothing
+    // imported, which is also right); then the import is started again and
+    // given longer, until one was interrupted midway.
+    let mut wait = std::time::Duration::from_millis(500);
+    let (next, stdout) = loop {
+        let child = Command::new(env!("CARGO_BIN_EXE_anamnesis"))
+            .args(["import", file.to_str().unwrap(), "--batch", "100"])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(wait);
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        let stdout = text(&out.stdout);
+        assert!(
+            !out.status.success(),
+            "interrupted is not success: {stdout}"
+        );
+        let next: u64 = stdout
+            .split("go on with --from-line ")
+            .nth(1)
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no line to go on from: {stdout}"));
+        if next > 1 || wait > std::time::Duration::from_secs(30) {
+            break (next, stdout);
+        }
+        assert_eq!(exported(&env).len(), 0, "nothing is in before line 1");
+        wait *= 2;
+    };
     assert!(next > 1 && next <= total, "{stdout}");
     assert_eq!((next - 1) % 100, 0, "a whole number of batches: {stdout}");
     let done = exported(&env).len() as u64;
