@@ -28,13 +28,15 @@ pub use self::rules::{
 pub use self::server::{LogFormat, ServerSettings, TelemetrySettings};
 pub use self::storage::{
     Backend, CacheSettings, ChangeSettings, EventSettings, IdempotencySettings, PgOptions,
-    PostgresSettings, ProfileSettings, RedisSettings, StorageSettings,
+    PostgresSettings, RedisSettings, StorageSettings,
 };
-/// The rule sections' shapes are the domain's own; held here as read.
 pub use crate::domain::definitions::{
     IdentifierSettings, IdentifierTypeSettings, InteractionPredicate, JourneyRule, MergePolicy,
     NormaliserKind, OfferSettings, PredicateSettings, SegmentSettings, TrustLevel, TrustSettings,
 };
+/// The rule sections' shapes are the domain's own; held here as read.
+/// `[profiles]` is the domain's per-profile caps as they are.
+pub use crate::domain::Caps as ProfileSettings;
 
 /// The built-in defaults, compiled into the binary so it runs with no files.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{JourneyRule, Settings};
 use crate::domain::{
-    Caps, ChannelRules, IdentifierRules, JourneyRules, Personalization, RuleError, SignalRules,
+    ChannelRules, IdentifierRules, JourneyRules, Personalization, RuleError, SignalRules,
     TrustRules,
 };
 
@@ -137,16 +137,7 @@ impl Settings {
                 &settings.journey.stages,
             )?,
             answer_ttl: settings.answers.ttl.clone(),
-            caps: Caps {
-                max_merged: settings.profiles.max_merged,
-                max_identifiers: settings.profiles.max_identifiers,
-                max_claimed_identifiers: settings.profiles.max_claimed_identifiers,
-                max_traits: settings.profiles.max_traits,
-                max_answers: settings.profiles.max_answers,
-                max_episodes: settings.profiles.max_episodes,
-                max_profile_bytes: settings.profiles.max_profile_bytes,
-                max_properties_bytes: settings.profiles.max_properties_bytes,
-            },
+            caps: settings.profiles,
             trust: TrustRules::new(&settings.trust),
             personalization: Personalization::compile(
                 &settings.segments,

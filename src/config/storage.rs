@@ -103,31 +103,6 @@ impl PostgresSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProfileSettings {
-    /// Most profiles one profile may have absorbed.
-    pub max_merged: usize,
-    /// Most identifiers one profile may hold.
-    pub max_identifiers: usize,
-    /// Most identifiers one profile may hold on a claim alone (see
-    /// [`TrustSettings`]): a claimant cannot fill a profile to its cap.
-    pub max_claimed_identifiers: usize,
-    /// Most traits (names, removed ones included) one profile may hold.
-    pub max_traits: usize,
-    /// Most answers one profile may hold.
-    pub max_answers: usize,
-    /// Most episodes one profile may hold.
-    pub max_episodes: usize,
-    /// Most bytes one profile may take as stored: past it, a signal's
-    /// traits, answers and new episodes are left out (and reported), and
-    /// merges that would exceed it are refused.
-    pub max_profile_bytes: usize,
-    /// Most bytes of `event.properties` one interaction may carry (422
-    /// `properties_too_large` past it).
-    pub max_properties_bytes: usize,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     /// One Redis server. Unset (and no `cluster_nodes`): the service runs

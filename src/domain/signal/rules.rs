@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::{clip, SignalError};
 use crate::domain::identifier::IdentifierRules;
@@ -67,16 +68,28 @@ pub struct SignalRules {
 /// Per-profile caps: the most absorbed profiles, identifiers, traits,
 /// answers and episodes one holds, and the most bytes it takes as stored;
 /// and the most bytes of properties one interaction carries.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Caps {
+    /// Most profiles one profile may have absorbed.
     pub max_merged: usize,
+    /// Most identifiers one profile may hold.
     pub max_identifiers: usize,
-    /// Of the identifiers, the most held on a claim alone.
+    /// Most identifiers one profile may hold on a claim alone (see
+    /// [`TrustSettings`](crate::domain::TrustSettings)): a claimant cannot fill a profile to its cap.
     pub max_claimed_identifiers: usize,
+    /// Most traits (names, removed ones included) one profile may hold.
     pub max_traits: usize,
+    /// Most answers one profile may hold.
     pub max_answers: usize,
+    /// Most episodes one profile may hold.
     pub max_episodes: usize,
+    /// Most bytes one profile may take as stored: past it, a signal's
+    /// traits, answers and new episodes are left out (and reported), and
+    /// merges that would exceed it are refused.
     pub max_profile_bytes: usize,
+    /// Most bytes of `event.properties` one interaction may carry (422
+    /// `properties_too_large` past it).
     pub max_properties_bytes: usize,
 }
 
