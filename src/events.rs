@@ -262,7 +262,12 @@ impl Hub {
                         Hub::detach(&mut listeners, survivor, slot);
                     }
                 }
-                _ => {}
+                ChangeKind::Created
+                | ChangeKind::Updated
+                | ChangeKind::AnswerCaptured
+                | ChangeKind::InteractionAdded
+                | ChangeKind::EpisodeUpdated
+                | ChangeKind::Erased => {}
             }
         }
     }

@@ -466,7 +466,7 @@ impl Settings {
                         ));
                     }
                 }
-                _ => {
+                KeyAlgorithm::RS256 | KeyAlgorithm::ES256 | KeyAlgorithm::EdDSA => {
                     if key.secret.is_some() {
                         return Err(invalid(
                             at("secret"),
