@@ -39,10 +39,11 @@ pub use resolve::{
 };
 pub use segment::{JourneyRules, Offer, Personalization, RuleError};
 pub use signal::{
-    check_answers, check_signal_id, check_traits, json_size, non_null_value_schema,
-    trait_map_schema, AnswerInput, Caps, ChannelRules, EpisodeInput, EventInput, FeedbackInput,
-    IdentifierInput, Signal, SignalError, SignalInput, SignalRules, ValidAnswer, ValidEvent,
-    ValidFeedback, MAX_ANSWERS_PER_SIGNAL, MAX_IDENTIFIERS, MAX_TRAITS_PER_SIGNAL,
+    check_answers, check_signal_id, check_traits, edits_of, interaction_of, json_size,
+    non_null_value_schema, trait_map_schema, AnswerInput, Caps, ChannelRules, EpisodeInput,
+    EventInput, FeedbackInput, IdentifierInput, Signal, SignalEdits, SignalError, SignalInput,
+    SignalRules, ValidAnswer, ValidEvent, ValidFeedback, MAX_ANSWERS_PER_SIGNAL, MAX_IDENTIFIERS,
+    MAX_TRAITS_PER_SIGNAL,
 };
 pub use trust::{Trust, TrustRules};
 

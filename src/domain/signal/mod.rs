@@ -3,9 +3,11 @@
 //!
 //! `input` is the wire shape (the published schema), `rules` what a
 //! signal is judged by, `check` the field checks profile writes share,
-//! and `valid` the validated signal and how one is made.
+//! `valid` the validated signal and how one is made, and `edits` the
+//! profile changes a validated signal makes.
 
 mod check;
+mod edits;
 mod input;
 mod rules;
 mod valid;
@@ -13,6 +15,7 @@ mod valid;
 use super::identifier::IdentifierError;
 
 pub use check::{check_answers, check_signal_id, check_traits, json_size};
+pub use edits::{edits_of, interaction_of, SignalEdits};
 pub use input::{
     non_null_value_schema, trait_map_schema, AnswerInput, EpisodeInput, EventInput, FeedbackInput,
     IdentifierInput, SignalInput,
