@@ -17,11 +17,80 @@ use super::idempotency::{self, Keyed, KEYED};
 use super::journal::{prune, Journal};
 use super::ServiceError;
 use crate::domain::Committed;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, PROVISIONAL};
 
-/// Called once the batch containing the job is durable (or failed to be).
-type Completion = Box<dyn FnOnce(Result<(), ()>) + Send>;
-type Job = Box<dyn FnOnce(&Writer<'_>) -> Completion + Send>;
+/// A write waiting for the committer: run, perhaps again (when its group
+/// is run again after a conflict), then answered once the group's fate is
+/// known.
+trait Job: Send {
+    fn apply(&mut self, writer: &Writer<'_>);
+    /// `Err(())`: the group did not become durable.
+    fn finish(self: Box<Self>, flushed: Result<(), ()>);
+}
+
+type Queued = Box<dyn Job>;
+
+/// A write as [`Committer::run`] queues it.
+struct Pending<T, F> {
+    job: F,
+    reply: oneshot::Sender<Result<T, ServiceError>>,
+    deadline: Instant,
+    keyed: Option<Keyed>,
+    /// What the last run returned (`None`: not run yet).
+    result: Option<Result<T, ServiceError>>,
+}
+
+impl<T, F> Job for Pending<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(&Writer<'_>) -> Result<T, ServiceError> + Send + 'static,
+{
+    fn apply(&mut self, writer: &Writer<'_>) {
+        if matches!(self.result, Some(Err(ServiceError::Withdrawn))) {
+            return;
+        }
+        if self.result.is_none() && Instant::now() > self.deadline {
+            // Not started in time: withdrawn, nothing of it applied, so
+            // the caller may retry without doubt about its fate.
+            WITHDRAWN.with(|w| w.set(w.get() + 1));
+            self.result = Some(Err(ServiceError::Withdrawn));
+            return;
+        }
+        let job = &mut self.job;
+        self.result = Some(match &self.keyed {
+            None => job(writer),
+            // A key already used: the job does nothing, and the caller
+            // hears what the key's record says.
+            Some(key) if key.continuing => {
+                writer.keyed.replace(Some(key.clone()));
+                let result = job(writer);
+                writer.keyed.replace(None);
+                result
+            }
+            Some(key) => match idempotency::recorded(writer, key) {
+                Ok(Some(record)) => Err(ServiceError::KeyUsed(record)),
+                Err(e) => Err(e),
+                Ok(None) => {
+                    writer.keyed.replace(Some(key.clone()));
+                    let result = job(writer);
+                    writer.keyed.replace(None);
+                    result
+                }
+            },
+        });
+    }
+
+    fn finish(self: Box<Self>, flushed: Result<(), ()>) {
+        let result = match (flushed, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err(ServiceError::ShuttingDown),
+            (Err(()), Some(Err(ServiceError::Withdrawn))) => Err(ServiceError::Withdrawn),
+            (Err(()), _) => Err(ServiceError::NotDurable),
+        };
+        // The caller may have gone away (client disconnected); the write stands.
+        let _ = self.reply.send(result);
+    }
+}
 
 /// What a job on the committer thread writes with: the store, and the
 /// journal that turns each write into change-log entries.
@@ -102,7 +171,7 @@ impl Failing {
 
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
     deadline: Duration,
 }
 
@@ -128,9 +197,9 @@ thread_local! {
 
 /// Runs one job, and notes (histogram, and a log line when slow) how long it
 /// held the committer.
-fn timed(job: Job, writer: &Writer<'_>) -> Completion {
+fn timed(mut job: Queued, writer: &Writer<'_>) -> Queued {
     let started = Instant::now();
-    let completion = job(writer);
+    job.apply(writer);
     let took = started.elapsed();
     metrics::histogram!("anamnesis_write_apply_seconds").record(took.as_secs_f64());
     if took >= SLOW_WRITE {
@@ -139,7 +208,130 @@ fn timed(job: Job, writer: &Writer<'_>) -> Completion {
             "one write held the committer for a long time"
         );
     }
-    completion
+    job
+}
+
+/// Runs of a group that keeps conflicting with other writers before its
+/// writes are answered 503.
+const MAX_RUNS: u32 = 10;
+
+/// Jittered exponential back-off before run `run + 1` of a group that
+/// conflicted: 2 ms doubling up to 128 ms, times 0.5 to 1.5, so that
+/// instances which collided do not collide again in step.
+fn backoff(run: u32) -> Duration {
+    let base = 1u64 << run.min(7);
+    Duration::from_micros((base as f64 * 1000.0 * (rand::random::<f64>() + 0.5)) as u64)
+}
+
+/// Ends a group of writes: makes it durable and answers its writers.
+struct Settle<'a> {
+    store: &'a dyn Store,
+    writer: &'a Writer<'a>,
+    durable_writes: bool,
+    generation: u64,
+    hot: Option<&'a HotCards>,
+    durable: &'a AtomicU64,
+    after: &'a dyn AfterCommit,
+}
+
+impl Settle<'_> {
+    /// Flushes the group; once durable, its events are sent and its
+    /// writers answered. On failure the group comes back, unanswered.
+    fn flush(&self, group: Vec<Queued>) -> Result<(), (StoreError, Vec<Queued>)> {
+        let store = self.store;
+        let started = Instant::now();
+        let mut flushed = if self.durable_writes {
+            store.flush()
+        } else {
+            store.apply().map(|()| 0)
+        };
+        if flushed.is_ok() && store.generation() != self.generation {
+            // The store failed and was reopened while this group ran: what
+            // it staged before the failure is gone.
+            flushed = Err(StoreError::Engine(
+                "the store was reopened while the group was written".into(),
+            ));
+        }
+        metrics::histogram!("anamnesis_store_flush_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("anamnesis_group_commit_size").record(group.len() as f64);
+        if let Err(e) = flushed {
+            return Err((e, group));
+        }
+        let mut committed = self.writer.journal.take();
+        renumber(&mut committed, &store.positions());
+        // Readers now see these writes: what the in-process layer holds of
+        // what they changed goes.
+        if let Some(hot) = self.hot {
+            hot.invalidate(&committed.customers, &committed.identifiers);
+        }
+        self.durable.fetch_max(committed.last_seq, Ordering::SeqCst);
+        self.after.committed(
+            committed,
+            Box::new(move || {
+                for job in group {
+                    job.finish(Ok(()));
+                }
+            }),
+        );
+        Ok(())
+    }
+
+    /// Runs a group that conflicted with another writer again, halved each
+    /// time it conflicts (so that one contended write does not keep the
+    /// others back), until it commits or has run [`MAX_RUNS`] times.
+    fn again(&self, group: Vec<Queued>, failing: &mut Failing) {
+        let mut chunks = std::collections::VecDeque::from([(group, 1u32)]);
+        while let Some((chunk, run)) = chunks.pop_front() {
+            metrics::counter!("anamnesis_store_retries_total").increment(1);
+            std::thread::sleep(backoff(run));
+            self.store.begin_group();
+            let chunk: Vec<Queued> = chunk
+                .into_iter()
+                .map(|job| timed(job, self.writer))
+                .collect();
+            match self.flush(chunk) {
+                Ok(()) => failing.recovered(),
+                Err((StoreError::Conflict(_), mut chunk)) if run < MAX_RUNS => {
+                    self.writer.journal.take();
+                    let second = chunk.split_off(chunk.len() / 2);
+                    if !second.is_empty() {
+                        chunks.push_front((second, run + 1));
+                    }
+                    if !chunk.is_empty() {
+                        chunks.push_front((chunk, run + 1));
+                    }
+                }
+                Err((e, chunk)) => {
+                    self.writer.journal.take();
+                    failing.failed(&e, chunk.len());
+                    for job in chunk {
+                        job.finish(Err(()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Gives the events of a group the real positions of the provisional ones
+/// they were written with (see [`PROVISIONAL`]).
+fn renumber(committed: &mut Committed, positions: &[u64]) {
+    let real = |seq: u64| match seq.checked_sub(PROVISIONAL) {
+        Some(i) => positions.get(i as usize).copied().unwrap_or(seq),
+        None => seq,
+    };
+    for event in &mut committed.events {
+        event.change.seq = real(event.change.seq);
+    }
+    committed.last_seq = committed
+        .events
+        .iter()
+        .map(|e| e.change.seq)
+        .chain(positions.iter().copied())
+        .chain([real(committed.last_seq)])
+        .max()
+        .unwrap_or(0);
 }
 
 impl Committer {
@@ -163,7 +355,7 @@ impl Committer {
         } = policy;
         // Old changes are removed between groups, at most this often.
         let prune_every = (retention / 2).min(Duration::from_secs(60));
-        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        let (tx, mut rx) = mpsc::channel::<Queued>(QUEUE_DEPTH);
         durable.fetch_max(last_change, Ordering::SeqCst);
         std::thread::Builder::new()
             .name("anamnesis-committer".into())
@@ -174,7 +366,7 @@ impl Committer {
                     journal: &journal,
                     keyed: std::cell::RefCell::new(None),
                 };
-                let mut completions: Vec<Completion> = Vec::with_capacity(max_group);
+                let mut completions: Vec<Queued> = Vec::with_capacity(max_group);
                 let mut pruned_at = Instant::now();
                 let mut generation = store.generation();
                 let mut failing = Failing::default();
@@ -224,6 +416,7 @@ impl Committer {
                         }
                     }
                     let group_started = Instant::now();
+                    let regroup = store.begin_group();
                     completions.push(timed(first, &writer));
                     while completions.len() < max_group && group_started.elapsed() < MAX_GROUP_TIME
                     {
@@ -241,52 +434,37 @@ impl Committer {
                             "withdrew writes that waited for the committer past their deadline (storage.write_deadline_ms); each was answered 503 store_busy, unapplied"
                         );
                     }
-                    let group_generation = generation;
-                    let started = Instant::now();
-                    let mut flushed = if durable_writes {
-                        store.flush()
-                    } else {
-                        store.apply().map(|()| 0)
-                    };
-                    if flushed.is_ok() && store.generation() != group_generation {
-                        // The store failed and was reopened while this group
-                        // ran: what it staged before the failure is gone.
-                        flushed = Err(StoreError::Engine(
-                            "the store was reopened while the group was written".into(),
-                        ));
-                    }
-                    metrics::histogram!("anamnesis_store_flush_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::histogram!("anamnesis_group_commit_size")
-                        .record(completions.len() as f64);
                     let group = std::mem::replace(&mut completions, Vec::with_capacity(max_group));
-                    match flushed {
-                        Ok(_) => {
-                            failing.recovered();
-                            let committed = journal.take();
-                            // Readers now see these writes: what the
-                            // in-process layer holds of what they changed goes.
-                            if let Some(hot) = &hot {
-                                hot.invalidate(&committed.customers, &committed.identifiers);
-                            }
-                            durable.fetch_max(committed.last_seq, Ordering::SeqCst);
-                            after.committed(
-                                committed,
-                                Box::new(move || {
-                                    for done in group {
-                                        done(Ok(()));
-                                    }
-                                }),
-                            );
+                    let settle = Settle {
+                        store: &*store,
+                        writer: &writer,
+                        durable_writes,
+                        generation,
+                        hot: hot.as_deref(),
+                        durable: &durable,
+                        after: &*after,
+                    };
+                    match settle.flush(group) {
+                        Ok(()) => failing.recovered(),
+                        Err((e, group)) if regroup && matches!(e, StoreError::Conflict(_)) => {
+                            // Nothing of the group happened: it runs again,
+                            // in smaller groups while it conflicts.
+                            journal.take();
+                            settle.again(group, &mut failing);
                         }
-                        Err(e) => {
-                            // What these writes changed stays in the journal:
-                            // sent with the next group that reaches the disk,
-                            // less what a reopen of the store shows never
-                            // reached it (see `Journal::after_reopen`).
+                        Err((e, group)) => {
+                            if regroup {
+                                // The group is gone, and what it changed with it.
+                                journal.take();
+                            }
+                            // Otherwise what these writes changed stays in
+                            // the journal: sent with the next group that
+                            // reaches the disk, less what a reopen of the
+                            // store shows never reached it (see
+                            // `Journal::after_reopen`).
                             failing.failed(&e, group.len());
-                            for done in group {
-                                done(Err(()));
+                            for job in group {
+                                job.finish(Err(()));
                             }
                         }
                     }
@@ -299,52 +477,24 @@ impl Committer {
         Committer { tx, deadline }
     }
 
-    /// Runs `job` on the committer thread and answers once its changes are durable.
+    /// Runs `job` on the committer thread and answers once its changes are
+    /// durable. It may run more than once: when its group conflicted with
+    /// another writer of a shared store, nothing of it happened, and the
+    /// group runs again.
     pub async fn run<T, F>(&self, job: F) -> Result<T, ServiceError>
     where
         T: Send + 'static,
-        F: FnOnce(&Writer<'_>) -> Result<T, ServiceError> + Send + 'static,
+        F: FnMut(&Writer<'_>) -> Result<T, ServiceError> + Send + 'static,
     {
         let deadline = Instant::now() + self.deadline;
         let keyed = KEYED.try_with(Clone::clone).ok();
         let (reply, answer) = oneshot::channel();
-        let wrapped: Job = Box::new(move |writer: &Writer<'_>| {
-            if Instant::now() > deadline {
-                // Not started in time: withdrawn, nothing of it applied, so
-                // the caller may retry without doubt about its fate.
-                WITHDRAWN.with(|w| w.set(w.get() + 1));
-                let _ = reply.send(Err(ServiceError::Withdrawn));
-                return Box::new(|_| {});
-            }
-            let result = match &keyed {
-                None => job(writer),
-                // A key already used: the job does nothing, and the caller
-                // hears what the key's record says.
-                Some(key) if key.continuing => {
-                    writer.keyed.replace(Some(key.clone()));
-                    let result = job(writer);
-                    writer.keyed.replace(None);
-                    result
-                }
-                Some(key) => match idempotency::recorded(writer, key) {
-                    Ok(Some(record)) => Err(ServiceError::KeyUsed(record)),
-                    Err(e) => Err(e),
-                    Ok(None) => {
-                        writer.keyed.replace(Some(key.clone()));
-                        let result = job(writer);
-                        writer.keyed.replace(None);
-                        result
-                    }
-                },
-            };
-            Box::new(move |flushed: Result<(), ()>| {
-                let result = match flushed {
-                    Ok(()) => result,
-                    Err(()) => Err(ServiceError::NotDurable),
-                };
-                // The caller may have gone away (client disconnected); the write stands.
-                let _ = reply.send(result);
-            })
+        let wrapped: Queued = Box::new(Pending {
+            job,
+            reply,
+            deadline,
+            keyed,
+            result: None,
         });
         match tokio::time::timeout_at(deadline.into(), self.tx.send(wrapped)).await {
             Ok(sent) => sent.map_err(|_| ServiceError::ShuttingDown)?,

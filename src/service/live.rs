@@ -117,6 +117,7 @@ impl Services {
         };
         let published = self.published_position();
         let mut changes = Vec::new();
+        let mut next = after;
         for (seq, bytes) in self
             .store
             .changes(after, limit.clamp(1, MAX_CHANGES_PAGE))?
@@ -125,14 +126,14 @@ impl Services {
             if seq > published {
                 break;
             }
-            changes.push(decode_change(seq, &bytes)?);
+            next = seq;
+            changes.extend(decode_change(seq, &bytes)?);
         }
         // Retention may have run while this page was read.
         let pruned = pruned_through(&*self.store)?;
         if after < pruned {
             return Err(ServiceError::CursorExpired { oldest: pruned });
         }
-        let next = changes.last().map_or(after, |c| c.seq);
         Ok(ChangePage {
             changes,
             next_cursor: next.to_string(),
@@ -225,7 +226,7 @@ impl Services {
                     if seq > stream.upto {
                         break;
                     }
-                    page.push(decode_change(seq, &bytes)?);
+                    page.extend(decode_change(seq, &bytes)?);
                 }
             }
             page.sort_by_key(|c| c.seq);

@@ -2,17 +2,22 @@
 //! several instances): each instance hands its streams the changes of every
 //! instance, in log order, and moves its feed and cache positions past them.
 //!
-//! Positions are handed out in commit order there (see `store::postgres`),
-//! so reading the log after the last position read never skips a change
-//! that commits later. The tail reads on a short poll, and at once when this
-//! instance committed something; its own events keep the payload they were
-//! committed with, the others' payload is read from the store, as a stream
-//! replay does.
+//! Positions are taken just before COMMIT there (see `store::postgres`), so
+//! a position can become visible a moment after a higher one: the tail
+//! hands out changes up to the first missing position only, and waits for
+//! it up to [`GAP_WAIT`]. A position still missing then was taken by a
+//! write that did not commit (it failed, or its instance died), and is
+//! passed over; should it appear later after all (a COMMIT that took
+//! longer than that), the tail still hands it out, late and out of order,
+//! for [`LATE_WATCH`]. The tail reads on a short poll, and at once when
+//! this instance committed something; its own events keep the payload they
+//! were committed with, the others' payload is read from the store, as a
+//! stream replay does.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::live::payload_from_store;
 use crate::cache::RedisLink;
@@ -22,6 +27,17 @@ use crate::store::{decode_change, Store};
 
 /// Changes read per page.
 const PAGE: usize = 256;
+
+/// How long a missing position holds back the changes after it: far
+/// longer than the time between a write taking its positions and its
+/// COMMIT returning (one statement and the COMMIT).
+pub const GAP_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a position passed over is still looked for.
+pub const LATE_WATCH: Duration = Duration::from_secs(600);
+
+/// How often the log is read while a gap holds changes back.
+const GAP_POLL: Duration = Duration::from_millis(5);
 
 pub struct Tail {
     /// This instance's committed events not yet reached by the tail, by
@@ -38,6 +54,15 @@ pub struct Tail {
 struct State {
     own: BTreeMap<u64, LiveEvent>,
     cursor: u64,
+}
+
+/// What the tail thread alone keeps about missing positions.
+#[derive(Default)]
+struct Gaps {
+    /// The first missing position after the cursor, and since when.
+    open: Option<(u64, Instant)>,
+    /// Positions passed over, and when.
+    passed: BTreeMap<u64, Instant>,
 }
 
 /// Where the tail hands its results.
@@ -92,74 +117,151 @@ impl Tail {
     }
 
     /// Reads what was committed after the cursor and hands it out; the
-    /// number of changes read. A record this build cannot read (a newer
-    /// build's kind of change, during a rolling deploy) is logged and
-    /// passed over, so one record never stops the tail.
-    fn step(&self, targets: &Targets) -> Result<usize, crate::store::StoreError> {
-        let mut read = 0;
+    /// number of changes read, and whether a gap holds changes back. A
+    /// record this build cannot read (a newer build's kind of change,
+    /// during a rolling deploy) is logged and passed over, so one record
+    /// never stops the tail.
+    fn step(
+        &self,
+        targets: &Targets,
+        gaps: &mut Gaps,
+    ) -> Result<(usize, bool), crate::store::StoreError> {
+        let mut read = self.late(targets, gaps)?;
         loop {
             let from = self.state().cursor;
             let page = targets.store.changes(from, PAGE)?;
-            let Some(&(last, _)) = page.last() else {
-                return Ok(read);
-            };
             let full = page.len() == PAGE;
-            let mut events = Vec::with_capacity(page.len());
-            let mut cards = Vec::new();
+            let mut entries = Vec::with_capacity(page.len());
+            let mut expected = from + 1;
+            let mut held = false;
             for (seq, bytes) in page {
-                let change = match decode_change(seq, &bytes) {
-                    Ok(change) => change,
-                    Err(e) => {
-                        tracing::warn!(seq, error = %e, "a change this build cannot read: passed over");
-                        continue;
+                if seq > expected {
+                    let since = match gaps.open {
+                        Some((at, since)) if at == expected => since,
+                        _ => {
+                            let now = Instant::now();
+                            gaps.open = Some((expected, now));
+                            now
+                        }
+                    };
+                    if since.elapsed() < GAP_WAIT {
+                        held = true;
+                        break;
                     }
-                };
-                cards.push(change.customer_id);
-                cards.extend(change.survivor_id);
-                cards.extend(change.merged_id);
-                let own = self.state().own.get(&seq).cloned();
-                let event = match own {
-                    Some(event) => event,
-                    None => {
-                        let data = payload_from_store(&*targets.store, &change).unwrap_or_else(|e| {
-                            tracing::warn!(seq, error = %e, "reading a change's payload failed");
-                            None
-                        });
-                        LiveEvent { data, change }
+                    tracing::warn!(
+                        from = expected,
+                        to = seq - 1,
+                        "change-log positions never committed (a write failed or its instance stopped): passed over"
+                    );
+                    metrics::counter!("anamnesis_change_positions_passed_total")
+                        .increment(seq - expected);
+                    let now = Instant::now();
+                    // Watched for a while, should they commit late after all.
+                    for missing in expected..seq.min(expected + 1024) {
+                        gaps.passed.insert(missing, now);
                     }
-                };
-                events.push(Arc::new(event));
+                }
+                gaps.open = None;
+                expected = seq + 1;
+                entries.push((seq, bytes));
             }
-            read += events.len();
-            cards.sort_unstable();
-            cards.dedup();
-            if let Some(redis) = self.redis.get().and_then(Weak::upgrade) {
-                redis.mark_cards_blocking(&cards, last);
-            }
-            // Positions first, as the committer does: a stream that opens
-            // now replays up to here and takes the rest live.
-            targets.published.fetch_max(last, Ordering::SeqCst);
-            targets.durable.fetch_max(last, Ordering::SeqCst);
-            targets.hub.publish_now(&events);
-            {
-                let mut state = self.state();
-                state.cursor = last;
-                // Events committed here that the log showed first are not kept.
-                state.own.retain(|seq, _| *seq > last);
-            }
-            if !full {
-                return Ok(read);
+            let Some(&(last, _)) = entries.last() else {
+                return Ok((read, held));
+            };
+            read += self.hand_out(targets, entries, last);
+            if !full || held {
+                return Ok((read, held));
             }
         }
+    }
+
+    /// Looks for positions passed over that committed late after all, and
+    /// hands them out; the number found.
+    fn late(&self, targets: &Targets, gaps: &mut Gaps) -> Result<usize, crate::store::StoreError> {
+        gaps.passed.retain(|_, at| at.elapsed() < LATE_WATCH);
+        let mut found = Vec::new();
+        for &seq in gaps.passed.keys() {
+            if let Some(entry) = targets.store.changes(seq - 1, 1)?.into_iter().next() {
+                if entry.0 == seq {
+                    found.push(entry);
+                }
+            }
+        }
+        if found.is_empty() {
+            return Ok(0);
+        }
+        for (seq, _) in &found {
+            gaps.passed.remove(seq);
+            tracing::warn!(
+                seq,
+                "a change committed after the tail passed its position: handed out late"
+            );
+        }
+        metrics::counter!("anamnesis_changes_late_total").increment(found.len() as u64);
+        let cursor = self.state().cursor;
+        Ok(self.hand_out(targets, found, cursor))
+    }
+
+    /// Hands `entries` to the streams and moves the positions to `last`.
+    fn hand_out(&self, targets: &Targets, entries: Vec<(u64, Vec<u8>)>, last: u64) -> usize {
+        let mut events = Vec::with_capacity(entries.len());
+        let mut cards = Vec::new();
+        for (seq, bytes) in entries {
+            let change = match decode_change(seq, &bytes) {
+                Ok(Some(change)) => change,
+                // A position taken with nothing to tell.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(seq, error = %e, "a change this build cannot read: passed over");
+                    continue;
+                }
+            };
+            cards.push(change.customer_id);
+            cards.extend(change.survivor_id);
+            cards.extend(change.merged_id);
+            let own = self.state().own.get(&seq).cloned();
+            let event = match own {
+                Some(event) => event,
+                None => {
+                    let data = payload_from_store(&*targets.store, &change).unwrap_or_else(|e| {
+                        tracing::warn!(seq, error = %e, "reading a change's payload failed");
+                        None
+                    });
+                    LiveEvent { data, change }
+                }
+            };
+            events.push(Arc::new(event));
+        }
+        cards.sort_unstable();
+        cards.dedup();
+        if let Some(redis) = self.redis.get().and_then(Weak::upgrade) {
+            redis.mark_cards_blocking(&cards, last);
+        }
+        // Positions first, as the committer does: a stream that opens
+        // now replays up to here and takes the rest live.
+        targets.published.fetch_max(last, Ordering::SeqCst);
+        targets.durable.fetch_max(last, Ordering::SeqCst);
+        targets.hub.publish_now(&events);
+        let mut state = self.state();
+        state.cursor = state.cursor.max(last);
+        // Events committed here that the log showed first are not kept.
+        let cursor = state.cursor;
+        state.own.retain(|seq, _| *seq > cursor);
+        events.len()
     }
 }
 
 fn follow(tail: Weak<Tail>, targets: Targets, poll: Duration) {
+    let mut gaps = Gaps::default();
     while let Some(tail) = tail.upgrade() {
-        if let Err(e) = tail.step(&targets) {
-            tracing::warn!(error = %e, "following the change log failed; trying again");
-        }
-        tail.sleep(poll);
+        let held = match tail.step(&targets, &mut gaps) {
+            Ok((_, held)) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "following the change log failed; trying again");
+                false
+            }
+        };
+        tail.sleep(if held { GAP_POLL.min(poll) } else { poll });
     }
 }
 

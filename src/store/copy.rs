@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use super::postgres::{PgStore, NEXT_CHANGE};
-use super::records::{just_after, key, kind_name, Engine, Entry, RecordStats, META};
+use super::postgres::PgStore;
+use super::records::{just_after, key, Engine, Entry, RecordStats, META};
 use super::sled::SledStore;
 use super::{Store, StoreError};
 
@@ -114,19 +114,7 @@ pub fn sled_to_postgres(
     let through = changes_through.max(source.last_change()?);
     target.reserve_positions(source.next_position()?, through)?;
     target.put_entries(&[], &[cursor_key, source_key])?;
-    // The target's own change counter is the one record the source lacks.
-    let mut target_stats = target.record_stats()?;
-    let counter = key(META, NEXT_CHANGE);
-    if let (None, Some(v)) = (
-        Engine::get(source, &counter)?,
-        Engine::get(target, &counter)?,
-    ) {
-        if let Some(meta) = target_stats.iter_mut().find(|k| k.kind == kind_name(META)) {
-            meta.records -= 1;
-            meta.key_bytes -= counter.len() as u64;
-            meta.value_bytes -= v.len() as u64;
-        }
-    }
+    let target_stats = target.record_stats()?;
     Ok(Some(CopyReport {
         source: source.record_stats()?,
         target: target_stats,

@@ -27,13 +27,24 @@ use crate::domain::{
     TimelinePosition,
 };
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("storage engine failed: {0}")]
     Engine(String),
     #[error("stored record `{key}` could not be decoded: {reason}")]
     Corrupt { key: String, reason: String },
+    /// Another writer changed what a group of writes read, so it was not
+    /// committed: nothing of it happened, and running it again may succeed.
+    #[error("conflict with another writer: {0}")]
+    Conflict(String),
 }
+
+/// Change-log positions from this one up are provisional: on an engine
+/// that takes the real positions at COMMIT (see
+/// [`StoreTx::allocate_change`]), the `i`-th taken by a group is
+/// `PROVISIONAL + i` until [`Store::flush`] returns, and
+/// [`Store::positions`] says what each became.
+pub const PROVISIONAL: u64 = 1 << 62;
 
 /// The follow-up index's key bytes: the time, the customer, the episode id,
 /// so that "due before" is a range of keys.
@@ -137,8 +148,9 @@ pub trait StoreTx {
     /// Appends a record to the change log at `seq`, indexed under `customer`
     /// too (for one profile's event stream).
     fn put_change(&mut self, seq: u64, customer: CustomerId, record: Vec<u8>);
-    /// Removes a change-log record and its index entry (retention).
-    fn delete_change(&mut self, seq: u64, customer: CustomerId);
+    /// Removes a change-log record and its index entry under `customer`
+    /// (retention); an empty position has none.
+    fn delete_change(&mut self, seq: u64, customer: Option<CustomerId>);
     /// A small named value of the service's own bookkeeping.
     fn meta(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_meta(&mut self, name: &str, value: Vec<u8>);
@@ -278,6 +290,20 @@ pub trait Store: Send + Sync + 'static {
     /// returns the bytes written.
     fn flush(&self) -> Result<usize, StoreError>;
 
+    /// Makes the writes up to the next [`Store::flush`] (or
+    /// [`Store::apply`]) one group: on an engine that several processes
+    /// write, one transaction, all of it committed or none of it. Returns
+    /// whether a group that fails is gone entirely (then the writer may
+    /// run it again, on [`StoreError::Conflict`]); `false` on an engine
+    /// that keeps failed writes staged for the next flush, and groups
+    /// anyway.
+    fn begin_group(&self) -> bool;
+
+    /// The real change-log positions of the last group's provisional ones
+    /// ([`PROVISIONAL`] `+ i` became the `i`-th); empty on an engine whose
+    /// writer numbers changes itself.
+    fn positions(&self) -> Vec<u64>;
+
     /// A cheap check that the engine answers and takes writes (for
     /// `/readyz`); the error says why not.
     fn ping(&self) -> Result<(), StoreError>;
@@ -317,10 +343,18 @@ pub fn encode_change(change: &Change) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(change).map_err(|e| StoreError::Engine(format!("encoding failed: {e}")))
 }
 
-/// The change-log entry at `seq`, read back.
-pub fn decode_change(seq: u64, bytes: &[u8]) -> Result<Change, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+/// The change-log entry at `seq`, read back; `None` for a position taken
+/// with nothing to tell (an empty record, see `store::postgres`). The
+/// position is the key's: on a shared store the copy inside the record is
+/// the provisional one the writer knew.
+pub fn decode_change(seq: u64, bytes: &[u8]) -> Result<Option<Change>, StoreError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let mut change: Change = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: format!("change {seq}"),
         reason: e.to_string(),
-    })
+    })?;
+    change.seq = seq;
+    Ok(Some(change))
 }

@@ -132,13 +132,20 @@ impl Services {
             let count = part.len();
             let rules = self.rules.clone();
             let who = caller.clone();
+            // Signals that did not parse stay here; the job runs the others,
+            // by reference, as it runs again if its group conflicted.
+            let mut signals = Vec::with_capacity(count);
+            let mut refused = Vec::new();
+            for (i, p) in part.into_iter().enumerate() {
+                match p {
+                    Ok(signal) => signals.push((i, signal)),
+                    Err(e) => refused.push((i, Err(e))),
+                }
+            }
             let job = move |store: &Writer<'_>| {
-                Ok(part
-                    .into_iter()
-                    .map(|p| match p {
-                        Ok(signal) => apply_signal(store, &signal, &rules, now, &who).map_err(Err),
-                        Err(e) => Err(e),
-                    })
+                Ok(signals
+                    .iter()
+                    .map(|(i, signal)| (*i, apply_signal(store, signal, &rules, now, &who)))
                     .collect::<Vec<_>>())
             };
             // Later chunks carry the key on (it was recorded by the first).
@@ -153,7 +160,15 @@ impl Services {
                 _ => self.committer.run(job).await,
             };
             match outcome {
-                Ok(out) => results.extend(out),
+                Ok(out) => {
+                    let mut merged: Vec<_> = out
+                        .into_iter()
+                        .map(|(i, applied)| (i, applied.map_err(Err)))
+                        .chain(refused)
+                        .collect();
+                    merged.sort_by_key(|(i, _)| *i);
+                    results.extend(merged.into_iter().map(|(_, r)| r));
+                }
                 Err(e) if first => return Err(e),
                 // What befell a later chunk befalls each of its items.
                 Err(e) => results.extend((0..count).map(|_| Err(Err(per_item(&e))))),

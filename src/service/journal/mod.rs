@@ -186,6 +186,9 @@ pub fn prune(
     let cutoff = now - retention;
     let mut from = pruned_through(store)?;
     let mut doomed = Vec::new();
+    // Empty positions seen since the last old change: removed with the
+    // next old change after them, never on their own (their age is unknown).
+    let mut empty = Vec::new();
     'scan: while doomed.len() < max {
         // A page at a time: most runs find the first change still young.
         let page = store.changes(from, 64.min(max - doomed.len()))?;
@@ -193,12 +196,16 @@ pub fn prune(
             break;
         }
         for (seq, bytes) in page {
-            let change = decode_change(seq, &bytes)?;
+            from = seq;
+            let Some(change) = decode_change(seq, &bytes)? else {
+                empty.push((seq, None));
+                continue;
+            };
             if change.at >= cutoff {
                 break 'scan;
             }
-            doomed.push((seq, change.customer_id));
-            from = seq;
+            doomed.append(&mut empty);
+            doomed.push((seq, Some(change.customer_id)));
         }
     }
     let Some(&(last, _)) = doomed.last() else {

@@ -204,7 +204,7 @@ impl StoreTx for Recording<'_> {
         self.inner.put_change(seq, customer, record)
     }
 
-    fn delete_change(&mut self, seq: u64, customer: CustomerId) {
+    fn delete_change(&mut self, seq: u64, customer: Option<CustomerId>) {
         self.inner.delete_change(seq, customer)
     }
 

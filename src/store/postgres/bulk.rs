@@ -2,9 +2,8 @@
 //! `store::copy`): records written as they are, and positions reserved past
 //! those of a copied store.
 
-use super::tx::decode_position;
-use super::{engine, quoted, wait, PgStore, NEXT_CHANGE};
-use crate::store::records::{key, Entry, META};
+use super::{engine, quoted, wait, PgStore};
+use crate::store::records::Entry;
 use crate::store::StoreError;
 
 impl PgStore {
@@ -45,16 +44,13 @@ impl PgStore {
             &[&(next_sequence.min(i64::MAX as u64) as i64)],
         ))
         .map_err(engine)?;
-        let k = key(META, NEXT_CHANGE);
-        let current = wait(conn.client.query_opt(&conn.get, &[&k]))
-            .map_err(engine)?
-            .map(|r| decode_position(&r.get::<_, Vec<u8>>(0)))
-            .transpose()?
-            .unwrap_or(1);
-        if current <= changes_through {
-            let v = (changes_through + 1).to_be_bytes().to_vec();
-            wait(conn.client.execute(&conn.upsert, &[&vec![k], &vec![v]])).map_err(engine)?;
-        }
+        wait(conn.client.execute(
+            &format!(
+                "SELECT setval('{s}.changes', GREATEST($1, (SELECT last_value FROM {s}.changes)))"
+            ),
+            &[&(changes_through.clamp(1, i64::MAX as u64) as i64)],
+        ))
+        .map_err(engine)?;
         Ok(())
     }
 }

@@ -13,12 +13,17 @@
 //!   jittered exponential back-off; use cases have no effect outside their
 //!   transaction, so a re-run is safe. The write returns once COMMIT
 //!   returned: acknowledged means committed.
-//! - **Change-log positions** come from a counter record read and
-//!   increased inside the transaction. Two writers that both append to the
-//!   log conflict on it, so one waits or re-runs, and positions follow the
-//!   commit order: a feed reader never sees position 9 appear after it read
-//!   position 10. It serialises the writes that append changes; see
-//!   `docs/scaling.md` for what that costs and how far it goes.
+//! - **Groups.** The committer makes each group of writes one transaction
+//!   (see [`Store::begin_group`](crate::store::Store::begin_group)): one
+//!   COMMIT, one log sync, for the whole group. A conflict anywhere in it
+//!   fails the group with [`StoreError::Conflict`], nothing of it
+//!   committed, and the committer runs it again.
+//! - **Change-log positions** are taken from a sequence just before COMMIT
+//!   (see [`tx`]), not from a record inside the transaction: no record is
+//!   updated by every write. Positions can then become visible out of
+//!   order for a moment (9 commits just after 10); readers of the log wait
+//!   a bounded time for such a gap (see `service::tail` and
+//!   `docs/scaling.md`).
 //! - **Calls from any thread.** The connections are driven by a small
 //!   runtime of this store's own; a call waits for its answer on the
 //!   calling thread, which may be a server worker.
@@ -47,15 +52,13 @@ use tokio_postgres::error::SqlState;
 use self::pool::Pool;
 use self::read::Pages;
 pub use self::schema::{migrate, SCHEMA_VERSION};
+use self::tx::Open;
 use super::records::{Engine, Entries};
 use super::{StoreError, WriteFn};
 pub use crate::config::PgOptions;
 
 /// Attempts of one write before a serialization failure is reported.
 pub const MAX_ATTEMPTS: u32 = 10;
-
-/// Where the next change-log position is kept (a `META` record).
-pub(super) const NEXT_CHANGE: &[u8] = b"store.next_change";
 
 fn engine(e: tokio_postgres::Error) -> StoreError {
     describe(&e)
@@ -90,6 +93,22 @@ pub struct PgStore {
     options: PgOptions,
     idle: Mutex<Pool>,
     freed: Condvar,
+    /// The committer's group of writes (see [`Store::begin_group`]).
+    ///
+    /// [`Store::begin_group`]: crate::store::Store::begin_group
+    group: Mutex<Group>,
+}
+
+#[derive(Default)]
+struct Group {
+    /// Writes join a group until the next flush.
+    grouping: bool,
+    /// Its transaction, once the first write of the group opened it.
+    open: Option<Open>,
+    /// A failure before the transaction opened (no connection).
+    failed: Option<StoreError>,
+    /// The last committed group's positions.
+    positions: Vec<u64>,
 }
 
 fn quoted(schema: &str) -> String {
@@ -116,6 +135,82 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_micros((base as f64 * 1000.0 * jitter) as u64)
 }
 
+impl PgStore {
+    fn group(&self) -> std::sync::MutexGuard<'_, Group> {
+        self.group.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A write of the group: in its transaction, opened by the first.
+    fn in_group(&self, group: &mut Group, op: &mut WriteFn<'_>) -> Result<(), StoreError> {
+        if let Some(e) = &group.failed {
+            return Err(e.clone());
+        }
+        if group.open.is_none() {
+            let conn = match self.lend() {
+                Ok(lent) => lent.keep(),
+                Err(e) => {
+                    group.failed = Some(e.clone());
+                    return Err(e);
+                }
+            };
+            match Open::begin(conn) {
+                Ok(open) => group.open = Some(open),
+                Err(failed) => {
+                    let (conn, e) = *failed;
+                    self.give_back(Some(conn));
+                    let e = classify(&e);
+                    group.failed = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        let open = group.open.as_mut().expect("opened above");
+        open.run(op).map(|_| ()).map_err(|e| match &open.failed {
+            Some(db) => classify(db),
+            None => e,
+        })
+    }
+
+    /// Ends the group: commits its transaction; the bytes are not counted.
+    fn commit_group(&self) -> Result<usize, StoreError> {
+        let mut group = self.group();
+        group.grouping = false;
+        group.positions.clear();
+        if let Some(e) = group.failed.take() {
+            if let Some(open) = group.open.take() {
+                let conn = open.abandon();
+                self.give_back(conn);
+            }
+            return Err(e);
+        }
+        let Some(mut open) = group.open.take() else {
+            return Ok(0);
+        };
+        match open.commit() {
+            Ok(positions) => {
+                group.positions = positions;
+                self.give_back(Some(open.conn));
+                Ok(0)
+            }
+            Err(e) => {
+                let reported = classify(&e);
+                let conn = open.abandon();
+                self.give_back(conn);
+                Err(reported)
+            }
+        }
+    }
+}
+
+/// A conflict with another writer (the group may be run again), or another
+/// failure.
+fn classify(e: &tokio_postgres::Error) -> StoreError {
+    match describe(e) {
+        StoreError::Engine(text) if retryable(e) => StoreError::Conflict(text),
+        other => other,
+    }
+}
+
 impl Engine for PgStore {
     const SHARED: bool = true;
 
@@ -137,10 +232,16 @@ impl Engine for PgStore {
     }
 
     fn run_write(&self, op: &mut WriteFn<'_>) -> Result<(), StoreError> {
-        let conn = self.lend()?;
+        let mut group = self.group();
+        if group.grouping {
+            return self.in_group(&mut group, op);
+        }
+        drop(group);
         let mut attempt = 1;
         loop {
-            match self.attempt(&conn, op) {
+            let (conn, result) = self.attempt(self.lend()?.keep(), op);
+            self.give_back(conn);
+            match result {
                 Ok(()) => return Ok(()),
                 Err(e) if retryable(&e) && attempt < MAX_ATTEMPTS => {
                     metrics::counter!("anamnesis_store_retries_total").increment(1);
@@ -152,13 +253,24 @@ impl Engine for PgStore {
         }
     }
 
-    /// Committed writes are visible and durable already.
+    /// Commits the group, if one is open; other writes are committed
+    /// already.
     fn apply_staged(&self) -> Result<(), StoreError> {
-        Ok(())
+        self.commit_group().map(|_| ())
     }
 
     fn make_durable(&self) -> Result<usize, StoreError> {
-        Ok(0)
+        self.commit_group()
+    }
+
+    fn group(&self) -> bool {
+        let mut group = self.group();
+        group.grouping = true;
+        true
+    }
+
+    fn group_positions(&self) -> Vec<u64> {
+        self.group().positions.clone()
     }
 
     fn check(&self) -> Result<(), StoreError> {

@@ -21,6 +21,8 @@ pub(super) struct Conn {
     pub(super) upsert: Statement,
     pub(super) delete: Statement,
     pub(super) next_position: Statement,
+    /// `$1` change-log positions, in one statement.
+    pub(super) next_changes: Statement,
 }
 
 #[derive(Default)]
@@ -43,10 +45,29 @@ impl std::ops::Deref for Lent<'_> {
     }
 }
 
+impl Lent<'_> {
+    /// The connection, kept beyond this loan (a group's transaction);
+    /// [`PgStore::give_back`] returns it.
+    pub(super) fn keep(mut self) -> Conn {
+        self.conn.take().expect("lent until dropped")
+    }
+}
+
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
-        let mut pool = self.store.pool();
-        match self.conn.take() {
+        // Kept (`None`): still open, and counted so.
+        if let Some(conn) = self.conn.take() {
+            self.store.give_back(Some(conn));
+        }
+    }
+}
+
+impl PgStore {
+    /// A connection back to the pool, or `None` for one given up (closed,
+    /// or left in a transaction).
+    pub(super) fn give_back(&self, conn: Option<Conn>) {
+        let mut pool = self.pool();
+        match conn {
             Some(conn)
                 if !conn.client.is_closed()
                     && !conn.in_transaction.get()
@@ -56,7 +77,7 @@ impl Drop for Lent<'_> {
             }
             _ => pool.open -= 1,
         }
-        self.store.freed.notify_one();
+        self.freed.notify_one();
     }
 }
 
@@ -73,6 +94,7 @@ impl PgStore {
             options,
             idle: Mutex::default(),
             freed: Condvar::new(),
+            group: Mutex::default(),
         };
         Ok(store)
     }
@@ -162,6 +184,9 @@ impl PgStore {
             ))?,
             delete: prepare(format!("DELETE FROM {t} WHERE k = ANY($1)"))?,
             next_position: prepare(format!("SELECT nextval('{s}.positions')"))?,
+            next_changes: prepare(format!(
+                "SELECT nextval('{s}.changes') FROM generate_series(1, $1::INT8)"
+            ))?,
             client,
             in_transaction: std::cell::Cell::new(false),
         })

@@ -6,21 +6,75 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::{backoff, engine, quoted, retryable, wait, PgOptions, PgStore, MAX_ATTEMPTS};
-use crate::store::records::{key, Engine, META};
+use crate::store::records::{change_seq, key, Engine, CHANGE, META};
 use crate::store::StoreError;
 
 /// The schema version this build reads and writes; `anamnesis migrate`
 /// brings a database to it.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// A migration's step written in code, run in its transaction after its
+/// statements.
+type Step = fn(&Client, &str) -> Result<(), tokio_postgres::Error>;
 
 /// The migrations, in order: version, what it does, its statements (`{s}`
-/// stands for the configured schema).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "records and positions",
-    "CREATE TABLE {s}.records (k BYTEA PRIMARY KEY, v BYTEA NOT NULL);
-     CREATE SEQUENCE {s}.positions;",
-)];
+/// stands for the configured schema), and a step in code if it has one.
+const MIGRATIONS: &[(i32, &str, &str, Option<Step>)] = &[
+    (
+        1,
+        "records and positions",
+        "CREATE TABLE {s}.records (k BYTEA PRIMARY KEY, v BYTEA NOT NULL);
+         CREATE SEQUENCE {s}.positions;",
+        None,
+    ),
+    (
+        2,
+        "change-log positions from a sequence",
+        // CACHE 1: every session takes the next value of one counter, so
+        // positions taken later are higher, whichever instance took them.
+        "CREATE SEQUENCE {s}.changes CACHE 1;",
+        Some(positions_from_counter),
+    ),
+];
+
+/// Version 1 kept the next change-log position in a record that every
+/// write updated; the sequence goes on from it (or from the highest
+/// position in the log), and the record goes.
+fn positions_from_counter(client: &Client, s: &str) -> Result<(), tokio_postgres::Error> {
+    let counter = key(META, b"store.next_change");
+    let next = client_get(client, s, &counter)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(1, u64::from_be_bytes);
+    let last = wait(client.query_opt(
+        &format!("SELECT k FROM {s}.records WHERE k >= $1 AND k < $2 ORDER BY k DESC LIMIT 1"),
+        &[&key(CHANGE, &[]), &key(CHANGE + 1, &[])],
+    ))?
+    .and_then(|r| change_seq(&r.get::<_, Vec<u8>>(0)).ok())
+    .unwrap_or(0);
+    let through = (next.saturating_sub(1)).max(last);
+    if through > 0 {
+        wait(client.execute(
+            &format!("SELECT setval('{s}.changes', $1)"),
+            &[&(through.min(i64::MAX as u64) as i64)],
+        ))?;
+    }
+    wait(client.execute(
+        &format!("DELETE FROM {s}.records WHERE k = $1"),
+        &[&counter],
+    ))?;
+    Ok(())
+}
+
+fn client_get(
+    client: &Client,
+    s: &str,
+    k: &[u8],
+) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
+    Ok(
+        wait(client.query_opt(&format!("SELECT v FROM {s}.records WHERE k = $1"), &[&k]))?
+            .map(|r| r.get(0)),
+    )
+}
 
 impl PgStore {
     /// Connects and checks that the database holds this build's schema
@@ -91,7 +145,7 @@ pub fn migrate(options: PgOptions) -> Result<Vec<(i32, &'static str)>, StoreErro
     let client = store.lend_raw()?;
     let s = quoted(&store.options.schema);
     let mut applied = Vec::new();
-    for &(version, what, sql) in MIGRATIONS {
+    for &(version, what, sql, step) in MIGRATIONS {
         for attempt in 1..=MAX_ATTEMPTS {
             let result = (|| {
                 wait(client.batch_execute(&format!(
@@ -112,6 +166,9 @@ pub fn migrate(options: PgOptions) -> Result<Vec<(i32, &'static str)>, StoreErro
                     return Ok(false);
                 }
                 wait(client.batch_execute(&sql.replace("{s}", &s)))?;
+                if let Some(step) = step {
+                    step(&client, &s)?;
+                }
                 wait(client.execute(
                     &format!(
                         "INSERT INTO {s}.schema_version (version, description) VALUES ($1, $2)"

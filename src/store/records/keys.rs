@@ -186,6 +186,21 @@ pub(super) fn changes_of_key(customer: CustomerId, seq: u64) -> Vec<u8> {
     k
 }
 
+/// A change-log key (or its index's key) at a provisional position (see
+/// [`PROVISIONAL`](crate::store::PROVISIONAL)), at the real position
+/// `positions[i]` instead, with `i`; `None` for any other key.
+pub(in crate::store) fn renumbered_change(k: &[u8], positions: &[u64]) -> Option<(Vec<u8>, usize)> {
+    if !matches!(k.first(), Some(&CHANGE) | Some(&CHANGES_OF)) {
+        return None;
+    }
+    let seq = change_seq(k).ok()?;
+    let i = usize::try_from(seq.checked_sub(crate::store::PROVISIONAL)?).ok()?;
+    let real = positions.get(i)?;
+    let mut renumbered = k[..k.len() - 8].to_vec();
+    renumbered.extend_from_slice(&real.to_be_bytes());
+    Some((renumbered, i))
+}
+
 /// The position at the end of a change-log key (or its index's key).
 pub(in crate::store) fn change_seq(k: &[u8]) -> Result<u64, StoreError> {
     k.len()

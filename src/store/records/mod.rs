@@ -26,7 +26,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub(super) use self::keys::{change_seq, just_after, key, kind_name, past_prefix, CHANGE, META};
+pub(super) use self::keys::{
+    change_key, change_seq, just_after, key, kind_name, past_prefix, renumbered_change, CHANGE,
+    META,
+};
 pub use self::keys::{kind_of, parse_key, RecordKey};
 use super::{BackupReader, StoreError, WriteFn};
 use crate::domain::CustomerId;
@@ -92,6 +95,14 @@ pub(super) trait Engine: Send + Sync + 'static {
     /// See [`Store::generation`](super::Store::generation).
     fn generation(&self) -> u64 {
         0
+    }
+    /// See [`Store::begin_group`](super::Store::begin_group).
+    fn group(&self) -> bool {
+        false
+    }
+    /// See [`Store::positions`](super::Store::positions).
+    fn group_positions(&self) -> Vec<u64> {
+        Vec::new()
     }
     /// See [`Store::begin_backup`](super::Store::begin_backup).
     fn backup(&self) -> Result<Box<dyn BackupReader>, StoreError> {

@@ -258,6 +258,14 @@ impl<E: Engine> Store for E {
         Engine::generation(self)
     }
 
+    fn begin_group(&self) -> bool {
+        self.group()
+    }
+
+    fn positions(&self) -> Vec<u64> {
+        self.group_positions()
+    }
+
     fn begin_backup(&self) -> Result<Box<dyn BackupReader>, StoreError> {
         self.backup()
     }

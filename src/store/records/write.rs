@@ -182,9 +182,11 @@ impl<S: Staging> StoreTx for S {
         self.put(changes_of_key(customer, seq), Vec::new());
     }
 
-    fn delete_change(&mut self, seq: u64, customer: CustomerId) {
+    fn delete_change(&mut self, seq: u64, customer: Option<CustomerId>) {
         self.remove(change_key(seq));
-        self.remove(changes_of_key(customer, seq));
+        if let Some(customer) = customer {
+            self.remove(changes_of_key(customer, seq));
+        }
     }
 
     fn meta(&mut self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
